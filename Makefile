@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates .venv, fuses and scores pairs the project generates, writes demo/contact_sheet.png
+#   make test   creates .venv and runs the test suite
+PY      ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+# This machine carries these torch wheels locally; elsewhere pip fetches them.
+TORCH    = torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test bench clean
+
+$(BIN)/fuse: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test,clip,detect]'
+	touch $(BIN)/fuse
+
+venv: $(BIN)/fuse
+
+demo: venv
+	$(BIN)/python examples/demo.py demo
+
+test: venv
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf demo .pytest_cache

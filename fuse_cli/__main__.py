@@ -1,0 +1,3 @@
+from fuse_cli.app import run
+
+run()

@@ -1,0 +1,222 @@
+"""The ``fuse`` command: one thin Typer command per stage.
+
+Commands parse options, gather records (stdin, ``--records FILE`` or
+``--ir DIR --vis DIR``), build the stage and hand both to
+:func:`fuse_cli.runner.run_stage`. Exit status: 0 success, 1 some pair
+failed, 2 usage error.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fuse_cli import __version__
+from fuse_cli import options as opt
+from fuse_cli.records import pair_directories, parse_records, read_records_file, write_records
+from fuse_cli.runner import Reporter, run_stage
+
+app = typer.Typer(
+    name="fuse",
+    help="Multimodal image fusion (infrared + visible, medical) as composable shell stages.\n\n"
+    "Example: fuse pairs ir/ vis/ | fuse fuse -m laplacian -o fused/ | fuse score",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fuse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """Multimodal image fusion toolchain."""
+
+
+def usage_error(message: str) -> typer.Exit:
+    typer.echo(f"fuse: usage error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def gather_records(
+    ir: Path | None, vis: Path | None, records: Path | None, reporter: Reporter, **extra_dirs: Path | None
+) -> Iterator[dict]:
+    """Records from ``--records FILE``, from paired folders, or from stdin — in that order of preference."""
+    if records is not None:
+        if not records.is_file():
+            raise usage_error(f"{records}: no such records file")
+        return read_records_file(records)
+    if ir is not None or vis is not None:
+        if ir is None or vis is None:
+            raise usage_error("--ir and --vis go together")
+        folders = {"ir": ir, "vis": vis, **{k: v for k, v in extra_dirs.items() if v is not None}}
+        try:
+            pairing = pair_directories(folders)
+        except FileNotFoundError as exc:
+            raise usage_error(str(exc)) from None
+        _report_unmatched(pairing, reporter)
+        return iter(pairing.records)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise usage_error("no input: pipe records on stdin, or give --records FILE or --ir DIR --vis DIR")
+    return parse_records(sys.stdin)
+
+
+def _report_unmatched(pairing, reporter: Reporter) -> None:
+    for path in pairing.unmatched:
+        reporter.warn(f"{path}: no file with the same stem in the other folder; not paired")
+    for path in pairing.duplicates:
+        reporter.warn(f"{path}: another file in this folder has the same stem; ignored")
+
+
+@app.command()
+def pairs(
+    ir_dir: Annotated[Path, typer.Argument(help="Folder of infrared (or first-modality, e.g. MRI) images.")],
+    vis_dir: Annotated[Path, typer.Argument(help="Folder of visible (or second-modality, e.g. CT/PET) images.")],
+    rs: opt.RS = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Print one JSON record per image pair, matched by file stem across extensions.
+
+    Files without a partner are reported on stderr (exit status 1 if any).
+    """
+    reporter = Reporter("pairs", quiet=quiet)
+    try:
+        pairing = pair_directories({"ir": ir_dir, "vis": vis_dir})
+    except FileNotFoundError as exc:
+        raise usage_error(str(exc)) from None
+    _report_unmatched(pairing, reporter)
+    write_records(pairing.records, rs=rs)
+    if not pairing.records:
+        reporter.warn(f"no pairs found in {ir_dir} and {vis_dir}")
+    raise typer.Exit(1 if pairing.unmatched or pairing.duplicates else 0)
+
+
+def _list_methods_and_exit(value: bool) -> None:
+    if value:
+        from stages.registry import list_methods
+
+        for info in list_methods():
+            reference = f"  [{info.reference}]" if info.reference else ""
+            typer.echo(f"{info.name:<12} {info.kind:<9} {info.summary}{reference}")
+        raise typer.Exit()
+
+
+@app.command("fuse")
+def fuse_command(
+    method: Annotated[str, typer.Option("--method", "-m", help="Fusion method; see --list-methods.")] = "laplacian",
+    out: opt.OutDir = Path("fused"),
+    ir: opt.InputIR = None,
+    vis: opt.InputVIS = None,
+    records: opt.RecordsFile = None,
+    weights: opt.Weights = None,
+    out_format: Annotated[str, typer.Option("--out-format", help="png, tif or jpg.")] = "png",
+    bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16 (16 needs png or tif).")] = 8,
+    resize: Annotated[
+        Optional[str],
+        typer.Option("--resize", help="When pair sizes differ: 'vis' resamples IR to the VIS size, 'ir' the reverse.", show_default=False),
+    ] = None,
+    tile: Annotated[int, typer.Option("--tile", help="Learned methods: tile size for large images (0: whole image).")] = 0,
+    tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Learned methods: overlap between tiles, pixels.")] = 32,
+    overwrite: opt.Overwrite = False,
+    dry_run: opt.DryRun = False,
+    device: opt.Device = "auto",
+    batch_size: opt.BatchSize = 4,
+    workers: opt.Workers = 1,
+    shard: opt.Shard = None,
+    rs: opt.RS = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
+    list_methods: Annotated[
+        Optional[bool],
+        typer.Option("--list-methods", callback=_list_methods_and_exit, is_eager=True, help="List fusion methods and exit."),
+    ] = None,
+) -> None:
+    """Fuse every pair and write OUT/<id>.<ext>; print each record with "fused" added.
+
+    RGB visible images give RGB output (the luminance is fused, the visible
+    chroma kept); gray gives gray. The output has the input's size.
+    """
+    from stages.fuse import FuseStage
+
+    if out_format not in ("png", "tif", "jpg"):
+        raise usage_error(f"--out-format {out_format!r}: use png, tif or jpg")
+    if bit_depth not in (8, 16) or bit_depth == 16 and out_format == "jpg":
+        raise usage_error("--bit-depth must be 8 or 16, and 16 needs --out-format png or tif")
+    if resize not in (None, "vis", "ir"):
+        raise usage_error(f"--resize {resize!r}: use vis or ir")
+    reporter = Reporter("fuse", quiet, verbose)
+    run_opts = opt.RunOptions(out, overwrite, dry_run, batch_size, workers, opt.parse_shard(shard), quiet, verbose, rs)
+    source = gather_records(ir, vis, records, reporter)
+    options = {"tile": tile, "tile_overlap": tile_overlap} if tile else {}
+    try:
+        stage = FuseStage(out, method, opt.resolve_device(device), weights, out_format, bit_depth, resize, options)
+    except KeyError as exc:
+        raise usage_error(exc.args[0]) from None
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"fuse fuse: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(run_stage(stage, source, run_opts, reporter))
+
+
+@app.command()
+def score(
+    ir: opt.InputIR = None,
+    vis: opt.InputVIS = None,
+    fused: Annotated[
+        Optional[list[Path]],
+        typer.Option("--fused", help="Folder of fused images; repeat to compare methods side by side (method = folder name).", show_default=False),
+    ] = None,
+    records: opt.RecordsFile = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).", show_default=False)] = None,
+    convention: Annotated[str, typer.Option("--convention", help="Reference implementation to reproduce; see below.")] = "mmif",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="csv, json (JSON Lines), table or markdown.")] = "csv",
+    workers: opt.Workers = 1,
+    shard: opt.Shard = None,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Fusion metrics per image and a mean row per method."""
+    from stages.metrics import CONVENTIONS
+    from stages.score import ScoreStage, format_rows, parse_metric_names, score_rows
+
+    if fmt not in ("csv", "json", "table", "markdown"):
+        raise usage_error(f"--format {fmt!r}: use csv, json, table or markdown")
+    if convention not in CONVENTIONS:
+        raise usage_error(f"--convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
+    try:
+        names = parse_metric_names(metrics)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    reporter = Reporter("score", quiet, verbose)
+    if fused:
+        if ir is None or vis is None:
+            raise usage_error("--fused needs --ir and --vis")
+        source = []
+        for folder in fused:
+            for record in gather_records(ir, vis, None, reporter, fused=folder):
+                source.append({**record, "method": folder.name})
+    else:
+        source = gather_records(ir, vis, records, reporter)
+    scored: list[dict] = []
+    run_opts = opt.RunOptions(batch_size=max(workers, 1), workers=workers, shard=opt.parse_shard(shard), quiet=quiet, verbose=verbose)
+    status = run_stage(ScoreStage(names, convention), source, run_opts, reporter, emit=scored.append)
+    sys.stdout.write(format_rows(score_rows(scored, names, convention), names, fmt))
+    raise typer.Exit(status)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,163 @@
+"""Image reading and writing for what cameras and datasets really give.
+
+Reading returns ``float32`` arrays in [0, 1]:
+
+* ``(H, W)`` for gray images — including gray stored as 3-channel files
+  (all three channels equal), which are collapsed to one channel;
+* ``(H, W, 3)`` RGB for colour images; an alpha channel is dropped.
+
+Bit depths and the normalisation rule (documented in ``fuse --help`` too):
+
+* 8-bit: ``value / 255``.
+* 16-bit: when the values span at least half of the 16-bit range the image is
+  a full-scale picture and is read as ``value / 65535`` (so a 16-bit file we
+  wrote reads back exactly); otherwise it is treated as radiometric IR (raw
+  counts crowded into a narrow band) and stretched linearly so that its 0.1th
+  and 99.9th percentiles map to 0 and 1, clipped.
+* float TIFF: min–max stretched to [0, 1].
+
+PNG, JPG, BMP and friends go through imageio (Pillow); TIFF through tifffile,
+which reads 16-bit and float radiometric files that Pillow does not.
+Every write goes to a temporary name in the target folder and is renamed into
+place, so an interrupted run never leaves a partial image.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+TIFF_SUFFIXES = {".tif", ".tiff"}
+FULL_SCALE_SPAN = 0.5  # 16-bit images spanning at least this fraction of 0..65535 are not stretched
+RADIOMETRIC_PERCENTILES = (0.1, 99.9)
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as kornia's rgb_to_ycbcr
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or written; the message names the file."""
+
+
+def _decode(path: Path) -> np.ndarray:
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return tifffile.imread(path)
+    return iio.imread(path)
+
+
+def _normalise(raw: np.ndarray, path: Path) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0
+    if raw.dtype in (np.uint16, np.int16, np.uint32, np.int32):
+        data = raw.astype(np.float32)
+        lo, hi = float(data.min()), float(data.max())
+        if hi - lo >= FULL_SCALE_SPAN * 65535.0:
+            return np.clip(data / 65535.0, 0.0, 1.0)
+        lo, hi = np.percentile(data, RADIOMETRIC_PERCENTILES)
+        return _stretch(data, lo, hi)
+    if raw.dtype == np.bool_:
+        return raw.astype(np.float32)
+    if np.issubdtype(raw.dtype, np.floating):
+        data = raw.astype(np.float32)
+        return _stretch(data, float(np.nanmin(data)), float(np.nanmax(data)))
+    raise ImageError(f"{path}: unsupported pixel type {raw.dtype}")
+
+
+def _stretch(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros_like(data)
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _channels(img: np.ndarray, path: Path) -> np.ndarray:
+    if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[2] not in (3, 4):
+        img = np.moveaxis(img, 0, -1)  # planar TIFF (C, H, W)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+        img = img[..., 0]
+    if img.ndim == 3 and img.shape[2] == 4:  # RGBA: drop alpha
+        img = img[..., :3]
+    if img.ndim == 3 and img.shape[2] == 3:
+        if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
+            img = img[..., 0]  # gray stored as RGB
+    if img.ndim not in (2, 3) or img.ndim == 3 and img.shape[2] != 3:
+        raise ImageError(f"{path}: cannot interpret an image of shape {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as float32 in [0, 1], ``(H, W)`` gray or ``(H, W, 3)`` RGB.
+
+    >>> read_image("ir/00001.png").shape   # doctest: +SKIP
+    (480, 640)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    try:
+        raw = _decode(path)
+    except Exception as exc:  # every decoder raises its own type
+        raise ImageError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    if raw.size == 0:
+        raise ImageError(f"{path}: empty image")
+    return _normalise(_channels(raw, path), path)
+
+
+def read_uint8(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as 8-bit, the way the fusion-metric reference code does (``uint8``)."""
+    return to_uint8(read_image(path))
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """[0, 1] float → uint8 with rounding (not truncation)."""
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def luminance(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma ``Y`` of an ``(H, W, 3)`` RGB image; gray ``(H, W)`` is returned as is."""
+    if img.ndim == 2:
+        return img
+    return img @ LUMA_WEIGHTS.astype(img.dtype)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    >>> with atomic_file("out/x.npy") as tmp:   # doctest: +SKIP
+    ...     np.save(tmp, grid)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.part-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8) -> None:
+    """Write ``(H, W)`` or ``(H, W, 3)`` float [0, 1] as an 8- or 16-bit file, atomically.
+
+    The format follows the suffix (``.png``, ``.tif``, ``.jpg``, ``.bmp``). JPEG and
+    BMP are 8-bit only.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if bit_depth not in (8, 16):
+        raise ImageError(f"{path}: bit depth must be 8 or 16, not {bit_depth}")
+    if bit_depth == 16 and suffix not in TIFF_SUFFIXES | {".png"}:
+        raise ImageError(f"{path}: 16-bit output needs PNG or TIFF, not {suffix}")
+    scale, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
+    data = np.clip(np.rint(np.asarray(img, dtype=np.float64) * scale), 0, scale).astype(dtype)
+    with atomic_file(path) as tmp:
+        if suffix in TIFF_SUFFIXES:
+            tifffile.imwrite(tmp, data, photometric="rgb" if data.ndim == 3 else "minisblack")
+        elif suffix in (".jpg", ".jpeg"):
+            iio.imwrite(tmp, data, extension=suffix, quality=95)
+        else:
+            iio.imwrite(tmp, data, extension=suffix)

@@ -1,0 +1,76 @@
+"""Options shared by every stage command, each defined once (as rasterio's ``rio/options.py``).
+
+A command declares the ones it needs as parameters with these annotated types,
+then bundles them in :class:`RunOptions` for the batch runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+InputIR = Annotated[Optional[Path], typer.Option("--ir", help="Folder of infrared images (paired with --vis by file stem).", show_default=False)]
+InputVIS = Annotated[Optional[Path], typer.Option("--vis", help="Folder of visible images (paired with --ir by file stem).", show_default=False)]
+RecordsFile = Annotated[
+    Optional[Path],
+    typer.Option("--records", "-r", help="Read records from this JSON Lines file instead of stdin.", show_default=False),
+]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for output files, named <id>.<ext>.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that already exist (default: skip them, so re-runs are incremental).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print on stderr what would be written; write nothing.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N. auto picks CUDA when available.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Pairs per batch.")]
+Workers = Annotated[int, typer.Option("--workers", "-j", min=1, help="Threads for parallel image decode/encode and per-pair work.")]
+Shard = Annotated[
+    Optional[str],
+    typer.Option("--shard", help="K/N: process only every N-th pair starting at the K-th (1-based), for make -j, xargs or cluster arrays.", show_default=False),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no progress bar.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say what is skipped and written.")]
+RS = Annotated[bool, typer.Option("--rs", help="Write RFC 7464 framing (each record prefixed by the RS character).")]
+Weights = Annotated[Optional[Path], typer.Option("--weights", help="Model weights file (.safetensors) instead of the shipped ones.", show_default=False)]
+
+
+@dataclass
+class RunOptions:
+    """What the batch runner needs to know, gathered from the shared options."""
+
+    out: Path | None = None
+    overwrite: bool = False
+    dry_run: bool = False
+    batch_size: int = 4
+    workers: int = 1
+    shard: tuple[int, int] = (1, 1)
+    quiet: bool = False
+    verbose: bool = False
+    rs: bool = False
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"2/4"`` → ``(2, 4)``; ``typer.BadParameter`` unless 1 ≤ K ≤ N."""
+    if not text:
+        return (1, 1)
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not of the form K/N, e.g. 1/4", param_hint="--shard") from None
+    if not 1 <= k <= n:
+        raise typer.BadParameter(f"{text!r}: K must be between 1 and N", param_hint="--shard")
+    return (k, n)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; validates explicit names."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(f"{name}: CUDA is not available on this machine", param_hint="--device")
+        return name
+    raise typer.BadParameter(f"{name!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")

@@ -1,0 +1,61 @@
+"""The contract every stage follows.
+
+A stage is built once (it loads its model on the chosen device), then called
+on batches of records. It never prints, never reads stdin and never decides
+about skipping, sharding or error reporting: the batch runner in
+:mod:`fuse_cli.runner` owns all of that, so every stage behaves the same way
+and runs unchanged under a local loop, ``--shard K/N`` or a distributed engine.
+
+A record is a ``dict`` parsed from one JSON line (``{"id", "ir", "vis", ...}``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StageError(Exception):
+    """A per-record failure; the message names the pair and the file at fault."""
+
+
+class Stage:
+    """Base class: override :meth:`outputs` and :meth:`process_one` (or :meth:`process`)."""
+
+    #: Name used in messages.
+    name = "stage"
+
+    def outputs(self, record: dict) -> list[Path]:
+        """The files this stage will write for ``record`` (used for skip/--dry-run).
+
+        An empty list means the stage writes no files and always runs.
+        """
+        return []
+
+    def process(self, records: list[dict]) -> list[dict | Exception]:
+        """Run on a batch; returns, per record, the keys to add or an exception.
+
+        The default calls :meth:`process_one` per record and captures
+        :class:`StageError` and image errors so that one bad pair never stops
+        the others. Stages that batch on the GPU override this.
+        """
+        results: list[dict | Exception] = []
+        for record in records:
+            try:
+                results.append(self.process_one(record))
+            except (StageError, OSError, ValueError) as exc:
+                results.append(exc)
+        return results
+
+    def process_one(self, record: dict) -> dict:
+        raise NotImplementedError
+
+    def skip_update(self, record: dict) -> dict:
+        """Keys to add to a record whose outputs already exist (skipped without --overwrite)."""
+        return {}
+
+
+def record_path(record: dict, key: str, pair_id: str | None = None) -> Path:
+    """The path stored under ``key``, or a :class:`StageError` naming the pair."""
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise StageError(f"pair {pair_id or record.get('id', '?')}: record has no {key!r} path")
+    return Path(value)

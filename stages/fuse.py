@@ -1,0 +1,140 @@
+"""The ``fuse`` stage: read each pair, fuse the luminance, write ``OUT/<id>.<ext>``.
+
+Colour rule: when VIS is RGB the fused image is RGB — IR is fused with the Y
+channel of VIS in YCbCr (BT.601, :func:`kornia.color.rgb_to_ycbcr`) and the
+visible chroma (Cb, Cr) is kept; a gray VIS gives a gray output. An RGB IR
+image (false-colour or gray stored as RGB) is reduced to its luminance.
+The output always has the input's height and width.
+
+Pairs of different sizes are an error unless ``resize`` names the image whose
+grid wins: ``resize="vis"`` resamples IR onto the VIS size, ``"ir"`` the other
+way round (bilinear, antialiased).
+
+Same-size pairs in a batch are stacked and fused in one call, on the chosen
+device, so networks batch on the GPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
+
+from fuse_cli.images import ImageError, luminance, read_image, write_image
+from stages.base import Stage, StageError, record_path
+from stages.registry import get_method
+
+
+def _to_tensor(img: np.ndarray, device: str) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, 3)`` numpy → ``(1, C, H, W)`` float tensor."""
+    tensor = torch.from_numpy(np.ascontiguousarray(img))
+    tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
+    return tensor.to(device)
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    tensor = _to_tensor(img, "cpu")
+    out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return (out[0] if out.shape[0] == 1 else out.permute(1, 2, 0)).numpy()
+
+
+def load_pair(record: dict, resize: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read the record's IR (as luminance) and VIS; check or reconcile their sizes.
+
+    Returns ``ir`` ``(H, W)`` and ``vis`` ``(H, W)`` or ``(H, W, 3)``, float32 [0, 1].
+    """
+    pair = record.get("id", "?")
+    ir_path, vis_path = record_path(record, "ir"), record_path(record, "vis")
+    try:
+        ir = luminance(read_image(ir_path))
+        vis = read_image(vis_path)
+    except ImageError as exc:
+        raise StageError(f"pair {pair}: {exc}") from None
+    if ir.shape[:2] != vis.shape[:2]:
+        if resize == "vis":
+            ir = _resize(ir, vis.shape[:2])
+        elif resize == "ir":
+            vis = _resize(vis, ir.shape[:2])
+        else:
+            raise StageError(
+                f"pair {pair}: sizes differ: {ir_path} is {ir.shape[1]}x{ir.shape[0]}, "
+                f"{vis_path} is {vis.shape[1]}x{vis.shape[0]} (use --resize vis|ir to resample)"
+            )
+    return ir, vis
+
+
+class FuseStage(Stage):
+    """Fuse each record's ``ir`` and ``vis`` with one registered method."""
+
+    name = "fuse"
+
+    def __init__(
+        self,
+        out_dir: Path,
+        method: str = "laplacian",
+        device: str = "cpu",
+        weights: Path | None = None,
+        out_format: str = "png",
+        bit_depth: int = 8,
+        resize: str | None = None,
+        method_options: dict | None = None,
+    ):
+        self.out_dir, self.method, self.device = Path(out_dir), method, device
+        self.out_format, self.bit_depth, self.resize = out_format, bit_depth, resize
+        info = get_method(method)
+        self.fuse_luma = info.factory(device=device, weights=weights, **(method_options or {}))
+
+    def output_path(self, record: dict) -> Path:
+        return self.out_dir / f"{record['id']}.{self.out_format}"
+
+    def outputs(self, record: dict) -> list[Path]:
+        return [self.output_path(record)]
+
+    def skip_update(self, record: dict) -> dict:
+        return {"fused": str(self.output_path(record)), "method": self.method}
+
+    def process(self, records: list[dict]) -> list[dict | Exception]:
+        results: list[dict | Exception] = [None] * len(records)  # type: ignore[list-item]
+        loaded = {}
+        for i, record in enumerate(records):
+            try:
+                loaded[i] = load_pair(record, self.resize)
+            except StageError as exc:
+                results[i] = exc
+        by_size: dict[tuple, list[int]] = {}
+        for i, (ir, _) in loaded.items():
+            by_size.setdefault(ir.shape, []).append(i)
+        for indices in by_size.values():
+            try:
+                fused = self.fuse_images([loaded[i][0] for i in indices], [loaded[i][1] for i in indices])
+            except (RuntimeError, ValueError) as exc:
+                for i in indices:
+                    results[i] = StageError(f"pair {records[i].get('id', '?')}: fusion failed: {exc}")
+                continue
+            for i, image in zip(indices, fused):
+                try:
+                    path = self.output_path(records[i])
+                    write_image(path, image, self.bit_depth)
+                    results[i] = {"fused": str(path), "method": self.method}
+                except (ImageError, OSError) as exc:
+                    results[i] = StageError(f"pair {records[i].get('id', '?')}: cannot write output: {exc}")
+        return results
+
+    @torch.inference_mode()
+    def fuse_images(self, irs: list[np.ndarray], viss: list[np.ndarray]) -> list[np.ndarray]:
+        """Fuse same-size pairs: ``irs`` ``(H, W)``, ``viss`` ``(H, W)`` or ``(H, W, 3)`` → fused, VIS's channels."""
+        ir = torch.cat([_to_tensor(x, self.device) for x in irs])  # (B, 1, H, W)
+        vis_rgb = [v.ndim == 3 for v in viss]
+        vis = torch.cat([_to_tensor(v if v.ndim == 3 else v[..., None].repeat(3, -1), self.device) for v in viss])
+        ycbcr = rgb_to_ycbcr(vis)  # (B, 3, H, W); on gray VIS, Y is the gray value
+        fused_y = self.fuse_luma(ir, ycbcr[:, :1]).float().clamp(0, 1)
+        out = []
+        for b, is_rgb in enumerate(vis_rgb):
+            if is_rgb:
+                rgb = ycbcr_to_rgb(torch.cat([fused_y[b : b + 1], ycbcr[b : b + 1, 1:]], dim=1)).clamp(0, 1)
+                out.append(rgb[0].permute(1, 2, 0).cpu().numpy())
+            else:
+                out.append(fused_y[b, 0].cpu().numpy())
+        return out

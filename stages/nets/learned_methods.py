@@ -1,0 +1,260 @@
+"""The learned fusion networks as registered fusion methods, and their checkpoints.
+
+* :data:`NETWORKS` — name → :class:`NetworkSpec` (model class, loss function,
+  default training hyper-parameters from the paper); :mod:`stages.train` and the
+  tests iterate it.
+* :func:`save_weights` / :func:`load_network` — a checkpoint is one
+  ``.safetensors`` file whose metadata holds the method name and the model's
+  constructor arguments, so it rebuilds the same architecture; the model card
+  (``<name>.json``) sits beside it.
+* :class:`NetworkFuser` — the callable a factory returns: pads to the network's
+  multiple (reflect) and crops back, tiles large images with a smooth blending
+  window, runs in eval mode under :func:`torch.inference_mode`, in half
+  precision on CUDA.
+
+Weights are looked up as: the ``weights`` path given, else the shipped
+``stages/weights/<name>.safetensors``; with neither, the factory raises
+:class:`FileNotFoundError` saying to run ``fuse train -m <name>``.
+
+>>> from stages.registry import get_method               # doctest: +SKIP
+>>> fuse = get_method("refinefuse").factory(device="cpu")  # doctest: +SKIP
+>>> fuse(ir, vis).shape   # ir, vis: (B, 1, H, W) in [0, 1]  # doctest: +SKIP
+torch.Size([1, 1, 480, 640])
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from stages.nets.dfh_base import DFHBase, dfh_loss
+from stages.nets.refinefuse import RefineFuse, refinefuse_loss
+from stages.registry import register_method
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+CHECKPOINT_FORMAT = "fuse-network-1"
+
+
+class NetworkSpec(NamedTuple):
+    """What training needs to know about one network."""
+
+    model: type[nn.Module]
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    defaults: dict
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    # RefineFuse, "Implement details": SGD, initial lr 1e-3, batch 8, 256×256 crops,
+    # 300 epochs, random rotation and flipping. Momentum and the decay of the
+    # "initial" rate are not given: momentum 0.9 and cosine decay to 1 % are ours.
+    "refinefuse": NetworkSpec(
+        RefineFuse,
+        refinefuse_loss,
+        {"epochs": 300, "batch_size": 8, "lr": 1e-3, "crop": 256,
+         "optimizer": "sgd", "momentum": 0.9, "schedule": "cosine"},
+    ),
+    # Text-DFH, Sect. 4.2: Adam, lr 1e-3, batch 16, 100 epochs (first stage), random
+    # flipping, rotation and cropping; no schedule is given, so the rate is constant.
+    # The crop size is not given: 256 as RefineFuse.
+    "dfh-base": NetworkSpec(
+        DFHBase,
+        dfh_loss,
+        {"epochs": 100, "batch_size": 16, "lr": 1e-3, "crop": 256,
+         "optimizer": "adam", "momentum": 0.0, "schedule": "constant"},
+    ),
+}
+
+
+def _network_spec(method: str) -> NetworkSpec:
+    try:
+        return NETWORKS[method]
+    except KeyError:
+        raise KeyError(f"unknown network {method!r}; choose one of: {', '.join(sorted(NETWORKS))}") from None
+
+
+def save_weights(model: nn.Module, method: str, path: str | os.PathLike) -> Path:
+    """Write ``model``'s state as ``path`` (safetensors), atomically; returns the path.
+
+    The metadata records the method and ``model.config`` so :func:`load_network`
+    rebuilds the same architecture.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    metadata = {"format": CHECKPOINT_FORMAT, "method": method, "config": json.dumps(model.config)}
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_weights(method: str, weights: str | os.PathLike | None) -> Path:
+    """The checkpoint to load: ``weights`` if given, else the shipped file; ``FileNotFoundError`` otherwise."""
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} for fusion method {method!r} does not exist")
+        return path
+    shipped = WEIGHTS_DIR / f"{method}.safetensors"
+    if not shipped.is_file():
+        raise FileNotFoundError(
+            f"no weights for fusion method {method!r} (looked for {shipped}): "
+            f"run `fuse train -m {method}` to train them, or pass --weights PATH"
+        )
+    return shipped
+
+
+def load_network(method: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Build network ``method`` from a checkpoint (see :func:`resolve_weights`), in eval mode on ``device``."""
+    spec = _network_spec(method)
+    path = resolve_weights(method, weights)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        state = {name: f.get_tensor(name) for name in f.keys()}
+    saved_method = metadata.get("method", method)
+    if saved_method != method:
+        raise ValueError(f"{path} holds weights for {saved_method!r}, not {method!r}")
+    model = spec.model(**json.loads(metadata.get("config", "{}")))
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad ``(B, C, H, W)`` at the bottom/right to multiples of ``multiple`` (reflect; replicate when too small)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` px covering ``length`` px, consecutive tiles overlapping ≥ ``overlap``."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def _ramp(size: int, overlap: int, taper_start: bool, taper_end: bool) -> torch.Tensor:
+    """1-D blending weights: raised-cosine ramps over ``overlap`` px at tapered ends, 1 elsewhere.
+
+    Ramps of neighbouring tiles sum to one over their shared ``overlap`` pixels.
+    """
+    weights = torch.ones(size)
+    ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(overlap) + 0.5) / overlap)
+    if taper_start:
+        weights[:overlap] = ramp
+    if taper_end:
+        weights[size - overlap:] = torch.minimum(weights[size - overlap:], ramp.flip(0))
+    return weights
+
+
+class NetworkFuser:
+    """A loaded network as a fusion callable: ``fuser(ir, vis) -> fused``.
+
+    ``ir`` and ``vis`` are ``(B, 1, H, W)`` float in [0, 1] of any ``H × W``; the
+    result is ``(B, 1, H, W)`` float32 in [0, 1] on the input's device.
+
+    Args:
+        model: a network with ``forward(ir, vis)`` and a ``multiple`` attribute.
+        device: where it runs.
+        tile: images larger than ``tile`` px in either side are fused in
+            ``tile × tile`` tiles; ``None`` never tiles.
+        tile_overlap: pixels shared by neighbouring tiles, blended with
+            raised-cosine weights so no seam shows.
+        half: run in float16 when ``device`` is CUDA (ignored on CPU).
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, tile: int | None = 1024,
+                 tile_overlap: int = 64, half: bool = True):
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        self.multiple = int(getattr(model, "multiple", 1))
+        if tile is not None and tile < max(self.multiple, 2 * tile_overlap, 1):
+            raise ValueError(f"tile ({tile}) must be at least twice tile_overlap ({tile_overlap}) "
+                             f"and at least the network's multiple ({self.multiple})")
+        if tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be ≥ 0, got {tile_overlap}")
+        self.tile, self.tile_overlap = tile, tile_overlap
+
+    def _run(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        h, w = ir.shape[-2:]
+        fused = self.model(_pad_to_multiple(ir, self.multiple), _pad_to_multiple(vis, self.multiple))
+        return fused[..., :h, :w].float()
+
+    def _run_tiled(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = ir.shape
+        tile, overlap = self.tile, self.tile_overlap
+        fused = torch.zeros(b, 1, h, w, device=self.device)
+        total = torch.zeros(1, 1, h, w, device=self.device)
+        for y in _tile_starts(h, tile, overlap):
+            for x in _tile_starts(w, tile, overlap):
+                th, tw = min(tile, h), min(tile, w)
+                window = torch.outer(
+                    _ramp(th, overlap, y > 0, y + th < h), _ramp(tw, overlap, x > 0, x + tw < w)
+                ).to(self.device)
+                part = self._run(ir[..., y:y + th, x:x + tw], vis[..., y:y + th, x:x + tw])
+                fused[..., y:y + th, x:x + tw] += part * window
+                total[..., y:y + th, x:x + tw] += window
+        return fused / total
+
+    def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
+            raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got "
+                             f"{tuple(ir.shape)} and {tuple(vis.shape)}")
+        source_device = ir.device
+        ir = ir.to(self.device, self.dtype)
+        vis = vis.to(self.device, self.dtype)
+        with torch.inference_mode():
+            h, w = ir.shape[-2:]
+            if self.tile is not None and (h > self.tile or w > self.tile):
+                fused = self._run_tiled(ir, vis)
+            else:
+                fused = self._run(ir, vis)
+        return fused.clamp_(0.0, 1.0).to(source_device)
+
+
+def load_fuser(method: str, device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
+               tile: int | None = 1024, tile_overlap: int = 64, half: bool = True) -> NetworkFuser:
+    """Load network ``method`` (see :func:`resolve_weights`) as a :class:`NetworkFuser`."""
+    model = load_network(method, weights, device)
+    return NetworkFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
+
+
+@register_method(
+    "refinefuse",
+    kind="learned",
+    summary="RefineFuse multi-scale interaction network (SFIM, PSIM cross-attention, FIM)",
+    reference="RefineFuse: multi-scale interaction network for multi-modal image fusion",
+)
+def refinefuse(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
+               tile: int | None = 1024, tile_overlap: int = 64, half: bool = True) -> NetworkFuser:
+    """RefineFuse as a fusion callable; options as :class:`NetworkFuser`."""
+    return load_fuser("refinefuse", device, weights, tile=tile, tile_overlap=tile_overlap, half=half)
+
+
+@register_method(
+    "dfh-base",
+    kind="learned",
+    summary="Text-DFH base fusion network (IR/VI encoders + F-Decoder), no text guidance",
+    reference="Infrared and visible image fusion driven by multimodal large language models (Sect. 3.2)",
+)
+def dfh_base(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
+             tile: int | None = 1024, tile_overlap: int = 64, half: bool = True) -> NetworkFuser:
+    """The Text-DFH base network as a fusion callable; options as :class:`NetworkFuser`."""
+    return load_fuser("dfh-base", device, weights, tile=tile, tile_overlap=tile_overlap, half=half)

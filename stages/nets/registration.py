@@ -1,0 +1,272 @@
+"""The registration network of *Target-aware unregistered infrared and visible image fusion*.
+
+Hu et al., Front. Phys. 13:1599968 (2025), sections 3.2–3.3 and Figure 3:
+
+* four feature extractors: IR/VI common (CFE) and IR/VI specific (SFE) encoders;
+* two Channel and Spatial Enhancement Blocks (CSEB, unshared parameters), one per
+  modality, applied to the common features;
+* a U-Net-like Multi-Scale Registration Block (MSRB) predicting a dense
+  deformation field ``phi`` from the two enhanced common features;
+* ``phi`` warps the deformed IR features (and, in :mod:`stages.registration`, the IR
+  image) with ``grid_sample``.
+
+What the paper leaves open, chosen here (and in the model card):
+
+* Widths: every encoder has 8 channels and two conv-BN-LeakyReLU layers; the last
+  layer of a specific encoder ends in Tanh instead, so the complementary loss
+  ``l_s = -mean|F_i_hat - F_v_hat|`` is bounded (as written it is unbounded below).
+* CSEB gates: the third spatial layer and the third channel layer end in a Sigmoid
+  instead of LeakyReLU (the reconstruction head swaps its last activation the same
+  way), so ``W^s`` and ``W^c`` are weights in (0, 1).
+* Resolution: the network sees the pair resized to a fixed working size
+  (``size``, default 160 x 256, H x W, a multiple of 32); the common features are
+  average-pooled 2x before the CSEBs, so registration runs at half the working size.
+  The field is smooth, so it is upsampled bilinearly to any image size; it is stored
+  in normalised coordinates, which do not depend on the size.
+* MSRB: a shared 5-level pyramid encoder applied to each enhanced feature (the two
+  inputs of the U-Net), and a decoder that, coarse to fine, warps the IR skip
+  features with the current field, correlates them with the VI skip features
+  (radius 2, a PWC-Net-style cost volume — our addition) and adds a residual field.
+  Every level's field is returned, so the registration loss can supervise each scale.
+
+Flow units: ``flow`` tensors are displacements ``(dx, dy)`` in pixels of the
+registration grid (half the working size); :func:`flow_to_grid` turns them into the
+``grid_sample`` grid of the dataset convention (normalised [-1, 1],
+``align_corners=False``): ``registered = grid_sample(moving, grid)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_SIZE = (160, 256)
+FEATURES = 8
+PYRAMID = (16, 24, 32, 48, 64)
+CORR_RADIUS = 2
+
+
+def conv_block(cin: int, cout: int, stride: int = 1, act: nn.Module | None = None) -> nn.Sequential:
+    """The paper's feature extraction layer: 3x3 conv, BatchNorm, LeakyReLU (or ``act``)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        act if act is not None else nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class Encoder(nn.Sequential):
+    """Common or specific feature extractor: ``(B, 1, H, W)`` → ``(B, C, H, W)``.
+
+    Args:
+        specific: end with Tanh (bounded specific features) instead of LeakyReLU.
+    """
+
+    def __init__(self, channels: int = FEATURES, specific: bool = False):
+        super().__init__(conv_block(1, channels), conv_block(channels, channels, act=nn.Tanh() if specific else None))
+
+
+class CSEB(nn.Module):
+    """Channel and Spatial Enhancement Block, equations (3)–(4).
+
+    ``F^s = W^s ⊙ F`` with ``W^s`` from three layers on ``F``; then
+    ``F~ = W^c ⊙ F^s`` with ``W^c`` from three layers and global average pooling on
+    ``F^s``. Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int = FEATURES):
+        super().__init__()
+        self.spatial = nn.Sequential(
+            conv_block(channels, channels), conv_block(channels, channels), conv_block(channels, channels, act=nn.Sigmoid())
+        )
+        self.channel = nn.Sequential(
+            conv_block(channels, channels),
+            conv_block(channels, channels),
+            conv_block(channels, channels),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        spatial = self.spatial(feat) * feat
+        return self.channel(spatial) * spatial
+
+
+def flow_to_grid(flow: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Pixel displacement field → normalised ``grid_sample`` grid.
+
+    Args:
+        flow: ``(B, 2, h, w)`` displacements ``(dx, dy)`` in pixels of an ``h x w`` grid.
+        size: ``(H, W)`` of the grid to return; the field is resized bilinearly
+            (``align_corners=False``) when it differs from ``(h, w)``.
+
+    Returns:
+        ``(B, H, W, 2)`` sampling positions ``(x, y)`` in [-1, 1], ``align_corners=False``.
+
+    >>> flow_to_grid(torch.zeros(1, 2, 4, 6)).shape
+    torch.Size([1, 4, 6, 2])
+    """
+    b, _, h, w = flow.shape
+    scale = flow.new_tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)
+    norm = flow * scale
+    if size is not None and tuple(size) != (h, w):
+        norm = F.interpolate(norm, size=size, mode="bilinear", align_corners=False)
+    hh, ww = norm.shape[-2:]
+    return identity_grid(b, hh, ww, flow) + norm.permute(0, 2, 3, 1)
+
+
+def identity_grid(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, 2)`` grid sampling every pixel at its own centre (``align_corners=False``)."""
+    ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) * (2.0 / w) - 1.0
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+    return grid.unsqueeze(0).expand(b, h, w, 2)
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Resample ``x`` ``(B, C, H, W)`` with a pixel field ``flow`` ``(B, 2, h, w)`` of any size.
+
+    ``flow`` is in pixels of its own ``h x w`` grid; it is resized to ``(H, W)``.
+    Outside the image the result is 0.
+    """
+    return F.grid_sample(x, flow_to_grid(flow, x.shape[-2:]), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor, radius: int = CORR_RADIUS) -> torch.Tensor:
+    """Local cost volume: ``(B, C, H, W)`` x2 → ``(B, (2r+1)^2, H, W)``, mean over channels."""
+    h, w = a.shape[-2:]
+    padded = F.pad(b, (radius, radius, radius, radius))
+    costs = [
+        (a * padded[:, :, dy : dy + h, dx : dx + w]).mean(1, keepdim=True)
+        for dy in range(2 * radius + 1)
+        for dx in range(2 * radius + 1)
+    ]
+    return F.leaky_relu(torch.cat(costs, 1), 0.1)
+
+
+class MSRB(nn.Module):
+    """Multi-Scale Registration Block: U-Net-like, coarse-to-fine residual fields.
+
+    Input: the enhanced common features ``(B, C, h, w)`` of the moving (deformed IR)
+    and fixed (VI) image, ``h, w`` multiples of 16. Output: a list of fields, coarsest
+    first, each ``(B, 2, h / 2^l, w / 2^l)`` in pixels of the ``h x w`` grid.
+    """
+
+    def __init__(self, channels: int = FEATURES, widths: tuple[int, ...] = PYRAMID, radius: int = CORR_RADIUS):
+        super().__init__()
+        self.radius = radius
+        cins = (channels,) + widths[:-1]
+        self.down = nn.ModuleList(
+            nn.Sequential(conv_block(cin, cout, stride=1 if i == 0 else 2), conv_block(cout, cout))
+            for i, (cin, cout) in enumerate(zip(cins, widths))
+        )
+        ncorr = (2 * radius + 1) ** 2
+        self.decode = nn.ModuleList()
+        self.predict = nn.ModuleList()
+        for level, width in enumerate(widths):
+            coarser = widths[level + 1] if level + 1 < len(widths) else 0
+            cin = 2 * width + ncorr + (coarser + 2 if coarser else 0)
+            self.decode.append(nn.Sequential(conv_block(cin, width), conv_block(width, width)))
+            self.predict.append(nn.Conv2d(width, 2, 3, 1, 1))
+        for head in self.predict:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Shared encoder: ``(B, C, h, w)`` → features at ``h / 2^l`` for each level ``l``."""
+        feats = []
+        for block in self.down:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
+        pm, pf = self.pyramid(moving), self.pyramid(fixed)
+        full_w = moving.shape[-1]
+        flows: list[torch.Tensor] = []
+        flow = dec = None
+        for level in reversed(range(len(pm))):
+            m, f = pm[level], pf[level]
+            size = m.shape[-2:]
+            parts = []
+            if flow is not None:
+                flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+                m = warp(m, flow)
+                dec = F.interpolate(dec, size=size, mode="bilinear", align_corners=False)
+                parts = [dec, flow * (size[-1] / full_w)]  # the field in this level's pixels
+            x = torch.cat([m, f, correlation(m, f, self.radius), *parts], 1)
+            dec = self.decode[level](x)
+            step = self.predict[level](dec) * (full_w / size[-1])  # back to pixels of the h x w grid
+            flow = step if flow is None else flow + step
+            flows.append(flow)
+        return flows
+
+
+class RegistrationNet(nn.Module):
+    """Encoders + CSEBs + MSRB: the registration part of the paper's joint network.
+
+    Call :meth:`forward` on a pair at the working size ``(B, 1, H, W)`` (``H, W``
+    multiples of 32, e.g. :attr:`size`); use :meth:`estimate_grid` for images of
+    any size.
+
+    >>> net = RegistrationNet().eval()
+    >>> out = net(torch.rand(1, 1, 160, 256), torch.rand(1, 1, 160, 256))
+    >>> out["flows"][-1].shape, out["grid"].shape
+    (torch.Size([1, 2, 80, 128]), torch.Size([1, 160, 256, 2]))
+    """
+
+    def __init__(self, channels: int = FEATURES, size: tuple[int, int] = DEFAULT_SIZE):
+        super().__init__()
+        self.size = tuple(size)
+        self.ir_common = Encoder(channels)
+        self.vis_common = Encoder(channels)
+        self.ir_specific = Encoder(channels, specific=True)
+        self.vis_specific = Encoder(channels, specific=True)
+        self.ir_cseb = CSEB(channels)
+        self.vis_cseb = CSEB(channels)
+        self.msrb = MSRB(channels)
+
+    def register(self, ir_common: torch.Tensor, vis_common: torch.Tensor) -> list[torch.Tensor]:
+        """Common features ``(B, C, H, W)`` → fields (coarsest first) on the ``H/2 x W/2`` grid."""
+        moving = self.ir_cseb(F.avg_pool2d(ir_common, 2))
+        fixed = self.vis_cseb(F.avg_pool2d(vis_common, 2))
+        return self.msrb(moving, fixed)
+
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor, specific: bool = False) -> dict[str, torch.Tensor | list]:
+        """Register a deformed IR ``ir`` to ``vis``, both ``(B, 1, H, W)`` in [0, 1].
+
+        Returns a dict with ``flows`` (list of ``(B, 2, H/2^(l+1), W/2^(l+1))``, coarsest
+        first, pixels of the ``H/2 x W/2`` grid), ``grid`` ``(B, H, W, 2)``, the common
+        features ``ir_common``/``vis_common`` ``(B, C, H, W)`` and, when ``specific``,
+        ``ir_specific``/``vis_specific``.
+        """
+        out: dict = {"ir_common": self.ir_common(ir), "vis_common": self.vis_common(vis)}
+        flows = self.register(out["ir_common"], out["vis_common"])
+        out["flows"] = flows
+        out["grid"] = flow_to_grid(flows[-1], ir.shape[-2:])
+        if specific:
+            out["ir_specific"] = self.ir_specific(ir)
+            out["vis_specific"] = self.vis_specific(vis)
+        return out
+
+    @torch.no_grad()
+    def estimate_grid(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """Sampling grid that brings ``ir`` onto ``vis``'s pixel grid, for any image size.
+
+        Args:
+            ir: ``(B, 1, H, W)`` moving image in [0, 1].
+            vis: ``(B, 1, H, W)`` fixed image (luminance) in [0, 1].
+
+        Returns:
+            ``(B, H, W, 2)`` normalised grid, ``align_corners=False``;
+            ``registered = grid_sample(ir, grid)``.
+        """
+        small = [resize(x, self.size) for x in (ir, vis)]
+        return flow_to_grid(self(*small)["flows"][-1], ir.shape[-2:])
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of ``(B, C, H, W)`` to ``size`` ``(h, w)``."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)

@@ -1,0 +1,133 @@
+"""Fusion head of the target-aware unregistered fusion network (fusion method ``tard``).
+
+Hu et al., Front. Phys. 13:1599968 (2025), sections 3.3–3.4: the registered IR
+common and specific features are concatenated with the VI ones,
+``F_f = [F_i^r, F^_i^r, F_v, F^_v]`` (eq. 7), and a reconstruction head of three
+conv-BN-LeakyReLU layers, the last with Tanh, gives the fused image. Fusion loss
+(eqs. 9–11): ``l_f = l_b + gamma * l_g`` with ``l_b = mean|I_f - max(I_i, I_v)|`` and
+``l_g = mean| |∇I_f| - max(|∇I_i|, |∇I_v|) |`` (Sobel), ``gamma = 2``.
+
+Not reproduced: the YOLOv5 detection head and its loss ``l_ob`` (no detector is
+trained here). The Tanh output ``t`` is mapped to ``(t + 1) / 2`` in [0, 1].
+
+The head is trained jointly with :class:`~stages.nets.registration.RegistrationNet`
+by :func:`stages.register_training.train_register`; ``stages/weights/tard.safetensors``
+holds the whole joint network. :func:`tard_factory` follows the fusion-method
+contract of :mod:`stages.registry`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.nets.registration import FEATURES, RegistrationNet, conv_block, load_state, resize, warp
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tard.safetensors"
+GAMMA = 2.0
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
+    """``|Gx| + |Gy|`` of the 3x3 Sobel operator, replicate padding: ``(B, 1, H, W)`` → same."""
+    kernel = torch.stack([_SOBEL_X, _SOBEL_X.t()]).unsqueeze(1).to(img)
+    grad = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel)
+    return grad.abs().sum(1, keepdim=True)
+
+
+def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, gamma: float = GAMMA) -> dict[str, torch.Tensor]:
+    """The paper's ``l_f = l_b + gamma * l_g`` on ``(B, 1, H, W)`` images in [0, 1].
+
+    Returns ``{"fusion": l_f, "luminance": l_b, "gradient": l_g}`` (scalars).
+    """
+    l_b = (fused - torch.maximum(ir, vis)).abs().mean()
+    l_g = (sobel_magnitude(fused) - torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))).abs().mean()
+    return {"fusion": l_b + gamma * l_g, "luminance": l_b, "gradient": l_g}
+
+
+class ReconstructionHead(nn.Sequential):
+    """Three feature extraction layers, Tanh last: ``(B, 4C, H, W)`` → ``(B, 1, H, W)`` in [-1, 1]."""
+
+    def __init__(self, channels: int = FEATURES):
+        super().__init__(
+            conv_block(4 * channels, 2 * channels), conv_block(2 * channels, channels), conv_block(channels, 1, act=nn.Tanh())
+        )
+
+
+class TardNet(nn.Module):
+    """Joint registration + fusion network (without the detection head).
+
+    >>> net = TardNet().eval()
+    >>> net.fuse(torch.rand(1, 1, 100, 130), torch.rand(1, 1, 100, 130)).shape
+    torch.Size([1, 1, 100, 130])
+    """
+
+    def __init__(self, channels: int = FEATURES, size: tuple[int, int] = (160, 256)):
+        super().__init__()
+        self.registration = RegistrationNet(channels, size)
+        self.head = ReconstructionHead(channels)
+
+    def fused_features(self, feats: dict, flow: torch.Tensor | None) -> torch.Tensor:
+        """``F_f`` (eq. 7): IR features warped by ``flow`` (any size, pixels of its grid) + VI features.
+
+        ``feats`` holds ``ir_common``, ``ir_specific``, ``vis_common``, ``vis_specific``, each
+        ``(B, C, H, W)``; ``flow`` is ``(B, 2, h, w)`` or ``None`` for no warp.
+        Returns ``(B, 4C, H, W)``.
+        """
+        ir_c, ir_s = feats["ir_common"], feats["ir_specific"]
+        if flow is not None:
+            ir_c, ir_s = warp(ir_c, flow), warp(ir_s, flow)
+        return torch.cat([ir_c, ir_s, feats["vis_common"], feats["vis_specific"]], 1)
+
+    def reconstruct(self, fused_features: torch.Tensor) -> torch.Tensor:
+        """``(B, 4C, H, W)`` → fused image ``(B, 1, H, W)`` in [0, 1]."""
+        return (self.head(fused_features) + 1.0) * 0.5
+
+    @torch.no_grad()
+    def fuse(self, ir: torch.Tensor, vis: torch.Tensor, register: bool = True) -> torch.Tensor:
+        """Fuse ``ir`` and ``vis`` ``(B, 1, H, W)`` in [0, 1], any size → ``(B, 1, H, W)`` in [0, 1].
+
+        With ``register`` the deformation is estimated at the working size and the IR
+        features are warped onto the VI grid before reconstruction (the paper's joint
+        network); without it the pair is taken as aligned.
+        """
+        reg = self.registration
+        feats = {
+            "ir_common": reg.ir_common(ir),
+            "ir_specific": reg.ir_specific(ir),
+            "vis_common": reg.vis_common(vis),
+            "vis_specific": reg.vis_specific(vis),
+        }
+        flow = None
+        if register:
+            small = [resize(x, reg.size) for x in (ir, vis)]
+            flow = reg(*small)["flows"][-1]
+        return self.reconstruct(self.fused_features(feats, flow))
+
+
+def load_tard(weights: str | Path | None = None, device: str | torch.device = "cpu") -> TardNet:
+    """A :class:`TardNet` in eval mode with ``weights`` (default: the packaged file)."""
+    state, config = load_state(weights or WEIGHTS)
+    net = TardNet(**config)
+    net.load_state_dict(state)
+    return net.to(device).eval()
+
+
+def tard_factory(device: str | torch.device = "cpu", weights: str | Path | None = None, register: bool = True, **options):
+    """Fusion-method factory (see :mod:`stages.registry`): returns ``fuse(ir, vis) -> fused``.
+
+    ``ir``, ``vis``: ``(B, 1, H, W)`` float in [0, 1]; result ``(B, 1, H, W)`` in [0, 1].
+    ``register=False`` skips the built-in registration (for pairs that are aligned
+    already, e.g. the output of ``fuse register``).
+    """
+    if options:
+        raise ValueError(f"tard: unknown options {sorted(options)}; it takes 'register'")
+    net = load_tard(weights, device)
+
+    def fuse(ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        return net.fuse(ir.to(device), vis.to(device), register=register).clamp(0.0, 1.0)
+
+    return fuse

@@ -1,0 +1,258 @@
+"""Training of the learned fusion networks (:data:`stages.nets.learned_methods.NETWORKS`).
+
+:func:`train` follows the papers' recipes: random crops, random flips and 90°
+rotations (the same for both modalities), the paper's optimiser and learning
+rate (see the defaults in ``NETWORKS``), one random crop per training pair per
+epoch. Visible RGB images are reduced to their BT.601 luminance.
+
+After every epoch it writes, atomically, into ``out``:
+
+* ``<method>.safetensors`` — the weights (loadable by ``fuse fuse --weights``);
+* ``<method>.optim.safetensors`` — the optimiser state, for ``resume``;
+* ``<method>.json`` — the model card: method, data used, hyper-parameters,
+  seconds trained, per-epoch training loss and validation metrics (computed with
+  :mod:`stages.metrics` on ``val_pairs`` fused at full size), library versions.
+
+On CPU a run is deterministic for a given ``seed`` (the crops of epoch ``e``
+are drawn from a generator seeded with ``(seed, e)``, so a resumed run draws
+the same crops as an uninterrupted one).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from fuse_cli.images import luminance, read_image, to_uint8
+from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
+
+VAL_METRICS = ["EN", "SD", "SF", "AG", "SSIM", "Qabf", "VIF"]
+MIN_LR_FRACTION = 0.01  # cosine schedules end at 1 % of the initial rate
+
+Pair = tuple[str | os.PathLike, str | os.PathLike]
+
+
+def load_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a pair as two float32 ``(H, W)`` luminance arrays in [0, 1]; ``ValueError`` if sizes differ."""
+    ir = luminance(read_image(ir_path)).astype(np.float32)
+    vis = luminance(read_image(vis_path)).astype(np.float32)
+    if ir.shape != vis.shape:
+        raise ValueError(f"pair {Path(ir_path).stem}: IR is {ir.shape[1]}×{ir.shape[0]} but VIS is "
+                         f"{vis.shape[1]}×{vis.shape[0]}")
+    return ir, vis
+
+
+def random_crop_batch(images: Sequence[tuple[np.ndarray, np.ndarray]], crop: int,
+                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented ``crop × crop`` patch per pair: ``(B, 1, crop, crop)`` IR and VIS tensors.
+
+    Images smaller than ``crop`` are reflect-padded first. The same position,
+    flips and quarter-turn rotation apply to both modalities.
+    """
+    irs, viss = [], []
+    for ir, vis in images:
+        pad_h, pad_w = max(0, crop - ir.shape[0]), max(0, crop - ir.shape[1])
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < ir.shape[0] and pad_w < ir.shape[1] else "edge"
+            ir = np.pad(ir, ((0, pad_h), (0, pad_w)), mode=mode)
+            vis = np.pad(vis, ((0, pad_h), (0, pad_w)), mode=mode)
+        y = int(rng.integers(0, ir.shape[0] - crop + 1))
+        x = int(rng.integers(0, ir.shape[1] - crop + 1))
+        patch = np.stack([ir[y:y + crop, x:x + crop], vis[y:y + crop, x:x + crop]])
+        if rng.random() < 0.5:
+            patch = patch[:, :, ::-1]
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1, :]
+        patch = np.rot90(patch, k=int(rng.integers(0, 4)), axes=(1, 2))
+        irs.append(patch[0])
+        viss.append(patch[1])
+    return (torch.from_numpy(np.ascontiguousarray(np.stack(irs)[:, None])),
+            torch.from_numpy(np.ascontiguousarray(np.stack(viss)[:, None])))
+
+
+def _dataset_counts(pairs: Sequence[Pair]) -> dict[str, int]:
+    """Pairs per dataset folder (the folder holding ``ir/``), e.g. ``{"roadscene": 200}``."""
+    counts: dict[str, int] = {}
+    for ir_path, _ in pairs:
+        name = Path(ir_path).resolve().parent.parent.name
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _versions() -> dict[str, str]:
+    import kornia
+    import safetensors
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "kornia": kornia.__version__, "safetensors": safetensors.__version__}
+
+
+def _make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
+
+
+def _epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        progress = epoch / max(1, epochs)
+        return lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
+
+
+def _optim_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.replace(".safetensors", ".optim.safetensors"))
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Optimiser state as safetensors: tensors ``state.<param>.<key>``, param groups in the metadata."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, slots in state["state"].items():
+        for key, value in slots.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{index}.{key}"] = value.detach().to("cpu").contiguous()
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"param_groups": json.dumps(state["param_groups"])})
+    os.replace(tmp, path)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+        state: dict[int, dict] = {}
+        for name in f.keys():
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = f.get_tensor(name)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def validate(model: torch.nn.Module, images: Sequence[tuple[np.ndarray, np.ndarray]],
+             device: str | torch.device) -> dict[str, float] | None:
+    """Mean :data:`VAL_METRICS` of ``model`` on full-size pairs; ``None`` while :mod:`stages.metrics` is missing."""
+    try:
+        from stages.metrics import compute_metrics
+    except ImportError:
+        return None
+    fuser = NetworkFuser(model, device, half=False)
+    sums: dict[str, float] = {}
+    for ir, vis in images:
+        fused = fuser(torch.from_numpy(ir)[None, None], torch.from_numpy(vis)[None, None])[0, 0].cpu().numpy()
+        scores = compute_metrics(to_uint8(ir), to_uint8(vis), to_uint8(fused), names=VAL_METRICS)
+        for name, value in scores.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+    model.train()
+    return {name: round(total / len(images), 4) for name, total in sums.items()}
+
+
+def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int, batch_size: int,
+          lr: float, seed: int, device: str | torch.device = "cpu", crop: int = 256,
+          resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
+          progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None) -> Path:
+    """Train network ``method`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
+
+    Args:
+        epochs: total epochs; a resumed run continues until this many are done.
+        optimizer: ``"sgd"`` or ``"adam"``; the paper's choice (``NETWORKS`` defaults) when ``None``.
+        resume: a checkpoint written by this function (its ``.json`` card and
+            ``.optim.safetensors`` beside it) to continue from.
+        val_pairs: pairs scored after every epoch (fused at full size).
+        progress: show a tqdm bar with the running loss on stderr.
+        log: called with one line per epoch.
+    """
+    spec = NETWORKS[method]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path, card_path = out / f"{method}.safetensors", out / f"{method}.json"
+    optimizer_name = optimizer or spec.defaults["optimizer"]
+    momentum = spec.defaults["momentum"]
+    schedule = spec.defaults["schedule"]
+    if not pairs:
+        raise ValueError("no training pairs given")
+
+    torch.manual_seed(seed)
+    images = [load_pair(ir, vis) for ir, vis in pairs]
+    val_images = [load_pair(ir, vis) for ir, vis in (val_pairs or [])]
+
+    if resume is not None:
+        resume = Path(resume)
+        model = load_network(method, resume, device).train()
+        card = json.loads(resume.with_suffix(".json").read_text())
+        opt = _make_optimizer(optimizer_name, model.parameters(), lr, momentum)
+        if _optim_path(resume).is_file():
+            _load_optimizer(opt, _optim_path(resume))
+        log(f"resuming {method} from {resume} after epoch {card['epochs']}")
+    else:
+        model = spec.model().to(device).train()
+        opt = _make_optimizer(optimizer_name, model.parameters(), lr, momentum)
+        card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": [], "val_metrics": []}
+
+    card.update({
+        "method": method,
+        "model": type(model).__name__,
+        "config": model.config,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data": {"train": _dataset_counts(pairs), "val": _dataset_counts(val_pairs or [])},
+        "crop": crop, "batch_size": batch_size, "lr": lr, "optimizer": optimizer_name,
+        "momentum": momentum if optimizer_name == "sgd" else None, "schedule": schedule,
+        "epochs_planned": epochs, "seed": seed, "device": str(device),
+        "augmentation": "random crop, horizontal/vertical flips, 90° rotations",
+        "versions": _versions(),
+    })
+
+    steps = math.ceil(len(images) / batch_size)
+    for epoch in range(card["epochs"], epochs):
+        started = time.perf_counter()
+        epoch_lr = _epoch_lr(lr, schedule, epoch, epochs)
+        for group in opt.param_groups:
+            group["lr"] = epoch_lr
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(images))
+        running, total = None, 0.0
+        bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                   disable=not progress, leave=False)
+        for step in bar:
+            chosen = [images[i] for i in order[step * batch_size:(step + 1) * batch_size]]
+            ir, vis = (t.to(device) for t in random_crop_batch(chosen, crop, rng))
+            loss = spec.loss(model(ir, vis), ir, vis)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            total += value
+            running = value if running is None else 0.9 * running + 0.1 * value
+            bar.set_postfix(loss=f"{running:.4f}")
+        bar.close()
+
+        metrics = validate(model, val_images, device) if val_images else None
+        card["epochs"] = epoch + 1
+        card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
+        card["train_loss"].append(round(total / steps, 5))
+        card["val_metrics"].append(metrics)
+        save_weights(model, method, weights_path)
+        _save_optimizer(opt, _optim_path(weights_path))
+        _write_json(card, card_path)
+        shown = "" if metrics is None else "  " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+        log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f} lr {epoch_lr:.2e}{shown}")
+    return weights_path

@@ -7,6 +7,7 @@ failed, 2 usage error.
 """
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,6 +218,12 @@ def score(
     raise typer.Exit(status)
 
 
+def _terminate(signum, frame) -> None:
+    # `kill` becomes an exception in the main thread, so pending atomic writes remove their temporaries.
+    raise SystemExit(128 + signum)
+
+
 def run() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()

@@ -1,0 +1,85 @@
+"""Generate the man pages in ``man/`` from the Typer commands, so they never drift from ``--help``.
+
+    python -m fuse_cli.manpages man/
+
+writes ``fuse.1`` and ``fuse-<command>.1`` for every command.
+"""
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+
+import click
+import typer
+
+from fuse_cli import __version__
+from fuse_cli.app import app
+
+
+def _escape(text: str) -> str:
+    lines = []
+    for line in text.replace("\\", "\\e").splitlines():
+        line = line.replace("-", "\\-")
+        lines.append("\\&" + line if line.startswith((".", "'")) else line)
+    return "\n".join(lines)
+
+
+def _header(name: str, summary: str) -> list[str]:
+    return [
+        f'.TH {name.upper()} 1 "{date(2026, 11, 22).isoformat()}" "fuse {__version__}" "fuse manual"',
+        ".SH NAME",
+        f"{_escape(name)} \\- {_escape(summary)}",
+    ]
+
+
+def _options(command: click.Command, ctx: click.Context) -> list[str]:
+    lines = [".SH OPTIONS"]
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record:
+            lines += [".TP", f"\\fB{_escape(record[0])}\\fR", _escape(record[1])]
+    return lines
+
+
+def command_page(group: click.Group, name: str) -> str:
+    command = group.commands[name]
+    ctx = click.Context(command, info_name=f"fuse {name}")
+    summary = command.get_short_help_str(limit=80)
+    usage = " ".join(command.collect_usage_pieces(ctx))
+    lines = _header(f"fuse-{name}", summary)
+    lines += [".SH SYNOPSIS", f"\\fBfuse {name}\\fR {_escape(usage)}", ".SH DESCRIPTION", _escape(command.help or "")]
+    lines += _options(command, ctx)
+    lines += [".SH SEE ALSO", "\\fBfuse\\fR(1)"]
+    return "\n".join(lines) + "\n"
+
+
+def main_page(group: click.Group) -> str:
+    lines = _header("fuse", "multimodal image fusion as composable command-line stages")
+    lines += [".SH SYNOPSIS", "\\fBfuse\\fR [\\-\\-version] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]", ".SH DESCRIPTION"]
+    lines += [_escape(group.help or ""), ".SH COMMANDS"]
+    for name, command in group.commands.items():
+        lines += [".TP", f"\\fBfuse {name}\\fR", _escape(command.get_short_help_str(limit=100))]
+    lines += [
+        ".SH EXIT STATUS",
+        "0 on success, 1 when any pair failed (its record carries \"error\"), 2 for usage errors.",
+        ".SH SEE ALSO",
+        ", ".join(f"\\fBfuse\\-{name}\\fR(1)" for name in group.commands),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def pages() -> dict[str, str]:
+    """File name → roff text for the main page and every command."""
+    group = typer.main.get_command(app)
+    result = {"fuse.1": main_page(group)}
+    result.update({f"fuse-{name}.1": command_page(group, name) for name in group.commands})
+    return result
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "man")
+    out.mkdir(exist_ok=True)
+    for filename, text in pages().items():
+        (out / filename).write_text(text)
+        print(out / filename)

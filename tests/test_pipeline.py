@@ -300,3 +300,15 @@ def test_man_pages_are_generated_from_the_current_commands():
     folder = Path(__file__).resolve().parents[1] / "man"
     for filename, text in pages().items():
         assert (folder / filename).read_text() == text, f"man/{filename} is stale: run python -m fuse_cli.manpages man"
+
+
+def test_example_makefile_fuses_and_scores_with_make_j2(synthetic_pairs, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    make = ["make", "-s", "-f", str(root / "examples" / "Makefile"), "-j2", f"IR={synthetic_pairs / 'ir'}",
+            f"VIS={synthetic_pairs / 'vis'}", f"OUT={out}", "METHOD=mean", f"FUSE={sys.executable} -m fuse_cli"]
+    subprocess.run(make, check=True, capture_output=True, cwd=root)
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert sorted(r.split(",")[0] for r in rows[1:-1]) == [f"scene_{i:02d}" for i in range(4)]
+    assert rows[-1].startswith("mean,mean,")
+    assert len(list((out / "fused").glob("scene_*.png"))) == 4

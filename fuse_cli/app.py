@@ -7,9 +7,10 @@ failed, 2 usage error.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,7 +18,8 @@ import typer
 
 from fuse_cli import __version__
 from fuse_cli import options as opt
-from fuse_cli.records import pair_directories, parse_records, read_records_file, write_records
+from fuse_cli.inputs import gather_records, report_unmatched, usage_error
+from fuse_cli.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
 
 app = typer.Typer(
@@ -47,41 +49,6 @@ def main(
     """Multimodal image fusion toolchain."""
 
 
-def usage_error(message: str) -> typer.Exit:
-    typer.echo(f"fuse: usage error: {message}", err=True)
-    return typer.Exit(2)
-
-
-def gather_records(
-    ir: Path | None, vis: Path | None, records: Path | None, reporter: Reporter, **extra_dirs: Path | None
-) -> Iterator[dict]:
-    """Records from ``--records FILE``, from paired folders, or from stdin — in that order of preference."""
-    if records is not None:
-        if not records.is_file():
-            raise usage_error(f"{records}: no such records file")
-        return read_records_file(records)
-    if ir is not None or vis is not None:
-        if ir is None or vis is None:
-            raise usage_error("--ir and --vis go together")
-        folders = {"ir": ir, "vis": vis, **{k: v for k, v in extra_dirs.items() if v is not None}}
-        try:
-            pairing = pair_directories(folders)
-        except FileNotFoundError as exc:
-            raise usage_error(str(exc)) from None
-        _report_unmatched(pairing, reporter)
-        return iter(pairing.records)
-    if sys.stdin is None or sys.stdin.isatty():
-        raise usage_error("no input: pipe records on stdin, or give --records FILE or --ir DIR --vis DIR")
-    return parse_records(sys.stdin)
-
-
-def _report_unmatched(pairing, reporter: Reporter) -> None:
-    for path in pairing.unmatched:
-        reporter.warn(f"{path}: no file with the same stem in the other folder; not paired")
-    for path in pairing.duplicates:
-        reporter.warn(f"{path}: another file in this folder has the same stem; ignored")
-
-
 @app.command()
 def pairs(
     ir_dir: Annotated[Path, typer.Argument(help="Folder of infrared (or first-modality, e.g. MRI) images.")],
@@ -98,7 +65,7 @@ def pairs(
         pairing = pair_directories({"ir": ir_dir, "vis": vis_dir})
     except FileNotFoundError as exc:
         raise usage_error(str(exc)) from None
-    _report_unmatched(pairing, reporter)
+    report_unmatched(pairing, reporter)
     write_records(pairing.records, rs=rs)
     if not pairing.records:
         reporter.warn(f"no pairs found in {ir_dir} and {vis_dir}")
@@ -216,6 +183,18 @@ def score(
     status = run_stage(ScoreStage(names, convention), source, run_opts, reporter, emit=scored.append)
     sys.stdout.write(format_rows(score_rows(scored, names, convention), names, fmt))
     raise typer.Exit(status)
+
+
+def _register_command_modules() -> None:
+    """Each ``fuse_cli/cmd_<stage>.py`` adds its command(s) through its ``register(app)`` function."""
+    import fuse_cli
+
+    for module in sorted(pkgutil.iter_modules(fuse_cli.__path__), key=lambda m: m.name):
+        if module.name.startswith("cmd_"):
+            importlib.import_module(f"fuse_cli.{module.name}").register(app)
+
+
+_register_command_modules()
 
 
 def _terminate(signum, frame) -> None:

@@ -21,6 +21,7 @@ from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, report_unmatched, usage_error
 from fuse_cli.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
+from stages.metrics import CONVENTION_HELP
 
 app = typer.Typer(
     name="fuse",
@@ -151,14 +152,14 @@ def score(
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).", show_default=False)] = None,
     convention: Annotated[str, typer.Option("--convention", help="Reference implementation to reproduce; see below.")] = "mmif",
     fmt: Annotated[str, typer.Option("--format", "-f", help="csv, json (JSON Lines), table or markdown.")] = "csv",
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw a bar chart per metric (one bar per method) to this PNG.", show_default=False)] = None,
     workers: opt.Workers = 1,
     shard: opt.Shard = None,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
 ) -> None:
-    """Fusion metrics per image and a mean row per method."""
     from stages.metrics import CONVENTIONS
-    from stages.score import ScoreStage, format_rows, parse_metric_names, score_rows
+    from stages.score import ScoreStage, format_rows, parse_metric_names, plot_means, score_rows
 
     if fmt not in ("csv", "json", "table", "markdown"):
         raise usage_error(f"--format {fmt!r}: use csv, json, table or markdown")
@@ -181,8 +182,20 @@ def score(
     scored: list[dict] = []
     run_opts = opt.RunOptions(batch_size=max(workers, 1), workers=workers, shard=opt.parse_shard(shard), quiet=quiet, verbose=verbose)
     status = run_stage(ScoreStage(names, convention), source, run_opts, reporter, emit=scored.append)
-    sys.stdout.write(format_rows(score_rows(scored, names, convention), names, fmt))
+    rows = score_rows(scored, names, convention)
+    sys.stdout.write(format_rows(rows, names, fmt))
+    if plot is not None:
+        plot_means(rows, names, plot)
     raise typer.Exit(status)
+
+
+score.__doc__ = f"""Fusion metrics per image and a mean row per method.
+
+Reads records with ir, vis and fused (from `fuse fuse`), or --ir/--vis with one
+or more --fused folders to compare methods side by side.
+
+{CONVENTION_HELP}
+"""
 
 
 def _register_command_modules() -> None:

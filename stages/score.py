@@ -94,3 +94,35 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else str(value)
+
+
+def plot_means(rows: list[dict], metrics: list[str], path) -> None:
+    """Bar chart per metric, one bar per method (the mean rows), saved atomically to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fuse_cli.images import atomic_file
+
+    means = [row for row in rows if row["id"] == "mean"]
+    methods = [row["method"] or "fused" for row in means]
+    cols = min(4, len(metrics))
+    nrows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for ax, metric in zip(axes.flat, metrics):
+        values = [row[metric] for row in means]
+        ax.bar(range(len(methods)), values, color=[colours[i % 10] for i in range(len(methods))])
+        arrow = "↑" if METRICS[metric].higher_is_better else "↓"
+        ax.set_title(f"{metric} {arrow}", fontsize=10)
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    convention = means[0]["convention"] if means else ""
+    fig.suptitle(f"mean scores ({convention} convention)", fontsize=11)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

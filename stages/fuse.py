@@ -108,8 +108,10 @@ class FuseStage(Stage):
             by_size.setdefault(ir.shape, []).append(i)
         for indices in by_size.values():
             try:
-                fused = self.fuse_images([loaded[i][0] for i in indices], [loaded[i][1] for i in indices])
-            except (RuntimeError, ValueError) as exc:
+                fused = self.fuse_images(
+                    [loaded[i][0] for i in indices], [loaded[i][1] for i in indices], [records[i] for i in indices]
+                )
+            except (RuntimeError, ValueError, OSError) as exc:
                 for i in indices:
                     results[i] = StageError(f"pair {records[i].get('id', '?')}: fusion failed: {exc}")
                 continue
@@ -123,13 +125,19 @@ class FuseStage(Stage):
         return results
 
     @torch.inference_mode()
-    def fuse_images(self, irs: list[np.ndarray], viss: list[np.ndarray]) -> list[np.ndarray]:
-        """Fuse same-size pairs: ``irs`` ``(H, W)``, ``viss`` ``(H, W)`` or ``(H, W, 3)`` → fused, VIS's channels."""
+    def fuse_images(self, irs: list[np.ndarray], viss: list[np.ndarray], records: list[dict] | None = None) -> list[np.ndarray]:
+        """Fuse same-size pairs: ``irs`` ``(H, W)``, ``viss`` ``(H, W)`` or ``(H, W, 3)`` → fused, VIS's channels.
+
+        Methods guided by more than the two images (a mask, a caption, CLIP
+        embeddings) set ``uses_records = True`` on their callable and receive
+        the pairs' ``records`` to read those keys from.
+        """
         ir = torch.cat([_to_tensor(x, self.device) for x in irs])  # (B, 1, H, W)
         vis_rgb = [v.ndim == 3 for v in viss]
         vis = torch.cat([_to_tensor(v if v.ndim == 3 else v[..., None].repeat(3, -1), self.device) for v in viss])
         ycbcr = rgb_to_ycbcr(vis)  # (B, 3, H, W); on gray VIS, Y is the gray value
-        fused_y = self.fuse_luma(ir, ycbcr[:, :1]).float().clamp(0, 1)
+        extra = {"records": records} if getattr(self.fuse_luma, "uses_records", False) else {}
+        fused_y = self.fuse_luma(ir, ycbcr[:, :1], **extra).float().clamp(0, 1)
         out = []
         for b, is_rgb in enumerate(vis_rgb):
             if is_rgb:

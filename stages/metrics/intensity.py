@@ -1,0 +1,182 @@
+"""Statistics of grey levels, gradients and histograms: EN, SD, SF, AG, EI, MI, CE, MSE, RMSE, PSNR, CC, SCD.
+
+Every function takes ``(a, b, f)``: IR, VIS and fused as 2-D float arrays on the 0..255 scale
+(the convention layer in ``stages.metrics`` collapses colour first) and returns a float.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ._filters import round_half_away, safe_divide
+
+PSNR_RANGE_DB = (0.0, 100.0)  # degenerate images (zero error, all-black fusion) are clipped here instead of ±inf
+
+
+def _histogram(img: np.ndarray) -> np.ndarray:
+    return np.bincount(img.astype(np.int64).ravel(), minlength=256) / img.size
+
+
+def _entropy_bits(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def en_mmif(a, b, f) -> float:
+    """Shannon entropy of the fused grey-level histogram, bits (256 bins of ``uint8(round(F))``)."""
+    return _entropy_bits(_histogram(np.round(f)))
+
+
+def en_vifb(a, b, f) -> float:
+    """Shannon entropy in bits of the fused histogram, 256 bins of ``floor(F)`` (VIFB ``metricsEntropy``)."""
+    return _entropy_bits(_histogram(np.floor(f)))
+
+
+def sd(a, b, f) -> float:
+    """Population standard deviation of the fused image (both conventions; VIFB calls it ``metricsVariance``)."""
+    return float(np.std(f))
+
+
+def sf_mmif(a, b, f) -> float:
+    """Spatial frequency: ``sqrt(mean(dx²) + mean(dy²))``, each mean over the differences that exist."""
+    return float(np.sqrt(np.mean(np.diff(f, axis=1) ** 2) + np.mean(np.diff(f, axis=0) ** 2)))
+
+
+def sf_vifb(a, b, f) -> float:
+    """Spatial frequency with both sums divided by rows·cols (VIFB).
+
+    VIFB indexes a colour image as a 2-D matrix, so a colour fused image is scored as
+    its three channels placed side by side (differences across the seams included);
+    ``f`` of shape (H, W, 3) reproduces that.
+    """
+    if f.ndim == 3:
+        f = np.concatenate([f[..., k] for k in range(f.shape[2])], axis=1)
+    n = f.size
+    return float(np.sqrt((np.diff(f, axis=1) ** 2).sum() / n + (np.diff(f, axis=0) ** 2).sum() / n))
+
+
+def _gradient_magnitude(f: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(f) if min(f.shape) > 1 else (np.zeros_like(f), np.zeros_like(f))
+    return np.sqrt((gx ** 2 + gy ** 2) / 2)
+
+
+def ag_mmif(a, b, f) -> float:
+    """Average gradient: mean of ``sqrt((gx² + gy²)/2)`` with MATLAB-``gradient`` differences, divided by rows·cols."""
+    return float(_gradient_magnitude(f).mean())
+
+
+def ag_vifb(a, b, f) -> float:
+    """Average gradient as VIFB: the same sum divided by (rows−1)(cols−1) (≈0.4 % above MMIF's)."""
+    r, c = f.shape
+    return float(_gradient_magnitude(f).sum() / max((r - 1) * (c - 1), 1))
+
+
+_SOBEL = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])  # MATLAB fspecial('sobel')
+
+
+def ei(a, b, f) -> float:
+    """Edge intensity: mean Sobel magnitude of F, ``imfilter(F, fspecial('sobel'), 'replicate')`` (VIFB).
+
+    The CDDFuse evaluator and Tang's code have no EI; the ``mmif`` convention applies
+    VIFB's definition to the MMIF gray image.
+    """
+    gx = ndimage.correlate(f, _SOBEL, mode="nearest")
+    gy = ndimage.correlate(f, _SOBEL.T, mode="nearest")
+    return float(np.sqrt(gx * gx + gy * gy).mean())
+
+
+def _mutual_information_nats(x: np.ndarray, y: np.ndarray) -> float:
+    """MI of two integer-valued 0..255 images from their joint histogram, natural log."""
+    joint = np.bincount((x.astype(np.int64) * 256 + y.astype(np.int64)).ravel(), minlength=65536)
+    p = joint.reshape(256, 256) / x.size
+    px, py = p.sum(1), p.sum(0)
+    nz = p > 0
+    return float(max((p[nz] * np.log(p[nz] / np.outer(px, py)[nz])).sum(), 0.0))
+
+
+def mi_mmif(a, b, f) -> float:
+    """MI(F, A) + MI(F, B) in nats (scikit-learn ``mutual_info_score`` on the grey levels, as CDDFuse)."""
+    return _mutual_information_nats(f, a) + _mutual_information_nats(f, b)
+
+
+def _minmax_levels(img: np.ndarray) -> np.ndarray:
+    lo, hi = img.min(), img.max()
+    if hi == lo:
+        return np.zeros(img.shape)
+    return round_half_away((img - lo) / (hi - lo) * 255)
+
+
+def mi_vifb(a, b, f) -> float:
+    """MI(VIS, F) + MI(IR, F) in nats after min–max stretching each image to 0..255 and rounding (VIFB ``metricsMutinf``)."""
+    fl = _minmax_levels(f)
+    return _mutual_information_nats(_minmax_levels(b), fl) + _mutual_information_nats(_minmax_levels(a), fl)
+
+
+def _cross_entropy_bits(src: np.ndarray, f: np.ndarray) -> float:
+    p1, p2 = _histogram(src), _histogram(f)
+    nz = (p1 > 0) & (p2 > 0)
+    return float((p1[nz] * np.log2(p1[nz] / p2[nz])).sum())
+
+
+def ce(a, b, f) -> float:
+    """Cross entropy, bits: mean of KL(hist(VIS) ‖ hist(F)) and KL(hist(IR) ‖ hist(F)); bins empty in either are skipped (VIFB).
+
+    Lower is better. The CDDFuse evaluator and Tang's code have no CE; the ``mmif``
+    convention applies VIFB's definition to the MMIF gray images.
+    """
+    return (_cross_entropy_bits(b, f) + _cross_entropy_bits(a, f)) / 2
+
+
+def mse(a, b, f) -> float:
+    """Mean squared error, averaged over the two sources: ``(MSE(A,F) + MSE(B,F)) / 2``, grey levels² (0..255 scale)."""
+    return float((np.mean((a - f) ** 2) + np.mean((b - f) ** 2)) / 2)
+
+
+def rmse_mmif(a, b, f) -> float:
+    """``sqrt`` of the MMIF MSE, grey levels. Neither CDDFuse nor Tang defines RMSE; this is the textbook one."""
+    return float(np.sqrt(mse(a, b, f)))
+
+
+def _vifb_error(x: np.ndarray, f: np.ndarray) -> float:
+    return float(np.sqrt(((x - f) ** 2).sum()) / x.size)
+
+
+def rmse_vifb(a, b, f) -> float:
+    """VIFB "RMSE": mean over the two sources of ``sqrt(sum((X−F)²)) / (rows·cols)`` — not a true RMSE (no square root of the mean)."""
+    return (_vifb_error(b, f) + _vifb_error(a, f)) / 2
+
+
+def _clip_psnr(value: float) -> float:
+    return float(np.clip(value, *PSNR_RANGE_DB))
+
+
+def psnr_mmif(a, b, f) -> float:
+    """PSNR in dB with peak ``max(F)``: ``10·log10(max(F)² / MSE)`` (CDDFuse), clipped to 0..100 dB."""
+    err = mse(a, b, f)
+    peak = float(f.max()) ** 2
+    if err == 0 or peak == 0:
+        return PSNR_RANGE_DB[1] if err == 0 else PSNR_RANGE_DB[0]
+    return _clip_psnr(10 * np.log10(peak / err))
+
+
+def psnr_vifb(a, b, f) -> float:
+    """VIFB PSNR: ``20·log10(255 / sqrt(E))`` with E its "RMSE" above (so values land near 60 dB), clipped to 0..100 dB."""
+    err = rmse_vifb(a, b, f)
+    if err == 0:
+        return PSNR_RANGE_DB[1]
+    return _clip_psnr(20 * np.log10(255 / np.sqrt(err)))
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    dx, dy = x - x.mean(), y - y.mean()
+    return safe_divide((dx * dy).sum(), np.sqrt((dx * dx).sum() * (dy * dy).sum()), 0.0)
+
+
+def cc(a, b, f) -> float:
+    """Correlation coefficient ``(r(A,F) + r(B,F)) / 2``; a constant image gives r = 0 (the references give NaN)."""
+    return (_correlation(a, f) + _correlation(b, f)) / 2
+
+
+def scd(a, b, f) -> float:
+    """Sum of the correlations of differences: ``r(A, F−B) + r(B, F−A)``; a constant term gives 0 (the references give NaN)."""
+    return _correlation(a, f - b) + _correlation(b, f - a)

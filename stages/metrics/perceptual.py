@@ -1,0 +1,87 @@
+"""Human-visual-system metrics from Z. Liu's toolbox as VIFB ships them: Chen–Varshney Qcv and Chen–Blum Qcb.
+
+Every function takes ``(a, b, f)``: IR, VIS and fused, 2-D float arrays on the 0..255 scale.
+Neither the CDDFuse evaluator nor Tang's code has these; both conventions use VIFB's.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ._filters import block_reduce, centered_frequencies, fft_filter, normalize_255, safe_divide
+
+_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def _sobel_strength(img: np.ndarray) -> np.ndarray:
+    gx = ndimage.correlate(img, _SOBEL_X, mode="constant")
+    gy = ndimage.correlate(img, _SOBEL_X.T, mode="constant")
+    return np.sqrt(gx * gx + gy * gy)
+
+
+def qcv(a, b, f) -> float:
+    """Chen–Varshney Q_CV, lower is better (VIFB ``metricsQcv``, from Liu's ``metricChen.m``).
+
+    Images min–max normalised to 0..255 and rounded; saliency = Σ (Sobel magnitude)^α,
+    α = 5, over 16×16 blocks (zero-padded at the right/bottom edge); the differences
+    VIS−F and IR−F are filtered by the Mannos–Sakrison CSF with frequencies scaled by
+    cols/8 and rows/8, and their block mean square (over the padded 256 pixels) is
+    weighted by the saliencies. 0 when neither source has an edge (the reference gives NaN).
+    """
+    a, b, f = normalize_255(a), normalize_255(b), normalize_255(f)
+    rows, cols = f.shape
+    u, v = centered_frequencies(f.shape)
+    r = np.hypot(u * cols / 8, v * rows / 8)
+    csf = 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))
+    num = den = 0.0
+    for src in (b, a):
+        saliency = block_reduce(_sobel_strength(src) ** 5, 16, np.sum)
+        distortion = block_reduce(fft_filter(src - f, csf) ** 2, 16, np.sum) / 256
+        num += (saliency * distortion).sum()
+        den += saliency.sum()
+    return safe_divide(num, den, 0.0)
+
+
+def _gaussian_31(sigma: float) -> np.ndarray:
+    x = np.arange(-15, 16, dtype=np.float64)
+    return np.exp(-(x * x) / (2 * sigma * sigma))
+
+
+_G1, _G2 = _gaussian_31(2.0), _gaussian_31(4.0)
+
+
+def _blur(img: np.ndarray, g: np.ndarray, sigma: float) -> np.ndarray:
+    """``filter2(G, img, 'same')`` with Liu's unnormalised 31×31 Gaussian ``exp(-r²/2σ²) / (2πσ²)``."""
+    out = ndimage.correlate1d(img, g, axis=0, mode="constant")
+    return ndimage.correlate1d(out, g, axis=1, mode="constant") / (2 * np.pi * sigma * sigma)
+
+
+def _masked_contrast(img: np.ndarray, csf: np.ndarray) -> np.ndarray:
+    filtered = fft_filter(img, csf)
+    contrast = np.abs(safe_divide(_blur(filtered, _G1, 2.0), _blur(filtered, _G2, 4.0), 1.0) - 1)
+    return contrast ** 3 / (contrast ** 2 + 1e-4)
+
+
+def qcb(a, b, f) -> float:
+    """Chen–Blum Q_CB, 0..1, higher is better (VIFB ``metricsQcb``, from Liu's ``metricChenBlum.m``).
+
+    Images min–max normalised to 0..255 and rounded; DoG CSF exp(−(r/15.387)²) −
+    0.7622·exp(−(r/1.3456)²) with frequencies scaled by cols/30 and rows/30; local
+    contrast G1∗I / G2∗I − 1 with unnormalised 31×31 Gaussians σ 2 and 4 (zero padding);
+    masked contrast C³/(C² + 1e-4); preservation = min/max ratio, weighted by the
+    sources' squared masked contrasts. Where the reference divides 0 by 0 (flat images)
+    the ratio counts as 1 and the two weights as ½ each.
+    """
+    a, b, f = normalize_255(a), normalize_255(b), normalize_255(f)
+    rows, cols = f.shape
+    u, v = centered_frequencies(f.shape)
+    r = np.hypot(u * cols / 30, v * rows / 30)
+    csf = np.exp(-((r / 15.3870) ** 2)) - 0.7622 * np.exp(-((r / 1.3456) ** 2))
+    ca, cb, cf = (_masked_contrast(x, csf) for x in (b, a, f))
+
+    def preserved(c):
+        return safe_divide(np.minimum(c, cf), np.maximum(c, cf), 1.0)
+
+    energy = ca * ca + cb * cb
+    wa = safe_divide(ca * ca, energy, 0.5)
+    return float((wa * preserved(ca) + (1 - wa) * preserved(cb)).mean())

@@ -32,7 +32,7 @@ def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
 
 
 def train(
-    method: Annotated[str, typer.Option("--method", "-m", help="Network to train: refinefuse, dfh-base, register.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Network to train: refinefuse, dfh-base, mgfusion, register.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the checkpoint and its model card.")] = Path("runs"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
@@ -44,6 +44,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: the paper's).", show_default=False)] = None,
     crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Random crop size (default: the paper's).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; runs on CPU are deterministic.")] = 0,
+    clip_model: Annotated[str, typer.Option("--clip-model", help="mgfusion: open_clip model name.")] = "ViT-B-32",
+    pretrained: Annotated[str, typer.Option("--pretrained", help="mgfusion: open_clip tag (downloaded by open_clip), a local checkpoint, or none.")] = "openai",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint to continue from.", show_default=False)] = None,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
@@ -51,7 +53,7 @@ def train(
     """Train a fusion or registration network; writes OUT/<name>.safetensors and OUT/<name>.json."""
     from stages.nets.learned_methods import NETWORKS
 
-    trainable = [*NETWORKS, "register"]
+    trainable = [*NETWORKS, "mgfusion", "register"]
     if method not in trainable:
         raise usage_error(f"-m {method!r}: trainable networks are {', '.join(trainable)}")
     if resume is not None and not resume.is_file():
@@ -61,27 +63,23 @@ def train(
     if not pairs:
         raise usage_error("no training pairs")
     log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
-    device = opt.resolve_device(device)
+    settings = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop}.items() if v is not None}
+    common = {"seed": seed, "device": opt.resolve_device(device), "resume": resume, "progress": not quiet, "log": log}
     if method == "register":
         from stages.register_training import train_register
 
-        settings = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop}.items() if v}
-        settings.setdefault("epochs", 30)
-        path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, seed=seed, device=device, resume=resume,
-                              progress=not quiet, log=log, **settings)
+        path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **{"epochs": 30, **settings}, **common)
+    elif method == "mgfusion":
+        from stages.encode import parse_pretrained
+        from stages.mgfusion_training import train_mgfusion
+
+        path = train_mgfusion(pairs, out, clip_model=clip_model, pretrained=parse_pretrained(pretrained), **settings, **common)
     else:
         from stages.train import train as train_network
 
-        defaults = NETWORKS[method].defaults
-        val_pairs = None
-        if val_ir or val_vis:
-            val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter)
-        path = train_network(
-            method, pairs, out,
-            epochs=epochs or defaults["epochs"], batch_size=batch_size or defaults["batch_size"],
-            lr=lr or defaults["lr"], crop=crop or defaults["crop"], seed=seed, device=device,
-            resume=resume, val_pairs=val_pairs, progress=not quiet, log=log,
-        )
+        paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
+        val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
+        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)
 

@@ -130,13 +130,13 @@ class FuseStage(Stage):
 
         Methods guided by more than the two images (a mask, a caption, CLIP
         embeddings) set ``uses_records = True`` on their callable and receive
-        the pairs' ``records`` to read those keys from.
+        the pairs' ``records`` to read those keys from, and ``vis_rgb`` ``(B, 3, H, W)``.
         """
         ir = torch.cat([_to_tensor(x, self.device) for x in irs])  # (B, 1, H, W)
         vis_rgb = [v.ndim == 3 for v in viss]
         vis = torch.cat([_to_tensor(v if v.ndim == 3 else v[..., None].repeat(3, -1), self.device) for v in viss])
         ycbcr = rgb_to_ycbcr(vis)  # (B, 3, H, W); on gray VIS, Y is the gray value
-        extra = {"records": records} if getattr(self.fuse_luma, "uses_records", False) else {}
+        extra = {"records": records, "vis_rgb": vis} if getattr(self.fuse_luma, "uses_records", False) else {}
         fused_y = self.fuse_luma(ir, ycbcr[:, :1], **extra).float().clamp(0, 1)
         out = []
         for b, is_rgb in enumerate(vis_rgb):

@@ -1,0 +1,71 @@
+"""``fuse encode``: CLIP image (and caption) embeddings, one ``OUT/<id>.safetensors`` per pair.
+
+    fuse pairs ir/ vis/ | fuse encode -o emb/ | fuse fuse -m mgfusion --weights runs/mgfusion.safetensors
+
+The file format is documented in :mod:`stages.encode`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fuse_cli import options as opt
+from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.runner import Reporter, run_stage
+
+ClipModel = Annotated[str, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32, ViT-L-14.")]
+ClipPretrained = Annotated[
+    str,
+    typer.Option("--pretrained", help="open_clip weights tag (downloaded by open_clip on a machine with internet), "
+                 "a local checkpoint file, or 'none' for a random untrained CLIP (tests only)."),
+]
+
+
+def encode(
+    out: opt.OutDir = Path("emb"),
+    ir: opt.InputIR = None,
+    vis: opt.InputVIS = None,
+    records: opt.RecordsFile = None,
+    model: ClipModel = "ViT-B-32",
+    pretrained: ClipPretrained = "openai",
+    image: Annotated[str, typer.Option("--image", help="Comma-separated record images to embed: ir, vis, fused.")] = "ir,vis",
+    tokens: Annotated[bool, typer.Option("--tokens", help="Also store the patch-token maps <image>_tokens (ViT models).")] = False,
+    overwrite: opt.Overwrite = False,
+    dry_run: opt.DryRun = False,
+    device: opt.Device = "auto",
+    batch_size: opt.BatchSize = 16,
+    workers: opt.Workers = 1,
+    shard: opt.Shard = None,
+    rs: opt.RS = False,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
+) -> None:
+    """Embed each pair's images (and "caption" text, when present) with CLIP; print each record with "embedding" added.
+
+    Writes OUT/<id>.safetensors holding one (E,) float32 vector per image
+    ("ir", "vis", "fused"), "text" for the caption, and with --tokens the
+    (Gh, Gw, D) patch-token maps "<image>_tokens".
+    """
+    from stages.encode import IMAGE_KEYS, EncodeStage, parse_pretrained
+
+    keys = [key.strip() for key in image.split(",") if key.strip()]
+    if not keys or any(key not in IMAGE_KEYS for key in keys):
+        raise usage_error(f"--image {image!r}: use a comma-separated list of {', '.join(IMAGE_KEYS)}")
+    reporter = Reporter("encode", quiet, verbose)
+    run_opts = opt.RunOptions(out, overwrite, dry_run, batch_size, workers, opt.parse_shard(shard), quiet, verbose, rs)
+    source = gather_records(ir, vis, records, reporter)
+    try:
+        stage = EncodeStage(out, model, parse_pretrained(pretrained), keys, tokens, opt.resolve_device(device),
+                            batch_size * len(keys))
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    except (RuntimeError, OSError) as exc:
+        typer.echo(f"fuse encode: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(run_stage(stage, source, run_opts, reporter))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(encode)

@@ -1,0 +1,215 @@
+"""Training of MGFusion (:mod:`stages.nets.mgfusion`) with the paper's recipe (Sect. 4.1–4.2).
+
+* Data: random ``crop × crop`` patches (256 in the paper), random horizontal and
+  vertical flips and quarter-turn rotations, the same for both modalities; one
+  patch per training pair per epoch. The network sees the IR luminance and the
+  visible BT.601 luminance; the frozen CLIP sees the IR patch (gray → RGB) and
+  the visible patch in colour when the file is RGB. Pairs are held in memory
+  as 8-bit (16-bit radiometric IR is quantised to 8 bits for training).
+* Optimiser: Adam, batch 16, 100 epochs. Learning rate: rises linearly from
+  ``lr / 10`` (1e-4) to ``lr`` (1e-3) over the first 20 % of the epochs (20 of
+  100), then falls linearly back to ``lr / 10`` at the end; updated every step.
+* Loss: :func:`stages.nets.mgfusion.mgfusion_loss` (``L_g + 0.2·L_i``).
+* CLIP: built once from ``clip_model`` / ``pretrained``, frozen
+  (``requires_grad=False``, always in eval mode), not in the optimiser and not
+  in the checkpoint.
+
+After every epoch it writes, atomically, into ``out``:
+
+* ``mgfusion.safetensors`` — the trainable weights; the metadata names the
+  CLIP model and pretrained tag (``fuse fuse -m mgfusion --weights ...`` loads the same CLIP);
+* ``mgfusion.optim.safetensors`` — the optimiser state, for ``resume``;
+* ``mgfusion.json`` — the model card: data, hyper-parameters, CLIP, per-epoch
+  loss, seconds trained, library versions.
+
+On CPU a run is deterministic for a given ``seed``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fuse_cli.images import LUMA_WEIGHTS, read_image, to_uint8
+from stages.encode import ClipImageEncoder, parse_pretrained, pretrained_label
+from stages.nets.mgfusion import LOSS_WEIGHT, METHOD, MGFusion, load_mgfusion, mgfusion_loss, save_mgfusion
+
+DEFAULTS = {"epochs": 100, "batch_size": 16, "lr": 1e-3, "crop": 256, "clip_model": "ViT-B-32", "pretrained": "openai"}
+WARMUP_FRACTION = 0.2  # 20 of 100 epochs
+START_FRACTION = 0.1  # 1e-4 → 1e-3 → 1e-4
+
+Pair = tuple[str | os.PathLike, str | os.PathLike]
+
+
+def lr_at(progress: float, epochs: int, lr: float) -> float:
+    """Learning rate after ``progress`` epochs (fractional): linear warm-up to ``lr``, then linear decay.
+
+    >>> [round(lr_at(e, 100, 1e-3), 6) for e in (0, 10, 20, 60, 100)]
+    [0.0001, 0.00055, 0.001, 0.00055, 0.0001]
+    """
+    low = lr * START_FRACTION
+    warm = WARMUP_FRACTION * epochs
+    if progress < warm:
+        return low + (lr - low) * progress / warm
+    return lr - (lr - low) * min(1.0, (progress - warm) / max(epochs - warm, 1e-9))
+
+
+def load_training_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike) -> np.ndarray:
+    """A pair as one ``(4, H, W)`` uint8 array: IR luminance, visible R, G, B (gray visible repeated).
+
+    Kept as 8-bit so that a training set of hundreds of megapixel pairs fits in memory.
+    """
+    ir = read_image(ir_path)
+    vis = read_image(vis_path)
+    if ir.ndim == 3:
+        ir = ir @ LUMA_WEIGHTS
+    if vis.ndim == 2:
+        vis = np.repeat(vis[..., None], 3, axis=-1)
+    if ir.shape != vis.shape[:2]:
+        raise ValueError(f"pair {Path(ir_path).stem}: IR is {ir.shape[1]}×{ir.shape[0]} but VIS is "
+                         f"{vis.shape[1]}×{vis.shape[0]}")
+    return to_uint8(np.concatenate([ir[None], np.moveaxis(vis, -1, 0)]))
+
+
+def crop_batch(images: Sequence[np.ndarray], crop: int, rng: np.random.Generator) -> torch.Tensor:
+    """One augmented patch per ``(4, H, W)`` uint8 pair → ``(B, 4, crop, crop)`` float32 in [0, 1].
+
+    Images smaller than ``crop`` are reflect-padded first; the same position,
+    flips and quarter-turn rotation apply to all channels.
+    """
+    patches = []
+    for image in images:
+        _, h, w = image.shape
+        pad_h, pad_w = max(0, crop - h), max(0, crop - w)
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < h and pad_w < w else "edge"
+            image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+        y = int(rng.integers(0, image.shape[1] - crop + 1))
+        x = int(rng.integers(0, image.shape[2] - crop + 1))
+        patch = image[:, y:y + crop, x:x + crop]
+        if rng.random() < 0.5:
+            patch = patch[:, :, ::-1]
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1, :]
+        patches.append(np.rot90(patch, k=int(rng.integers(0, 4)), axes=(1, 2)))
+    return torch.from_numpy(np.stack(patches).astype(np.float32) / 255.0)
+
+
+def split_patch(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, 4, h, w)`` → IR ``(B, 1, h, w)``, visible luminance ``(B, 1, h, w)``, visible RGB ``(B, 3, h, w)``."""
+    weights = torch.as_tensor(LUMA_WEIGHTS, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    rgb = batch[:, 1:]
+    return batch[:, :1], (rgb * weights).sum(1, keepdim=True), rgb
+
+
+def _card_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int = DEFAULTS["epochs"],
+                   batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], seed: int = 0,
+                   device: str | torch.device = "cpu", crop: int = DEFAULTS["crop"],
+                   clip_model: str = DEFAULTS["clip_model"], pretrained: str | None = DEFAULTS["pretrained"],
+                   resume: str | os.PathLike | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print, config: dict | None = None,
+                   max_steps: int | None = None) -> Path:
+    """Train MGFusion on ``pairs`` (``(ir_path, vis_path)``); returns ``out/mgfusion.safetensors``.
+
+    Args:
+        epochs: total epochs; a resumed run continues until this many are done.
+        lr: the peak learning rate (reached after the warm-up); starts and ends at ``lr / 10``.
+        clip_model, pretrained: the frozen CLIP (open_clip name; tag, local file, or
+            ``None``/``"none"`` for a random CLIP — tests only). A resumed run uses the checkpoint's.
+        resume: a checkpoint written by this function (``.json`` card and
+            ``.optim.safetensors`` beside it) to continue from.
+        config: MGFusion constructor arguments (``dim``, ``blocks``, ``heads``,
+            ``expansion``); the defaults of :class:`MGFusion` otherwise.
+        max_steps: stop each epoch after this many steps (smoke tests).
+        progress: a tqdm bar with the running loss on stderr.
+        log: called with one line per epoch.
+    """
+    from stages.train import _dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json
+
+    if not pairs:
+        raise ValueError("no training pairs given")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path = out / f"{METHOD}.safetensors"
+    pretrained = parse_pretrained(pretrained)
+    torch.manual_seed(seed)
+    images = [load_training_pair(ir, vis) for ir, vis in pairs]
+
+    if resume is not None:
+        resume = Path(resume)
+        model = load_mgfusion(resume, device)
+        clip_model, pretrained = model.clip.model_name, model.clip.pretrained
+        card = json.loads(_card_path(resume).read_text())
+        log(f"resuming {METHOD} from {resume} after epoch {card['epochs']}")
+    else:
+        clip = ClipImageEncoder.load(clip_model, pretrained, device)
+        model = MGFusion(**(config or {}), clip=clip).to(device)
+        card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": []}
+    model.train()
+    params = model.trainable_parameters()
+    opt = torch.optim.Adam(params, lr=lr * START_FRACTION)
+    if resume is not None and _optim_path(resume).is_file():
+        _load_optimizer(opt, _optim_path(resume))
+
+    card.update({
+        "method": METHOD,
+        "model": type(model).__name__,
+        "config": model.config,
+        "parameters": sum(p.numel() for p in params),
+        "clip": {"model": clip_model, "pretrained": pretrained_label(pretrained), "frozen": True,
+                 "image_size": model.clip.image_size, "embed_dim": model.clip.embed_dim},
+        "data": {"train": _dataset_counts(pairs)},
+        "crop": crop, "batch_size": batch_size, "lr": lr, "optimizer": "adam",
+        "schedule": f"linear warm-up {lr * START_FRACTION:g}→{lr:g} over the first {WARMUP_FRACTION:.0%} of epochs, "
+                    f"then linear decay to {lr * START_FRACTION:g}",
+        "loss": f"L_g + {LOSS_WEIGHT}·L_i (max-gradient Sobel L1 + max-intensity L1)",
+        "epochs_planned": epochs, "seed": seed, "device": str(device),
+        "augmentation": "random crop, horizontal/vertical flips, 90° rotations",
+        "versions": _versions(),
+    })
+
+    steps = math.ceil(len(images) / batch_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    for epoch in range(card["epochs"], epochs):
+        started = time.perf_counter()
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(images))
+        running, total = None, 0.0
+        bar = tqdm(range(steps), desc=f"{METHOD} epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                   disable=not progress, leave=False)
+        for step in bar:
+            step_lr = lr_at(epoch + step / steps, epochs, lr)
+            for group in opt.param_groups:
+                group["lr"] = step_lr
+            chosen = [images[i] for i in order[step * batch_size:(step + 1) * batch_size]]
+            ir, vis, vis_rgb = split_patch(crop_batch(chosen, crop, rng).to(device))
+            loss = mgfusion_loss(model(ir, vis, vis_rgb=vis_rgb), ir, vis)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            total += value
+            running = value if running is None else 0.9 * running + 0.1 * value
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{step_lr:.1e}")
+        bar.close()
+        card["epochs"] = epoch + 1
+        card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
+        card["train_loss"].append(round(total / steps, 5))
+        save_mgfusion(model, weights_path, clip_model, pretrained)
+        _save_optimizer(opt, _optim_path(weights_path))
+        _write_json(card, _card_path(weights_path))
+        log(f"{METHOD} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f} lr {step_lr:.2e}")
+    return weights_path

@@ -1,0 +1,503 @@
+"""MGFusion: infrared/visible fusion guided by a multimodal large language model (CLIP),
+Frontiers in Neurorobotics 2024, doi:10.3389/fnbot.2024.1521603 (``../shared/papers/mgfusion-clip-guided.txt``).
+
+Architecture (Sect. 3, Figs. 1–3), on luminance ``(B, 1, H, W)`` in [0, 1]:
+
+* **IRE / VIE** — two feature-extraction layers (3×3 conv, stride 1, BatchNorm,
+  LeakyReLU) then ``blocks`` Restormer blocks (MDTA + GDFN, Zamir et al. 2022)
+  → ``F_i``, ``F_v`` ``(B, C, H, W)``.
+* **CII** (one per modality) — frozen CLIP image embeddings ``e_i``, ``e_v``
+  ``(B, E)`` mixed by a learnable ``W ∈ R^E``: ``F_c = A(e_i ⊙ W + e_v ⊙ (1 − W))``
+  (Eq. 1; ``A`` the Adapter, two linear layers) → ``(B, C, 1, 1)``; SEP (3×3 conv,
+  ReLU, 3×3 conv) + Sigmoid on the modality's features gives the spatial
+  expansion weights ``W_s``; injection by addition ``F̂ = F + F_c ⊙ W_s`` (Eq. 2).
+* **CFF** — IR / VIS adapters (IRA, VIA: two linear layers) give channel weights
+  ``W^c_i``, ``W^c_v`` from ``e_i``, ``e_v``; ``F_f = [W^c_i ⊙ F̂_i, W^c_v ⊙ F̂_v]``
+  (Eq. 3, concatenation → 2C channels); SAWP (3×3 conv, ReLU, 3×3 conv) + Sigmoid
+  on the per-channel Sobel gradient ``∇F_f`` gives ``W_g`` (Eq. 4) and
+  ``F̂_f = F_f + W_g ⊙ F_f`` (Eq. 5).
+* **FD** — ``blocks`` Restormer blocks (2C channels), one feature-extraction layer
+  (2C → C) and the reconstruction layer (3×3 conv → 1 channel, Tanh).
+
+Choices where the paper is silent (all recorded in the checkpoint's ``config``):
+width ``C = 32``, ``blocks = 2`` Restormer blocks per encoder/decoder, 4 heads, GDFN
+expansion 2, LeakyReLU slope 0.2; a ReLU between the two linear layers of each
+adapter (two linear maps with nothing between collapse into one); a Sigmoid on
+the IRA/VIA outputs so they are weights in (0, 1); ``W`` starts at 0.5; the Tanh
+output is mapped to [0, 1] as ``(tanh + 1) / 2``; VIE sees the visible luminance
+(the paper feeds RGB: the toolchain fuses the Y channel and keeps the chroma),
+while CLIP sees the RGB visible image when it is given (``vis_rgb``).
+
+Loss (Eqs. 6–8): ``L_f = L_g + λ·L_i`` with ``λ = 0.2``,
+``L_g = 1/HW ‖ |∇I_f| − max(|∇I_ir|, |∇I_vis|) ‖₁`` (Sobel) and
+``L_i = 1/HW ‖ I_f − max(I_ir, I_vis) ‖₁``.
+
+CLIP: a frozen open_clip image tower (:class:`stages.encode.ClipImageEncoder`),
+never trained, kept in eval mode; the embeddings come from ``fuse encode`` files
+(``embedding`` in the record) when given, else are computed on the fly. A
+checkpoint holds only the trainable weights; its metadata names the CLIP model
+and pretrained tag it was trained with, and loading builds the same CLIP.
+
+>>> model = MGFusion(dim=8, blocks=1, heads=2, embed_dim=16)
+>>> ir, vis = torch.rand(2, 1, 33, 47), torch.rand(2, 1, 33, 47)
+>>> model(ir, vis, clip_ir=torch.randn(2, 16), clip_vis=torch.randn(2, 16)).shape
+torch.Size([2, 1, 33, 47])
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from stages.encode import ClipImageEncoder, embedding_metadata, load_embeddings, pretrained_label
+from stages.nets.losses import sobel_magnitude, texture_loss_max
+from stages.registry import register_method
+
+METHOD = "mgfusion"
+CHECKPOINT_FORMAT = "fuse-network-1"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+LOSS_WEIGHT = 0.2  # λ of Eq. 6
+#: What the registry shows: ``register_method("mgfusion", kind="learned", **REGISTRY_INFO)(mgfusion_factory)``.
+REGISTRY_INFO = {
+    "summary": "MGFusion: CLIP-guided fusion (CLIP semantic injection CII, CLIP-weighted feature fusion CFF)",
+    "reference": "MGFusion: infrared and visible image fusion driven by a multimodal large language model "
+                 "(CLIP), Front. Neurorobot. 2024, doi:10.3389/fnbot.2024.1521603",
+}
+NO_WEIGHTS_MESSAGE = (
+    "no trained weights for fusion method 'mgfusion': train them with "
+    "`fuse train -m mgfusion --pretrained openai --ir DIR --vis DIR -o runs/`, "
+    "then run `fuse fuse -m mgfusion --weights runs/mgfusion.safetensors`."
+)
+
+
+# --------------------------------------------------------------------------- Restormer
+
+
+class LayerNorm2d(nn.Module):
+    """Restormer's bias-free/with-bias LayerNorm over channels of ``(B, C, H, W)`` (with bias here)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + 1e-5) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class MDTA(nn.Module):
+    """Multi-Dconv head transposed attention: attention across channels, linear in ``H·W``."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} must be divisible by the number of heads {heads}")
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
+        self.qkv_dw = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=False)
+        self.proj = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
+        q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w) for t in (q, k, v))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
+        return self.proj((attn @ v).reshape(b, c, h, w))
+
+
+class GDFN(nn.Module):
+    """Gated-Dconv feed-forward network."""
+
+    def __init__(self, dim: int, expansion: float):
+        super().__init__()
+        hidden = int(dim * expansion)
+        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=False)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=False)
+        self.project_out = nn.Conv2d(hidden, dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)
+
+
+class RestormerBlock(nn.Module):
+    """``x + MDTA(LN(x))`` then ``x + GDFN(LN(x))``; shape preserved."""
+
+    def __init__(self, dim: int, heads: int, expansion: float):
+        super().__init__()
+        self.norm1, self.attn = LayerNorm2d(dim), MDTA(dim, heads)
+        self.norm2, self.ffn = LayerNorm2d(dim), GDFN(dim, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+# --------------------------------------------------------------------------- MGFusion blocks
+
+
+def _extract(in_ch: int, out_ch: int) -> nn.Sequential:
+    """A feature-extraction layer: 3×3 conv (stride 1), BatchNorm, LeakyReLU."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2))
+
+
+def _two_convs(channels: int) -> nn.Sequential:
+    """SEP / SAWP: 3×3 conv, ReLU, 3×3 conv (stride 1)."""
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(channels, channels, 3, padding=1))
+
+
+class Adapter(nn.Module):
+    """Two linear layers ``(B, E) → (B, C, 1, 1)`` (ReLU between)."""
+
+    def __init__(self, embed_dim: int, channels: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(embed_dim, channels), nn.Linear(channels, channels)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(e)))[:, :, None, None]
+
+
+class FeatureEncoder(nn.Module):
+    """IRE / VIE: two feature-extraction layers and ``blocks`` Restormer blocks, ``(B, 1, H, W) → (B, C, H, W)``."""
+
+    def __init__(self, dim: int, blocks: int, heads: int, expansion: float, in_ch: int = 1):
+        super().__init__()
+        self.layers = nn.Sequential(_extract(in_ch, dim), _extract(dim, dim),
+                                    *[RestormerBlock(dim, heads, expansion) for _ in range(blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class CII(nn.Module):
+    """CLIP-driven information injection (Eqs. 1–2) into one modality's features."""
+
+    def __init__(self, dim: int, embed_dim: int):
+        super().__init__()
+        self.mix = nn.Parameter(torch.full((embed_dim,), 0.5))  # W_i; W_v = 1 − W_i
+        self.adapter = Adapter(embed_dim, dim)
+        self.sep = _two_convs(dim)
+
+    def forward(self, feat: torch.Tensor, clip_ir: torch.Tensor, clip_vis: torch.Tensor) -> torch.Tensor:
+        semantic = self.adapter(clip_ir * self.mix + clip_vis * (1 - self.mix))  # (B, C, 1, 1)
+        return feat + semantic * torch.sigmoid(self.sep(feat))
+
+
+class CFF(nn.Module):
+    """CLIP-guided feature fusion (Eqs. 3–5): ``(B, C, H, W)`` ×2 → ``(B, 2C, H, W)``."""
+
+    def __init__(self, dim: int, embed_dim: int):
+        super().__init__()
+        self.ira, self.via = Adapter(embed_dim, dim), Adapter(embed_dim, dim)
+        self.sawp = _two_convs(2 * dim)
+
+    def forward(self, f_ir: torch.Tensor, f_vis: torch.Tensor, clip_ir: torch.Tensor,
+                clip_vis: torch.Tensor) -> torch.Tensor:
+        fused = torch.cat([torch.sigmoid(self.ira(clip_ir)) * f_ir, torch.sigmoid(self.via(clip_vis)) * f_vis], dim=1)
+        b, c, h, w = fused.shape
+        gradient = sobel_magnitude(fused.reshape(b * c, 1, h, w)).reshape(b, c, h, w)
+        return fused + torch.sigmoid(self.sawp(gradient)) * fused
+
+
+class FusionDecoder(nn.Module):
+    """FD: ``blocks`` Restormer blocks, a feature-extraction layer, 3×3 conv + Tanh → [0, 1]."""
+
+    def __init__(self, dim: int, blocks: int, heads: int, expansion: float):
+        super().__init__()
+        self.blocks = nn.Sequential(*[RestormerBlock(2 * dim, heads, expansion) for _ in range(blocks)])
+        self.extract = _extract(2 * dim, dim)
+        self.reconstruct = nn.Conv2d(dim, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(self.reconstruct(self.extract(self.blocks(x)))) + 1) / 2
+
+
+class MGFusion(nn.Module):
+    """The MGFusion network. ``forward(ir, vis, clip_ir=None, clip_vis=None, vis_rgb=None) -> fused``.
+
+    Args:
+        dim: feature width ``C``.
+        blocks: Restormer blocks in each of IRE, VIE and FD.
+        heads: attention heads (must divide ``dim``).
+        expansion: GDFN expansion factor.
+        embed_dim: CLIP embedding width ``E`` (taken from ``clip`` when given).
+        clip: the frozen CLIP image tower, needed only when embeddings are not supplied.
+
+    Shapes: ``ir``, ``vis`` ``(B, 1, H, W)`` in [0, 1], any ``H × W`` (the network
+    never downsamples); ``clip_ir``, ``clip_vis`` ``(B, E)``; ``vis_rgb``
+    ``(B, 3, H, W)`` (what CLIP sees of the visible image; default ``vis``);
+    result ``(B, 1, H, W)`` in [0, 1].
+    """
+
+    multiple = 1
+
+    def __init__(self, dim: int = 32, blocks: int = 2, heads: int = 4, expansion: float = 2.0,
+                 embed_dim: int = 512, clip: ClipImageEncoder | None = None):
+        super().__init__()
+        if clip is not None:
+            embed_dim = clip.embed_dim
+        self.config = {"dim": dim, "blocks": blocks, "heads": heads, "expansion": expansion, "embed_dim": embed_dim}
+        self.ire = FeatureEncoder(dim, blocks, heads, expansion)
+        self.vie = FeatureEncoder(dim, blocks, heads, expansion)
+        self.cii_ir, self.cii_vis = CII(dim, embed_dim), CII(dim, embed_dim)
+        self.cff = CFF(dim, embed_dim)
+        self.decoder = FusionDecoder(dim, blocks, heads, expansion)
+        self.clip = clip
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight and buffer except the frozen CLIP's."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("clip.")]
+
+    def clip_embeddings(self, ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen CLIP embeddings ``(B, E)`` of ``ir`` and ``vis`` (``(B, 1|3, H, W)`` in [0, 1])."""
+        if self.clip is None:
+            raise ValueError("MGFusion has no CLIP attached: pass clip_ir and clip_vis embeddings")
+        return self.clip(ir), self.clip(vis)
+
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor, clip_ir: torch.Tensor | None = None,
+                clip_vis: torch.Tensor | None = None, vis_rgb: torch.Tensor | None = None) -> torch.Tensor:
+        if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
+            raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got {tuple(ir.shape)} "
+                             f"and {tuple(vis.shape)}")
+        if clip_ir is None or clip_vis is None:
+            computed_ir, computed_vis = self.clip_embeddings(ir, vis if vis_rgb is None else vis_rgb)
+            clip_ir = computed_ir if clip_ir is None else clip_ir
+            clip_vis = computed_vis if clip_vis is None else clip_vis
+        clip_ir, clip_vis = clip_ir.to(ir.dtype), clip_vis.to(ir.dtype)
+        f_ir, f_vis = self.ire(ir), self.vie(vis)
+        f_ir = self.cii_ir(f_ir, clip_ir, clip_vis)
+        f_vis = self.cii_vis(f_vis, clip_ir, clip_vis)
+        return self.decoder(self.cff(f_ir, f_vis, clip_ir, clip_vis))
+
+
+def mgfusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, weight: float = LOSS_WEIGHT) -> torch.Tensor:
+    """Eq. 6: ``L_g + λ·L_i`` — max-gradient (Eq. 7, Sobel) plus ``λ`` times max-intensity (Eq. 8) L1 losses."""
+    intensity = (fused - torch.maximum(ir, vis)).abs().mean()
+    return texture_loss_max(fused, ir, vis) + weight * intensity
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_mgfusion(model: MGFusion, path: str | os.PathLike, clip_model: str, pretrained: str | None) -> Path:
+    """Write the trainable weights as ``path`` (safetensors), atomically.
+
+    Metadata: ``format``, ``method`` (``mgfusion``), ``config`` (JSON), ``clip_model``
+    and ``clip_pretrained`` (``none`` for a random CLIP) — the CLIP the loader must use.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.trainable_state_dict().items()}
+    metadata = {"format": CHECKPOINT_FORMAT, "method": METHOD, "config": json.dumps(model.config),
+                "clip_model": clip_model, "clip_pretrained": pretrained_label(pretrained)}
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def checkpoint_clip(path: str | os.PathLike) -> tuple[str, str | None]:
+    """``(clip_model, pretrained)`` a checkpoint was trained with (``pretrained`` ``None`` = random CLIP)."""
+    from stages.encode import parse_pretrained
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("method", METHOD) != METHOD or "clip_model" not in metadata:
+        raise ValueError(f"{path} is not an MGFusion checkpoint (method {metadata.get('method')!r})")
+    return metadata["clip_model"], parse_pretrained(metadata.get("clip_pretrained"))
+
+
+def _resolve_weights(weights: str | os.PathLike | None) -> Path:
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} for fusion method 'mgfusion' does not exist")
+        return path
+    shipped = WEIGHTS_DIR / f"{METHOD}.safetensors"
+    if not shipped.is_file():
+        raise FileNotFoundError(NO_WEIGHTS_MESSAGE)
+    return shipped
+
+
+def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
+                  clip_model: str | None = None, pretrained: str | None = None,
+                  clip: ClipImageEncoder | None = None) -> MGFusion:
+    """Rebuild MGFusion from a checkpoint with the CLIP it was trained with, in eval mode on ``device``.
+
+    Args:
+        clip_model: must equal the checkpoint's (``None``: take it from the checkpoint).
+        pretrained: ``None`` takes the checkpoint's tag; a local file stands in
+            for the recorded tag (a machine without internet); a different tag is an error.
+        clip: an already built :class:`ClipImageEncoder` (must match too).
+    """
+    from stages.encode import parse_pretrained
+
+    path = _resolve_weights(weights)
+    saved_model, saved_pretrained = checkpoint_clip(path)
+    if clip_model is not None and clip_model != saved_model:
+        raise ValueError(f"{path} was trained with CLIP {saved_model}, not {clip_model}")
+    pretrained = parse_pretrained(pretrained)
+    if pretrained is not None and not Path(pretrained).is_file() and pretrained != saved_pretrained:
+        raise ValueError(f"{path} was trained with CLIP weights {pretrained_label(saved_pretrained)!r}, "
+                         f"not {pretrained!r} (a local checkpoint file of those weights may be given instead)")
+    use_pretrained = pretrained if pretrained is not None else saved_pretrained
+    with safe_open(str(path), framework="pt") as f:
+        config = json.loads((f.metadata() or {}).get("config", "{}"))
+        state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    if clip is None:
+        clip = ClipImageEncoder.load(saved_model, use_pretrained, device)
+    elif clip.model_name and clip.model_name != saved_model:
+        raise ValueError(f"{path} was trained with CLIP {saved_model}, not {clip.model_name}")
+    if clip.embed_dim != config.get("embed_dim", clip.embed_dim):
+        raise ValueError(f"{path}: CLIP embedding width {clip.embed_dim} differs from the checkpoint's {config['embed_dim']}")
+    config.pop("embed_dim", None)
+    model = MGFusion(**config, clip=clip)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("clip.")]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the MGFusion architecture (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- the fusion callable
+
+
+class MGFusionFuser:
+    """MGFusion as a fusion callable: ``fuser(ir, vis, *, vis_rgb=None, records=None, embeddings=None)``.
+
+    ``ir``, ``vis``: ``(B, 1, H, W)`` in [0, 1], any ``H × W``; result ``(B, 1, H, W)``
+    float32 in [0, 1] on the input's device. The CLIP embeddings are, per item:
+    ``embeddings`` (``{"ir": (B, E), "vis": (B, E)}``) when given; else the
+    ``fuse encode`` file named by ``records[b]["embedding"]`` when it holds ``ir`` and ``vis``
+    made with this checkpoint's CLIP; else computed here on the whole image
+    (``vis_rgb`` ``(B, 3, H, W)`` for the visible one when given). Large images
+    are fused in tiles (``tile`` px, raised-cosine blending over ``tile_overlap``),
+    all tiles sharing the whole image's embeddings. float16 on CUDA with ``half``.
+    """
+
+    uses_records = True  # the fuse stage passes the pairs' records (for "embedding") and vis_rgb
+
+    def __init__(self, model: MGFusion, device: str | torch.device = "cpu", *, tile: int | None = 1024,
+                 tile_overlap: int = 64, half: bool = True):
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        if tile is not None and (tile < 2 * tile_overlap or tile < 1):
+            raise ValueError(f"tile ({tile}) must be at least twice tile_overlap ({tile_overlap})")
+        if tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be ≥ 0, got {tile_overlap}")
+        self.tile, self.tile_overlap = tile, tile_overlap
+        clip = model.clip
+        self.clip_model = clip.model_name if clip is not None else ""
+        self.clip_pretrained = pretrained_label(clip.pretrained) if clip is not None else ""
+
+    def _stored(self, path: str | os.PathLike | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(ir, vis)`` embeddings from a ``fuse encode`` file, or ``None`` when made with another CLIP."""
+        if not path:
+            return None
+        try:
+            meta = embedding_metadata(path)
+            stored = load_embeddings(path)
+        except FileNotFoundError:
+            raise ValueError(f"embedding file {path} does not exist") from None
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"embedding file {path} is unreadable ({exc})") from None
+        if meta.get("model") != self.clip_model or meta.get("pretrained") != self.clip_pretrained:
+            return None
+        if "ir" not in stored or "vis" not in stored:
+            return None
+        return stored["ir"], stored["vis"]
+
+    def embeddings_for(self, ir: torch.Tensor, vis: torch.Tensor, vis_rgb: torch.Tensor | None = None,
+                       embedding_paths: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-item CLIP embeddings ``(B, E)`` each, from files where usable, else computed in one batch."""
+        b = ir.shape[0]
+        if embedding_paths is not None and len(embedding_paths) != b:
+            raise ValueError(f"{len(embedding_paths)} embedding paths for a batch of {b}")
+        stored = [self._stored(p) for p in (embedding_paths or [None] * b)]
+        todo = [i for i, s in enumerate(stored) if s is None]
+        e_ir: list = [s[0] if s else None for s in stored]
+        e_vis: list = [s[1] if s else None for s in stored]
+        if todo:
+            vis_clip = vis if vis_rgb is None else vis_rgb
+            computed_ir, computed_vis = self.model.clip_embeddings(ir[todo], vis_clip[todo].to(ir.device, ir.dtype))
+            for j, i in enumerate(todo):
+                e_ir[i], e_vis[i] = computed_ir[j], computed_vis[j]
+        return (torch.stack([t.to(self.device, self.dtype) for t in e_ir]),
+                torch.stack([t.to(self.device, self.dtype) for t in e_vis]))
+
+    def _tiled(self, ir, vis, e_ir, e_vis) -> torch.Tensor:
+        from stages.nets.learned_methods import _ramp, _tile_starts
+
+        b, _, h, w = ir.shape
+        tile, overlap = self.tile, self.tile_overlap
+        fused = torch.zeros(b, 1, h, w, device=self.device)
+        total = torch.zeros(1, 1, h, w, device=self.device)
+        for y in _tile_starts(h, tile, overlap):
+            for x in _tile_starts(w, tile, overlap):
+                th, tw = min(tile, h), min(tile, w)
+                window = torch.outer(_ramp(th, overlap, y > 0, y + th < h),
+                                     _ramp(tw, overlap, x > 0, x + tw < w)).to(self.device)
+                part = self.model(ir[..., y:y + th, x:x + tw], vis[..., y:y + th, x:x + tw], e_ir, e_vis).float()
+                fused[..., y:y + th, x:x + tw] += part * window
+                total[..., y:y + th, x:x + tw] += window
+        return fused / total
+
+    def __call__(self, ir: torch.Tensor, vis: torch.Tensor, *, vis_rgb: torch.Tensor | None = None,
+                 records: list[dict] | None = None, embeddings: dict | None = None) -> torch.Tensor:
+        if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
+            raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got "
+                             f"{tuple(ir.shape)} and {tuple(vis.shape)}")
+        source_device = ir.device
+        ir, vis = ir.to(self.device, self.dtype), vis.to(self.device, self.dtype)
+        if vis_rgb is not None:
+            vis_rgb = vis_rgb.to(self.device, self.dtype)
+        with torch.inference_mode():
+            if embeddings is not None:
+                e_ir = embeddings["ir"].to(self.device, self.dtype)
+                e_vis = embeddings["vis"].to(self.device, self.dtype)
+            else:
+                paths = [record.get("embedding") for record in records] if records is not None else None
+                e_ir, e_vis = self.embeddings_for(ir, vis, vis_rgb, paths)
+            h, w = ir.shape[-2:]
+            if self.tile is not None and (h > self.tile or w > self.tile):
+                fused = self._tiled(ir, vis, e_ir, e_vis)
+            else:
+                fused = self.model(ir, vis, e_ir, e_vis).float()
+            fused = fused.clamp_(0.0, 1.0).to(source_device)
+        return fused.clone()  # a normal tensor, usable outside inference mode
+
+
+def mgfusion_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
+                     clip_model: str | None = None, pretrained: str | None = None, tile: int | None = 1024,
+                     tile_overlap: int = 64, half: bool = True) -> MGFusionFuser:
+    """The registry factory: MGFusion from ``weights`` (or the shipped file) with the CLIP it was trained with.
+
+    ``clip_model`` / ``pretrained`` default to the checkpoint's (see :func:`load_mgfusion`).
+    Without trained weights, :class:`FileNotFoundError` says what to run.
+    """
+    model = load_mgfusion(weights, device, clip_model=clip_model, pretrained=pretrained)
+    return MGFusionFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
+
+
+register_method("mgfusion", kind="learned", **REGISTRY_INFO)(mgfusion_factory)

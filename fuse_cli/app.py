@@ -84,6 +84,7 @@ def _list_methods_and_exit(value: bool) -> None:
 
 
 @app.command("fuse")
+@opt.stage_options(batch_size=4)
 def fuse_command(
     method: Annotated[str, typer.Option("--method", "-m", help="Fusion method; see --list-methods.")] = "laplacian",
     out: opt.OutDir = Path("fused"),
@@ -99,19 +100,13 @@ def fuse_command(
     ] = None,
     tile: Annotated[int, typer.Option("--tile", help="Learned methods: tile size for large images (0: whole image).")] = 0,
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Learned methods: overlap between tiles, pixels.")] = 32,
-    overwrite: opt.Overwrite = False,
-    dry_run: opt.DryRun = False,
-    device: opt.Device = "auto",
-    batch_size: opt.BatchSize = 4,
-    workers: opt.Workers = 1,
-    shard: opt.Shard = None,
-    rs: opt.RS = False,
-    quiet: opt.Quiet = False,
-    verbose: opt.Verbose = False,
     list_methods: Annotated[
         Optional[bool],
         typer.Option("--list-methods", callback=_list_methods_and_exit, is_eager=True, help="List fusion methods and exit."),
     ] = None,
+    *,
+    run: opt.RunOptions,
+    device: str,
 ) -> None:
     """Fuse every pair and write OUT/<id>.<ext>; print each record with "fused" added.
 
@@ -126,18 +121,17 @@ def fuse_command(
         raise usage_error("--bit-depth must be 8 or 16, and 16 needs --out-format png or tif")
     if resize not in (None, "vis", "ir"):
         raise usage_error(f"--resize {resize!r}: use vis or ir")
-    reporter = Reporter("fuse", quiet, verbose)
-    run_opts = opt.RunOptions(out, overwrite, dry_run, batch_size, workers, opt.parse_shard(shard), quiet, verbose, rs)
+    reporter = Reporter("fuse", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     options = {"tile": tile, "tile_overlap": tile_overlap} if tile else {}
     try:
-        stage = FuseStage(out, method, opt.resolve_device(device), weights, out_format, bit_depth, resize, options)
+        stage = FuseStage(out, method, device, weights, out_format, bit_depth, resize, options)
     except KeyError as exc:
         raise usage_error(exc.args[0]) from None
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"fuse fuse: error: {exc}", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(run_stage(stage, source, run_opts, reporter))
+    raise typer.Exit(run_stage(stage, source, run, reporter))
 
 
 @app.command()

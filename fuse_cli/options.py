@@ -5,6 +5,9 @@ then bundles them in :class:`RunOptions` for the batch runner.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -74,3 +77,50 @@ def resolve_device(name: str) -> str:
             raise typer.BadParameter(f"{name}: CUDA is not available on this machine", param_hint="--device")
         return name
     raise typer.BadParameter(f"{name!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
+
+
+#: The options every record-processing stage takes, in the order ``--help`` lists them.
+STAGE_OPTIONS: dict[str, tuple[object, object]] = {
+    "overwrite": (Overwrite, False),
+    "dry_run": (DryRun, False),
+    "device": (Device, "auto"),
+    "batch_size": (BatchSize, 4),
+    "workers": (Workers, 1),
+    "shard": (Shard, None),
+    "rs": (RS, False),
+    "quiet": (Quiet, False),
+    "verbose": (Verbose, False),
+}
+
+
+def stage_options(batch_size: int = 4):
+    """Decorator giving a Typer command the shared stage options.
+
+    The command declares its own parameters (including ``out``) plus ``run: RunOptions``
+    and ``device: str``; the decorator adds ``--overwrite --dry-run --device
+    --batch-size --workers --shard --rs -q -v`` to its signature and calls it with
+    ``run`` built from them and ``device`` resolved (``auto`` → ``cuda`` or ``cpu``).
+    """
+
+    def decorate(command):
+        hints = typing.get_type_hints(command, include_extras=True)
+        own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
+               if p.name not in ("run", "device")]
+        defaults = {**{name: default for name, (_, default) in STAGE_OPTIONS.items()}, "batch_size": batch_size}
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=annotation)
+                  for name, (annotation, _) in STAGE_OPTIONS.items()]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            device = resolve_device(kwargs.pop("device"))
+            shared = {name: kwargs.pop(name) for name in STAGE_OPTIONS if name != "device"}
+            shared["shard"] = parse_shard(shared["shard"])
+            return command(**kwargs, run=RunOptions(out=kwargs.get("out"), **shared), device=device)
+
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+        wrapper.__signature__ = inspect.Signature(parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__  # Typer must read the new signature, not the wrapped one
+        return wrapper
+
+    return decorate

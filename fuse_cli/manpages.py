@@ -42,12 +42,12 @@ def _options(command: click.Command, ctx: click.Context) -> list[str]:
     return lines
 
 
-def command_page(group: click.Group, name: str) -> str:
-    command = group.commands[name]
+def command_page(command: click.Command, name: str) -> str:
+    """The page of ``fuse <name>`` (``name`` may hold a sub-command: ``detect export``)."""
     ctx = click.Context(command, info_name=f"fuse {name}")
     summary = command.get_short_help_str(limit=80)
     usage = " ".join(command.collect_usage_pieces(ctx))
-    lines = _header(f"fuse-{name}", summary)
+    lines = _header(f"fuse-{name.replace(' ', '-')}", summary)
     lines += [".SH SYNOPSIS", f"\\fBfuse {name}\\fR {_escape(usage)}", ".SH DESCRIPTION", _escape(command.help or "")]
     lines += _options(command, ctx)
     lines += [".SH SEE ALSO", "\\fBfuse\\fR(1)"]
@@ -73,7 +73,10 @@ def pages() -> dict[str, str]:
     """File name → roff text for the main page and every command."""
     group = typer.main.get_command(app)
     result = {"fuse.1": main_page(group)}
-    result.update({f"fuse-{name}.1": command_page(group, name) for name in group.commands})
+    for name, command in group.commands.items():
+        result[f"fuse-{name}.1"] = command_page(command, name)
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            result[f"fuse-{name}-{sub_name}.1"] = command_page(sub, f"{name} {sub_name}")
     return result
 
 

@@ -1,0 +1,214 @@
+"""The ``detect`` stage: an ultralytics YOLO detector on the images of each record.
+
+For each record the stage reads one image (``fused`` by default, or ``ir`` /
+``vis``), runs the detector and writes, atomically:
+
+* ``OUT/<id>.txt``: YOLO txt with a score column, ``class cx cy w h score``
+  (normalised to the image size), the format ``fuse detect --detections``
+  and ultralytics ``save_txt --save_conf`` use;
+* ``OUT/<id>.json``: ``{"id", "image", "source", "model", "width", "height",
+  "boxes": [{"class", "class_id", "score", "xyxy"}]}`` with pixel corners;
+* with ``draw``: ``OUT/<id>.jpg``, the image with its boxes (OpenCV's built-in
+  Hershey font, so nothing is downloaded).
+
+The record gains ``detections`` (the json path) and ``counts`` (boxes per class
+name among those scoring at least ``show_conf``).
+
+The model loads once: a local ``.pt`` path, a model YAML (``yolov8n.yaml``: random
+initialisation, for tests and training from scratch), or a name such as
+``yolov8n.pt`` that ultralytics downloads where there is internet.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from fuse_cli.images import ImageError, atomic_file, read_image, to_uint8
+from stages.base import Stage, StageError, record_path
+
+IMAGE_KEYS = ("fused", "ir", "vis")
+DEFAULT_SHOW_CONF = 0.25
+PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
+           (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0)]  # BGR
+
+
+class ModelError(ValueError):
+    """A detector that cannot be loaded; the message says what to give instead."""
+
+
+def quiet_ultralytics():
+    """Import ultralytics with its log lines sent to stderr (it logs to stdout, which carries our records)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        import ultralytics
+        from ultralytics.utils import LOGGER
+    for handler in LOGGER.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.stream = sys.stderr  # not setStream: it flushes the old stream, which may be closed
+    return ultralytics
+
+
+def load_yolo(model: str | Path):
+    """An ultralytics ``YOLO`` from a local file, a model YAML, or a downloadable name; ``ModelError`` otherwise."""
+    quiet_ultralytics()
+    from ultralytics import YOLO
+
+    text = str(model)
+    local = Path(text).expanduser()
+    if not local.is_file() and not text.endswith((".yaml", ".yml")) and ("/" in text or local.suffix not in (".pt", "")):
+        raise ModelError(f"--model {text}: no such file")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yolo = YOLO(str(local) if local.is_file() else text)
+    except Exception as exc:  # noqa: BLE001 — download failures, bad files, unknown YAMLs: each raises its own type
+        hint = "" if local.is_file() else (" (not a local file and it could not be fetched: without internet give "
+                                           "--model PATH to a .pt file, or a model YAML such as yolov8n.yaml)")
+        raise ModelError(f"--model {text}: cannot load ({type(exc).__name__}: {exc}){hint}") from None
+    if yolo.task != "detect":
+        raise ModelError(f"--model {text}: a {yolo.task} model, not a detector")
+    return yolo
+
+
+def resolve_classes(text: str | None, names: dict[int, str]) -> list[int] | None:
+    """``"person,car"`` or ``"0,2"`` → class indices of the model; ``ValueError`` naming the model's classes."""
+    if not text:
+        return None
+    by_name = {str(v).lower(): int(k) for k, v in names.items()}
+    indices = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part.isdigit() and int(part) in names:
+            indices.append(int(part))
+        elif part.lower() in by_name:
+            indices.append(by_name[part.lower()])
+        else:
+            shown = ", ".join(str(names[k]) for k in sorted(names)[:20]) + (" …" if len(names) > 20 else "")
+            raise ValueError(f"--classes: {part!r} is not a class of the model ({shown})")
+    return indices
+
+
+def to_bgr(img: np.ndarray) -> np.ndarray:
+    """``(H, W)`` gray or ``(H, W, 3)`` RGB float [0, 1] → ``(H, W, 3)`` BGR uint8, what ultralytics and OpenCV take."""
+    data = to_uint8(img)
+    if data.ndim == 2:
+        return np.repeat(data[..., None], 3, axis=2)
+    return np.ascontiguousarray(data[..., ::-1])
+
+
+def draw_boxes(bgr: np.ndarray, boxes: list[dict]) -> np.ndarray:
+    """A copy of ``bgr`` with each box and its ``class score`` label (Hershey font, nothing to download)."""
+    import cv2
+
+    out = bgr.copy()
+    thickness = max(1, round(sum(out.shape[:2]) / 600))
+    scale = max(0.35, thickness / 3)
+    for box in boxes:
+        x1, y1, x2, y2 = (round(v) for v in box["xyxy"])
+        colour = PALETTE[box["class_id"] % len(PALETTE)]
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
+        label = f"{box['class']} {box['score']:.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1
+        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
+        cv2.putText(out, label, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def count_boxes(boxes: list[dict], min_score: float) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for box in sorted(boxes, key=lambda b: b["class_id"]):
+        if box["score"] >= min_score:
+            counts[box["class"]] = counts.get(box["class"], 0) + 1
+    return counts
+
+
+class DetectStage(Stage):
+    """Run a YOLO detector on one image per record; adds ``detections`` and ``counts``."""
+
+    name = "detect"
+
+    def __init__(self, out: str | Path, model: str | Path = "yolov8n.pt", image: str = "fused", conf: float = 0.25,
+                 iou: float = 0.7, classes: str | None = None, imgsz: int = 640, device: str = "cpu",
+                 draw: bool = False, half: bool = False, max_det: int = 300, show_conf: float | None = None):
+        if image not in IMAGE_KEYS:
+            raise ValueError(f"--image {image!r}: use fused, ir or vis")
+        self.out, self.image, self.draw = Path(out), image, draw
+        self.yolo = load_yolo(model)
+        self.model_name = str(model)
+        self.names = {int(k): str(v) for k, v in self.yolo.names.items()}
+        self.classes = resolve_classes(classes, self.names)
+        self.show_conf = conf if show_conf is None else show_conf
+        self.predict_args = {"conf": conf, "iou": iou, "classes": self.classes, "imgsz": imgsz, "max_det": max_det,
+                             "device": device, "verbose": False}
+        if half and device != "cpu":
+            self.predict_args["half"] = True  # only when asked: ultralytics 8.4 warns about the argument itself
+        self._lock = threading.Lock()  # one model, possibly several worker threads
+
+    def outputs(self, record: dict) -> list[Path]:
+        stem = self.out / str(record["id"])
+        return [stem.with_suffix(".txt"), stem.with_suffix(".json")] + ([stem.with_suffix(".jpg")] if self.draw else [])
+
+    def skip_update(self, record: dict) -> dict:
+        path = self.out / f"{record['id']}.json"
+        try:
+            boxes = json.loads(path.read_text())["boxes"]
+        except (OSError, ValueError, KeyError):
+            return {"detections": str(path)}
+        return {"detections": str(path), "counts": count_boxes(boxes, self.show_conf)}
+
+    def process(self, records: list[dict]) -> list[dict | Exception]:
+        results: list[dict | Exception] = [None] * len(records)  # type: ignore[list-item]
+        images, todo = [], []
+        for index, record in enumerate(records):
+            try:
+                path = record_path(record, self.image)
+                images.append((path, to_bgr(read_image(path))))
+                todo.append(index)
+            except (StageError, ImageError, OSError, ValueError) as exc:
+                results[index] = exc if str(exc).startswith("pair") else StageError(f"pair {record.get('id', '?')}: {exc}")
+        if todo:
+            try:
+                with self._lock, contextlib.redirect_stdout(sys.stderr):
+                    predictions = self.yolo.predict([bgr for _, bgr in images], **self.predict_args)
+            except Exception as exc:  # noqa: BLE001 — a batch that fails in the model fails each of its records
+                for index in todo:
+                    results[index] = StageError(f"pair {records[index].get('id', '?')}: detector failed ({type(exc).__name__}: {exc})")
+                return results
+            for index, (path, bgr), prediction in zip(todo, images, predictions):
+                try:
+                    results[index] = self._write(records[index], path, bgr, prediction)
+                except OSError as exc:
+                    results[index] = StageError(f"pair {records[index].get('id', '?')}: cannot write outputs ({exc})")
+        return results
+
+    def _write(self, record: dict, path: Path, bgr: np.ndarray, prediction) -> dict:
+        height, width = bgr.shape[:2]
+        xyxy = prediction.boxes.xyxy.cpu().numpy().astype(np.float64)
+        scores = prediction.boxes.conf.cpu().numpy().astype(np.float64)
+        labels = prediction.boxes.cls.cpu().numpy().astype(int)
+        boxes = [{"class": self.names.get(int(c), str(c)), "class_id": int(c), "score": round(float(s), 5),
+                  "xyxy": [round(float(v), 2) for v in b]} for b, s, c in zip(xyxy, scores, labels)]
+        lines = []
+        for b, s, c in zip(xyxy, scores, labels):
+            cx, cy = (b[0] + b[2]) / 2 / width, (b[1] + b[3]) / 2 / height
+            w, h = (b[2] - b[0]) / width, (b[3] - b[1]) / height
+            lines.append(f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {s:.5f}\n")
+        stem = self.out / str(record["id"])
+        with atomic_file(stem.with_suffix(".txt")) as tmp:
+            tmp.write_text("".join(lines))
+        document = {"id": record["id"], "image": str(path), "source": self.image, "model": self.model_name,
+                    "width": width, "height": height, "boxes": boxes}
+        with atomic_file(stem.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(document, indent=1) + "\n")
+        if self.draw:
+            import cv2
+
+            shown = [b for b in boxes if b["score"] >= self.show_conf]
+            with atomic_file(stem.with_suffix(".jpg")) as tmp:
+                if not cv2.imwrite(str(tmp), draw_boxes(bgr, shown), [cv2.IMWRITE_JPEG_QUALITY, 92]):
+                    raise OSError(f"{stem.with_suffix('.jpg')}: OpenCV could not write the annotated image")
+        return {"detections": str(stem.with_suffix(".json")), "counts": count_boxes(boxes, self.show_conf)}

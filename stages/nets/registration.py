@@ -23,23 +23,29 @@ What the paper leaves open, chosen here (and in the model card):
   average-pooled 2x before the CSEBs, so registration runs at half the working size.
   The field is smooth, so it is upsampled bilinearly to any image size; it is stored
   in normalised coordinates, which do not depend on the size.
-* MSRB: a shared 5-level pyramid encoder applied to each enhanced feature (the two
-  inputs of the U-Net), and a decoder that, coarse to fine, warps the IR skip
-  features with the current field, correlates them with the VI skip features
-  (radius 2, a PWC-Net-style cost volume — our addition) and adds a residual field.
+* MSRB: a shared 5-level pyramid encoder (each level halves the size) applied to
+  each enhanced feature (the two inputs of the U-Net), and a decoder that, coarse
+  to fine, warps the IR skip features with the current field, correlates them with
+  the VI skip features (radius 2, a PWC-Net-style cost volume — our addition) and
+  adds a residual field. The finest field is at a quarter of the working size
+  (40 x 64 by default) and is upsampled bilinearly: the deformations are smooth.
   Every level's field is returned, so the registration loss can supervise each scale.
 
-Flow units: ``flow`` tensors are displacements ``(dx, dy)`` in pixels of the
-registration grid (half the working size); :func:`flow_to_grid` turns them into the
-``grid_sample`` grid of the dataset convention (normalised [-1, 1],
-``align_corners=False``): ``registered = grid_sample(moving, grid)``.
+Field units: ``flows`` are displacements ``(dx, dy)`` in normalised units (the
+image spans 2), so they do not depend on the size; :func:`flow_to_grid` adds the
+identity to give the ``grid_sample`` grid of the dataset convention (normalised
+[-1, 1], ``align_corners=False``): ``registered = grid_sample(moving, grid)``.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "register.safetensors"
 DEFAULT_SIZE = (160, 256)
 FEATURES = 8
 PYRAMID = (16, 24, 32, 48, 64)
@@ -92,27 +98,30 @@ class CSEB(nn.Module):
         return self.channel(spatial) * spatial
 
 
-def flow_to_grid(flow: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Pixel displacement field → normalised ``grid_sample`` grid.
+def flow_to_grid(disp: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Normalised displacement field → ``grid_sample`` grid.
 
     Args:
-        flow: ``(B, 2, h, w)`` displacements ``(dx, dy)`` in pixels of an ``h x w`` grid.
+        disp: ``(B, 2, h, w)`` displacements ``(dx, dy)`` in normalised units (the
+            image spans 2 in each direction).
         size: ``(H, W)`` of the grid to return; the field is resized bilinearly
             (``align_corners=False``) when it differs from ``(h, w)``.
 
     Returns:
         ``(B, H, W, 2)`` sampling positions ``(x, y)`` in [-1, 1], ``align_corners=False``.
 
-    >>> flow_to_grid(torch.zeros(1, 2, 4, 6)).shape
-    torch.Size([1, 4, 6, 2])
+    >>> flow_to_grid(torch.zeros(1, 2, 4, 6), (8, 12)).shape
+    torch.Size([1, 8, 12, 2])
     """
-    b, _, h, w = flow.shape
-    scale = flow.new_tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)
-    norm = flow * scale
-    if size is not None and tuple(size) != (h, w):
-        norm = F.interpolate(norm, size=size, mode="bilinear", align_corners=False)
-    hh, ww = norm.shape[-2:]
-    return identity_grid(b, hh, ww, flow) + norm.permute(0, 2, 3, 1)
+    if size is not None and tuple(size) != tuple(disp.shape[-2:]):
+        disp = F.interpolate(disp, size=tuple(size), mode="bilinear", align_corners=False)
+    b, _, h, w = disp.shape
+    return identity_grid(b, h, w, disp) + disp.permute(0, 2, 3, 1)
+
+
+def to_pixels(disp: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Normalised displacement ``(B, 2, h, w)`` → pixels of an ``(H, W)`` image."""
+    return disp * disp.new_tensor([size[1] / 2.0, size[0] / 2.0]).view(1, 2, 1, 1)
 
 
 def identity_grid(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -123,13 +132,37 @@ def identity_grid(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     return grid.unsqueeze(0).expand(b, h, w, 2)
 
 
-def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Resample ``x`` ``(B, C, H, W)`` with a pixel field ``flow`` ``(B, 2, h, w)`` of any size.
+def warp(x: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+    """Resample ``x`` ``(B, C, H, W)`` with a normalised displacement ``disp`` ``(B, 2, h, w)`` of any size.
 
-    ``flow`` is in pixels of its own ``h x w`` grid; it is resized to ``(H, W)``.
     Outside the image the result is 0.
     """
-    return F.grid_sample(x, flow_to_grid(flow, x.shape[-2:]), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, flow_to_grid(disp, x.shape[-2:]), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
+    """``|Gx| + |Gy|`` of the 3x3 Sobel operator, replicate padding: ``(B, 1, H, W)`` → same."""
+    kernel = torch.stack([_SOBEL_X, _SOBEL_X.t()]).unsqueeze(1).to(img)
+    grad = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel)
+    return grad.abs().sum(1, keepdim=True)
+
+
+def edge_pyramid(edges: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Edge map ``(B, 1, h, w)`` → ``levels`` maps at ``h / 2^(l+1)``, each standardised per image.
+
+    Edge strength is the cue IR and VI share most; correlating these fixed maps gives
+    the decoder a matching signal that does not have to be learned first.
+    """
+    out = []
+    for _ in range(levels):
+        edges = F.avg_pool2d(edges, 2, ceil_mode=True)
+        mean = edges.mean((2, 3), keepdim=True)
+        std = edges.std((2, 3), keepdim=True) + 1e-6
+        out.append((edges - mean) / std)
+    return out
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor, radius: int = CORR_RADIUS) -> torch.Tensor:
@@ -148,8 +181,10 @@ class MSRB(nn.Module):
     """Multi-Scale Registration Block: U-Net-like, coarse-to-fine residual fields.
 
     Input: the enhanced common features ``(B, C, h, w)`` of the moving (deformed IR)
-    and fixed (VI) image, ``h, w`` multiples of 16. Output: a list of fields, coarsest
-    first, each ``(B, 2, h / 2^l, w / 2^l)`` in pixels of the ``h x w`` grid.
+    and fixed (VI) image, ``h, w`` multiples of 32. A shared pyramid encoder halves
+    the size at every level (``h/2`` … ``h/32``); the decoder runs from the coarsest
+    level to ``h/2``. Output: the fields of every decoder level, coarsest first,
+    ``(B, 2, h / 2^l, w / 2^l)`` for ``l = 5 … 1``, normalised displacements.
     """
 
     def __init__(self, channels: int = FEATURES, widths: tuple[int, ...] = PYRAMID, radius: int = CORR_RADIUS):
@@ -157,15 +192,14 @@ class MSRB(nn.Module):
         self.radius = radius
         cins = (channels,) + widths[:-1]
         self.down = nn.ModuleList(
-            nn.Sequential(conv_block(cin, cout, stride=1 if i == 0 else 2), conv_block(cout, cout))
-            for i, (cin, cout) in enumerate(zip(cins, widths))
+            nn.Sequential(conv_block(cin, cout, stride=2), conv_block(cout, cout)) for cin, cout in zip(cins, widths)
         )
         ncorr = (2 * radius + 1) ** 2
         self.decode = nn.ModuleList()
         self.predict = nn.ModuleList()
         for level, width in enumerate(widths):
             coarser = widths[level + 1] if level + 1 < len(widths) else 0
-            cin = 2 * width + ncorr + (coarser + 2 if coarser else 0)
+            cin = 2 * width + 2 * ncorr + (coarser + 2 if coarser else 0)
             self.decode.append(nn.Sequential(conv_block(cin, width), conv_block(width, width)))
             self.predict.append(nn.Conv2d(width, 2, 3, 1, 1))
         for head in self.predict:
@@ -173,33 +207,34 @@ class MSRB(nn.Module):
             nn.init.zeros_(head.bias)
 
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Shared encoder: ``(B, C, h, w)`` → features at ``h / 2^l`` for each level ``l``."""
+        """Shared encoder: ``(B, C, h, w)`` → features at ``h / 2^(l+1)`` for each level ``l``."""
         feats = []
         for block in self.down:
             x = block(x)
             feats.append(x)
         return feats
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, moving_edges: torch.Tensor, fixed_edges: torch.Tensor) -> list[torch.Tensor]:
+        """Fields from features ``(B, C, h, w)`` and edge maps ``(B, 1, h, w)`` of the two images."""
         pm, pf = self.pyramid(moving), self.pyramid(fixed)
-        full_w = moving.shape[-1]
-        flows: list[torch.Tensor] = []
-        flow = dec = None
+        em, ef = edge_pyramid(moving_edges, len(pm)), edge_pyramid(fixed_edges, len(pm))
+        disps: list[torch.Tensor] = []
+        disp = dec = None
         for level in reversed(range(len(pm))):
-            m, f = pm[level], pf[level]
+            m, f, e = pm[level], pf[level], em[level]
             size = m.shape[-2:]
             parts = []
-            if flow is not None:
-                flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
-                m = warp(m, flow)
+            if disp is not None:
+                disp = F.interpolate(disp, size=size, mode="bilinear", align_corners=False)
+                m, e = warp(m, disp), warp(e, disp)
                 dec = F.interpolate(dec, size=size, mode="bilinear", align_corners=False)
-                parts = [dec, flow * (size[-1] / full_w)]  # the field in this level's pixels
-            x = torch.cat([m, f, correlation(m, f, self.radius), *parts], 1)
+                parts = [dec, to_pixels(disp, size)]
+            x = torch.cat([m, f, correlation(m, f, self.radius), correlation(e, ef[level], self.radius), *parts], 1)
             dec = self.decode[level](x)
-            step = self.predict[level](dec) * (full_w / size[-1])  # back to pixels of the h x w grid
-            flow = step if flow is None else flow + step
-            flows.append(flow)
-        return flows
+            step = self.predict[level](dec) * dec.new_tensor([2.0 / size[1], 2.0 / size[0]]).view(1, 2, 1, 1)
+            disp = step if disp is None else disp + step
+            disps.append(disp)
+        return disps
 
 
 class RegistrationNet(nn.Module):
@@ -212,7 +247,7 @@ class RegistrationNet(nn.Module):
     >>> net = RegistrationNet().eval()
     >>> out = net(torch.rand(1, 1, 160, 256), torch.rand(1, 1, 160, 256))
     >>> out["flows"][-1].shape, out["grid"].shape
-    (torch.Size([1, 2, 80, 128]), torch.Size([1, 160, 256, 2]))
+    (torch.Size([1, 2, 40, 64]), torch.Size([1, 160, 256, 2]))
     """
 
     def __init__(self, channels: int = FEATURES, size: tuple[int, int] = DEFAULT_SIZE):
@@ -226,22 +261,22 @@ class RegistrationNet(nn.Module):
         self.vis_cseb = CSEB(channels)
         self.msrb = MSRB(channels)
 
-    def register(self, ir_common: torch.Tensor, vis_common: torch.Tensor) -> list[torch.Tensor]:
-        """Common features ``(B, C, H, W)`` → fields (coarsest first) on the ``H/2 x W/2`` grid."""
+    def register(self, ir_common: torch.Tensor, vis_common: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> list[torch.Tensor]:
+        """Common features ``(B, C, H, W)`` → normalised fields, coarsest ``(H/64)`` first, finest ``(H/4)``."""
         moving = self.ir_cseb(F.avg_pool2d(ir_common, 2))
         fixed = self.vis_cseb(F.avg_pool2d(vis_common, 2))
-        return self.msrb(moving, fixed)
+        return self.msrb(moving, fixed, F.avg_pool2d(sobel_magnitude(ir), 2), F.avg_pool2d(sobel_magnitude(vis), 2))
 
     def forward(self, ir: torch.Tensor, vis: torch.Tensor, specific: bool = False) -> dict[str, torch.Tensor | list]:
         """Register a deformed IR ``ir`` to ``vis``, both ``(B, 1, H, W)`` in [0, 1].
 
-        Returns a dict with ``flows`` (list of ``(B, 2, H/2^(l+1), W/2^(l+1))``, coarsest
-        first, pixels of the ``H/2 x W/2`` grid), ``grid`` ``(B, H, W, 2)``, the common
+        Returns a dict with ``flows`` (list of ``(B, 2, H/2^(l+1), W/2^(l+1))`` for
+        ``l = 5 … 1``, normalised displacements), ``grid`` ``(B, H, W, 2)``, the common
         features ``ir_common``/``vis_common`` ``(B, C, H, W)`` and, when ``specific``,
         ``ir_specific``/``vis_specific``.
         """
         out: dict = {"ir_common": self.ir_common(ir), "vis_common": self.vis_common(vis)}
-        flows = self.register(out["ir_common"], out["vis_common"])
+        flows = self.register(out["ir_common"], out["vis_common"], ir, vis)
         out["flows"] = flows
         out["grid"] = flow_to_grid(flows[-1], ir.shape[-2:])
         if specific:
@@ -270,3 +305,28 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def save_state(module: nn.Module, path: str | Path, channels: int, size: tuple[int, int]) -> None:
+    """Write ``module``'s state dict as safetensors with its config in the metadata."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"channels": str(channels), "size": f"{size[0]},{size[1]}"})
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`save_state`: ``(state_dict, {"channels", "size"})``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    config = {"channels": int(meta.get("channels", FEATURES)), "size": tuple(int(v) for v in meta.get("size", "160,256").split(","))}
+    return load_file(str(path)), config
+
+
+def load_registration_net(weights: str | Path | None = None, device: str | torch.device = "cpu") -> RegistrationNet:
+    """A :class:`RegistrationNet` in eval mode with ``weights`` (default: the packaged file)."""
+    state, config = load_state(weights or WEIGHTS)
+    net = RegistrationNet(**config)
+    net.load_state_dict(state)
+    return net.to(device).eval()

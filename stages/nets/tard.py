@@ -20,23 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from stages.nets.registration import FEATURES, RegistrationNet, conv_block, load_state, resize, warp
+from stages.nets.registration import FEATURES, RegistrationNet, conv_block, load_state, resize, sobel_magnitude, warp
+from stages.registry import register_method
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tard.safetensors"
 GAMMA = 2.0
-
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
-def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
-    """``|Gx| + |Gy|`` of the 3x3 Sobel operator, replicate padding: ``(B, 1, H, W)`` → same."""
-    kernel = torch.stack([_SOBEL_X, _SOBEL_X.t()]).unsqueeze(1).to(img)
-    grad = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel)
-    return grad.abs().sum(1, keepdim=True)
-
 
 def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, gamma: float = GAMMA) -> dict[str, torch.Tensor]:
     """The paper's ``l_f = l_b + gamma * l_g`` on ``(B, 1, H, W)`` images in [0, 1].
@@ -131,3 +121,11 @@ def tard_factory(device: str | torch.device = "cpu", weights: str | Path | None 
         return net.fuse(ir.to(device), vis.to(device), register=register).clamp(0.0, 1.0)
 
     return fuse
+
+
+register_method(
+    "tard",
+    kind="learned",
+    summary="target-aware unregistered fusion: built-in registration + common/specific feature fusion head",
+    reference="Target-aware unregistered infrared and visible image fusion (Hu et al., Front. Phys. 2025)",
+)(tard_factory)

@@ -1,0 +1,107 @@
+"""Registration quality and speed on the 20 pairs of ``unaligned/roadscene``.
+
+For each method (``none`` = the identity grid, ``ecc``, ``net``, ``net-ecc``) and pair the stage's
+grid is estimated from ``ir_warp`` and ``vis`` and scored against the known
+deformation ``grid/<id>.npy``:
+
+* EPE — end-point error in pixels, :func:`stages.register.residual_displacement`
+  (the deformation composed with the estimate, against the identity), mean over
+  valid pixels (sampled inside both images);
+* MAE — mean absolute difference, in grey levels (0–255), between the registered IR
+  and the aligned IR ``ir/<id>.png`` over the same valid pixels, and NCC of the
+  same two images (:func:`stages.metrics.registration.registration_metrics`);
+* pairs/s — grid estimation + warp, images already in memory, one thread.
+
+Prints a markdown table (and per-pair rows with ``--per-pair``)::
+
+    python benchmarks/bench_register.py [--data ../shared/data] [--methods none ecc net net-ecc] [--per-pair]
+
+Notes from building ``ecc`` (same pairs, mean EPE): affine ECC on gradient
+magnitude, single start, no padding mask: 8.1 px; with the black-padding mask and
+six coarse starts: 5.6 px. A dense refinement after it (Farneback flow between the
+gradient images, Gaussian-smoothed with sigma 15 or 31 px, composed with the ECC
+grid) raised the error to 7.2 / 6.8 px, so ``ecc`` has none.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fuse_cli.images import luminance, read_image
+from stages.metrics.registration import registration_metrics
+from stages.register import RegisterStage, apply_grid, residual_displacement
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def identity_grid(h: int, w: int) -> np.ndarray:
+    """``(h, w, 2)`` grid sampling every pixel at its centre (``align_corners=False``)."""
+    xs, ys = (np.arange(w) + 0.5) * 2 / w - 1, (np.arange(h) + 0.5) * 2 / h - 1
+    return np.stack(np.meshgrid(xs, ys), -1).astype(np.float32)
+
+
+def load_pairs(root: Path) -> list[dict]:
+    """The unaligned pairs in memory: ``id``, ``ir`` (deformed), ``vis``, ``aligned``, ``deformation``."""
+    pairs = []
+    for grid in sorted((root / "grid").glob("*.npy"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem):
+        pid = grid.stem
+        pairs.append({
+            "id": pid,
+            "ir": read_image(root / "ir_warp" / f"{pid}.png"),
+            "vis": luminance(read_image(root / "vis" / f"{pid}.png")),
+            "aligned": read_image(root / "ir" / f"{pid}.png"),
+            "deformation": np.load(grid),
+        })
+    return pairs
+
+
+def evaluate(method: str, pairs: list[dict], weights: Path | None) -> tuple[list[dict], float]:
+    """Per-pair ``{"id", "epe", "mae", "ncc"}`` and pairs per second for one method."""
+    stage = None if method == "none" else RegisterStage(Path("unused"), method=method, weights=weights)
+    rows, seconds = [], 0.0
+    for pair in pairs:
+        t0 = time.perf_counter()
+        grid = identity_grid(*pair["vis"].shape) if stage is None else stage.estimate_grid(pair["ir"], pair["vis"])
+        registered, _ = apply_grid(pair["ir"], grid)
+        seconds += time.perf_counter() - t0
+        err, valid = residual_displacement(grid, pair["deformation"])
+        scores = registration_metrics(registered=registered * 255, aligned=pair["aligned"] * 255, valid=valid)
+        rows.append({"id": pair["id"], "epe": float(err[valid].mean()), "mae": scores["MAE"], "ncc": scores["NCC"]})
+    return rows, len(pairs) / seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--methods", nargs="+", default=["none", "ecc", "net", "net-ecc"], choices=["none", "ecc", "net", "net-ecc"])
+    parser.add_argument("--weights", type=Path, help="net weights (default: packaged)")
+    parser.add_argument("--per-pair", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    pairs = load_pairs(args.data / "unaligned" / "roadscene")
+    results = {m: evaluate(m, pairs, args.weights) for m in args.methods}
+    base = np.mean([r["epe"] for r in results["none"][0]]) if "none" in results else None
+    print(f"Registration on unaligned/roadscene ({len(pairs)} pairs, CPU, 1 thread)\n")
+    print("| method | EPE px mean | EPE px median | EPE cut vs none | MAE grey levels | NCC | pairs/s |")
+    print("|---|---|---|---|---|---|---|")
+    for method, (rows, speed) in results.items():
+        epe = [r["epe"] for r in rows]
+        cut = f"{100 * (1 - np.mean(epe) / base):.0f} %" if base else "–"
+        mae, ncc = np.mean([r["mae"] for r in rows]), np.mean([r["ncc"] for r in rows])
+        print(f"| {method} | {np.mean(epe):.2f} | {np.median(epe):.2f} | {cut} | {mae:.1f} | {ncc:.3f} | {speed:.2f} |")
+    if args.per_pair:
+        print("\n| pair | " + " | ".join(f"{m} EPE / MAE" for m in results) + " |")
+        print("|---|" + "---|" * len(results))
+        for i, pair in enumerate(pairs):
+            cells = " | ".join(f"{results[m][0][i]['epe']:.2f} / {results[m][0][i]['mae']:.1f}" for m in results)
+            print(f"| {pair['id']} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()

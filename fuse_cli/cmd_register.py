@@ -1,0 +1,52 @@
+"""``fuse register``: resample unaligned IR onto the VIS grid, so ``fuse register | fuse fuse`` fuses aligned pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fuse_cli import options as opt
+from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.runner import Reporter, run_stage
+
+
+@opt.stage_options(batch_size=1)
+def register_command(
+    method: Annotated[str, typer.Option("--method", "-m", help="ecc (classical, no weights), net (the paper's network) or net-ecc (ECC started from the network).")] = "ecc",
+    out: opt.OutDir = Path("registered"),
+    ir: opt.InputIR = None,
+    vis: opt.InputVIS = None,
+    records: opt.RecordsFile = None,
+    weights: opt.Weights = None,
+    ecc_model: Annotated[str, typer.Option("--ecc-model", help="ECC motion model: affine or homography.")] = "affine",
+    max_displacement: Annotated[Optional[float], typer.Option("--max-displacement", help="Fail a pair whose estimated field moves a pixel farther than this (VIS pixels).", show_default=False)] = None,
+    mask_invalid: Annotated[bool, typer.Option("--mask-invalid", help="Write OUT/<id>.valid.png and zero pixels that fall outside the IR image instead of repeating its border.")] = False,
+    save_overlay: Annotated[bool, typer.Option("--save-overlay", help="Write OUT/<id>.overlay.png: registered IR in red over VIS in cyan.")] = False,
+    *,
+    run: opt.RunOptions,
+    device: str,
+) -> None:
+    """Register each IR image onto its VIS image; print each record with "ir" pointing at the registered image.
+
+    Writes OUT/<id>.png (the registered IR, VIS size) and OUT/<id>.grid.npy: float32
+    (H, W, 2), for each VIS pixel the (x, y) to sample in the original IR, normalised
+    to [-1, 1] with align_corners=False (registered = grid_sample(ir, grid)). The record
+    keeps the original as "ir_unregistered" and gains "grid".
+    """
+    from stages.register import RegisterStage
+
+    reporter = Reporter("register", run.quiet, run.verbose)
+    source = gather_records(ir, vis, records, reporter)
+    try:
+        stage = RegisterStage(out, method, device, max_displacement, mask_invalid, save_overlay, weights, ecc_model)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    except FileNotFoundError as exc:
+        typer.echo(f"fuse register: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(run_stage(stage, source, run, reporter))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("register")(register_command)

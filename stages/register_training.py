@@ -1,0 +1,426 @@
+"""Train the registration network, then the ``tard`` fusion head, on aligned pairs.
+
+The paper's recipe (Hu et al. 2025, section 4.1): aligned IR–VI pairs; each epoch a
+fresh random mix of rigid and non-rigid deformations is applied to the IR, and the
+network learns to undo it, supervised by the known field. Total loss (eq. 12,
+without the detection term): ``l = l_c + l_s + 10 * l_reg + 5 * l_f``, Adam,
+learning rate 1e-3, batch 8.
+
+Departure: the paper trains all terms jointly. Here phase 1 trains the
+registration path (common encoders, CSEBs, MSRB) with ``l_c + 10 l_reg`` and phase 2,
+with the registration frozen, the specific encoders and the reconstruction head
+with ``l_s + 5 l_f`` — a third of the cost of a joint step, which matters on a
+shared CPU. (``l_s`` and ``l_f`` only reach the registration through the warp.)
+
+Choices the paper leaves open (also written to the model card):
+
+* ``l_reg`` (eq. 5) is the mean L1 error of the field in pixels of the registration
+  grid (half the working size), averaged over all MSRB scales (labels area-pooled).
+* Deformation of each view, as the *correction* field ``phi_gt`` the net must output
+  (``aligned = grid_sample(deformed, phi_gt)``): a random affine map in normalised
+  coordinates — rotation ±12° with an anisotropy factor in [1/2, 2] (a rotation in a
+  randomly stretched frame), scale 0.95–1.05, translation ±0.12 per axis — plus a
+  smooth field (Gaussian noise on a 4 x 6 lattice, bicubically upsampled, std up to
+  0.02); 10 % of views are left undeformed. The deformed IR is
+  ``grid_sample(ir, phi_gt^-1)`` with zero padding, ``phi_gt^-1`` found by fixed-point
+  iteration.
+* Views: a random crop (60–100 % of the width, aspect 0.5–0.75) of a pair, random
+  horizontal flip, random gamma per modality, resized to ``crop`` wide and
+  ``crop * 5 / 8`` high (the working size stored in the weights).
+* The fusion head sees a random half-size window of the fused features (a 4x
+  cheaper step; the head is fully convolutional).
+* ``l_s`` and ``l_c`` compare the aligned IR's features with the VI features.
+* BatchNorm statistics are recomputed as plain averages over 12 fresh training-size
+  batches before every export (:func:`recalibrate_batchnorm`).
+* The data: RoadScene and LLVIP pairs; RoadScene scenes that are also in
+  ``unaligned/roadscene`` (the benchmark) are found by content and left out.
+
+Run it in the background: ``python -m stages.register_training --epochs 50 --out runs/register``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fuse_cli.images import atomic_file, luminance, read_image
+from stages.nets.registration import identity_grid, resize, save_state, to_pixels
+from stages.nets.tard import TardNet, fusion_loss
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRAIN_SETS = ("roadscene", "llvip")
+LAMBDA_REG, LAMBDA_FUSION = 10.0, 5.0
+PRELOAD_WIDTH = 384
+MAX_ROTATION_DEG, MAX_ANISOTROPY, SCALE_RANGE, MAX_TRANSLATION = 12.0, 2.0, 0.05, 0.12
+ELASTIC_LATTICE, MAX_ELASTIC_STD, IDENTITY_FRACTION = (4, 6), 0.02, 0.1
+INVERSE_ITERATIONS = 10
+BN_BATCHES = 12
+MIN_LR_FRACTION = 0.02
+
+
+def training_pairs(data: Path = DATA, exclude_set: str = "unaligned/roadscene") -> tuple[list[dict], list[str]]:
+    """Records ``{"id", "ir", "vis"}`` of the training sets, without the benchmark's scenes.
+
+    A RoadScene pair is left out when its visible image equals (mean absolute
+    difference < 2/255, same size) a visible image of ``exclude_set``.
+    Returns ``(records, excluded_ids)``.
+    """
+    excluded_vis = [luminance(read_image(p)) for p in sorted((data / exclude_set / "vis").glob("*"))]
+    records, excluded = [], []
+    for name in TRAIN_SETS:
+        for ir in sorted((data / name / "ir").glob("*")):
+            vis = next((data / name / "vis").glob(ir.stem + ".*"), None)
+            if vis is None:
+                continue
+            rec = {"id": f"{name}/{ir.stem}", "ir": str(ir), "vis": str(vis)}
+            if name == "roadscene":
+                v = luminance(read_image(vis))
+                if any(e.shape == v.shape and float(np.abs(e - v).mean()) < 2 / 255 for e in excluded_vis):
+                    excluded.append(rec["id"])
+                    continue
+            records.append(rec)
+    return records, excluded
+
+
+def _preload(pairs: list[dict]) -> list[torch.Tensor]:
+    """Each pair as a ``(2, h, PRELOAD_WIDTH)`` tensor (IR, VIS luminance), at most that wide."""
+    out = []
+    for rec in pairs:
+        ir, vis = (torch.from_numpy(luminance(read_image(rec[k]))) for k in ("ir", "vis"))
+        if ir.shape != vis.shape:
+            raise ValueError(f"pair {rec.get('id')}: IR {tuple(ir.shape)} and VIS {tuple(vis.shape)} differ in size")
+        pair = torch.stack([ir, vis])[None]
+        h, w = pair.shape[-2:]
+        if w > PRELOAD_WIDTH:
+            pair = resize(pair, (round(h * PRELOAD_WIDTH / w), PRELOAD_WIDTH))
+        out.append(pair[0])
+    return out
+
+
+def _view(pair: torch.Tensor, size: tuple[int, int], rng: random.Random) -> torch.Tensor:
+    """A random crop / flip / gamma view of a ``(2, h, w)`` pair, resized to ``size``."""
+    h, w = pair.shape[-2:]
+    aspect = rng.uniform(0.5, 0.75)
+    cw = min(w, h / aspect) * rng.uniform(0.6, 1.0)
+    ch = min(h, cw * aspect)
+    x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    crop = pair[:, int(y0) : int(y0 + ch), int(x0) : int(x0 + cw)]
+    if rng.random() < 0.5:
+        crop = crop.flip(-1)
+    crop = resize(crop[None], size)[0].clamp(0, 1)
+    gamma = torch.tensor([math.exp(rng.uniform(-0.3, 0.3)) for _ in range(2)]).view(2, 1, 1)
+    return crop.clamp_min(1e-6) ** gamma
+
+
+def random_correction(b: int, size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """Random correction fields ``phi_gt`` ``(B, H, W, 2)`` (normalised, ``align_corners=False``).
+
+    An affine map (rotation in a randomly stretched frame, scale, translation) plus a
+    smooth elastic field; a fraction of the batch is the identity.
+    """
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen)
+
+    theta = torch.deg2rad(uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+    stretch = torch.exp(uniform(-math.log(MAX_ANISOTROPY), math.log(MAX_ANISOTROPY)))
+    scale = uniform(1 - SCALE_RANGE, 1 + SCALE_RANGE)
+    tx, ty = uniform(-MAX_TRANSLATION, MAX_TRANSLATION), uniform(-MAX_TRANSLATION, MAX_TRANSLATION)
+    cos, sin = torch.cos(theta) * scale, torch.sin(theta) * scale
+    affine = torch.stack([torch.stack([cos, -sin * stretch, tx], 1), torch.stack([sin / stretch, cos, ty], 1)], 1)
+    std = uniform(0, MAX_ELASTIC_STD).view(b, 1, 1, 1)
+    elastic = torch.randn(b, 2, *ELASTIC_LATTICE, generator=gen) * std
+    elastic = F.interpolate(elastic, size=size, mode="bicubic", align_corners=False)
+    keep = (torch.rand(b, generator=gen) >= IDENTITY_FRACTION).float()
+    ident = torch.eye(2, 3).expand(b, 2, 3)
+    affine = ident + (affine - ident) * keep.view(b, 1, 1)
+    elastic = elastic * keep.view(b, 1, 1, 1)
+    grid = F.affine_grid(affine, [b, 1, *size], align_corners=False)
+    return grid + elastic.permute(0, 2, 3, 1)
+
+
+def invert_grid(grid: torch.Tensor, iterations: int = INVERSE_ITERATIONS) -> torch.Tensor:
+    """Inverse of a smooth sampling grid ``(B, H, W, 2)`` by fixed-point iteration.
+
+    Solves ``grid(inv(y)) = y``: with ``u = grid - id``, iterate ``x <- y - u(x)``.
+    """
+    b, h, w, _ = grid.shape
+    ident = identity_grid(b, h, w, grid)
+    disp = (grid - ident).permute(0, 3, 1, 2)
+    inv = ident - (grid - ident)
+    for _ in range(iterations):
+        u = F.grid_sample(disp, inv, mode="bilinear", padding_mode="border", align_corners=False)
+        inv = ident - u.permute(0, 2, 3, 1)
+    return inv
+
+
+def grid_to_disp(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Grid ``(B, H, W, 2)`` → normalised displacement ``(B, 2, h, w)`` area-pooled to ``size``."""
+    b, h, w, _ = grid.shape
+    return F.adaptive_avg_pool2d((grid - identity_grid(b, h, w, grid)).permute(0, 3, 1, 2), size)
+
+
+def make_batch(pairs: list[torch.Tensor], idx: list[int], size: tuple[int, int], rng: random.Random, gen: torch.Generator):
+    """Views ``(B, 1, H, W)`` ``ir``, ``vis``, ``ir_deformed`` and the correction ``phi_gt`` ``(B, H, W, 2)``."""
+    views = torch.stack([_view(pairs[i], size, rng) for i in idx])
+    ir, vis = views[:, :1], views[:, 1:]
+    phi = random_correction(len(idx), size, gen)
+    deformed = F.grid_sample(ir, invert_grid(phi), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return ir, vis, deformed, phi
+
+
+def registration_losses(net: TardNet, ir, vis, deformed, phi) -> dict[str, torch.Tensor]:
+    """Phase 1 terms: ``total = l_c + 10 l_reg`` (plus ``epe_px``, in working-view pixels)."""
+    reg = net.registration
+    out = reg(deformed, vis)
+    size = ir.shape[-2:]
+    reg_grid = (size[0] // 2, size[1] // 2)
+    errors = [to_pixels(d - grid_to_disp(phi, d.shape[-2:]), reg_grid) for d in out["flows"]]
+    l_reg = torch.stack([e.abs().mean() for e in errors]).mean()
+    l_c = (reg.ir_common(ir) - out["vis_common"]).abs().mean()
+    epe = (to_pixels(out["flows"][-1] - grid_to_disp(phi, out["flows"][-1].shape[-2:]), size)).norm(dim=1).mean()
+    return {"total": l_c + LAMBDA_REG * l_reg, "reg": l_reg, "c": l_c, "epe_px": epe.detach()}
+
+
+def fusion_losses(net: TardNet, ir, vis, deformed, phi, rng: random.Random) -> dict[str, torch.Tensor]:
+    """Phase 2 terms, registration frozen: ``total = l_s + 5 l_f`` on a random half-size window."""
+    reg = net.registration
+    with torch.no_grad():
+        out = reg(deformed, vis)
+    h, w = ir.shape[-2:]
+    y0, x0 = rng.randrange(h - h // 2 + 1), rng.randrange(w - w // 2 + 1)
+    win = (slice(None), slice(None), slice(y0, y0 + h // 2), slice(x0, x0 + w // 2))
+    feats = {"ir_common": out["ir_common"], "ir_specific": reg.ir_specific(deformed),
+             "vis_common": out["vis_common"], "vis_specific": reg.vis_specific(vis)}
+    fused = net.reconstruct(net.fused_features(feats, out["flows"][-1])[win])
+    fl = fusion_loss(fused, ir[win], vis[win])
+    l_s = -(reg.ir_specific(ir[win]) - feats["vis_specific"][win]).abs().mean()
+    return {"total": l_s + LAMBDA_FUSION * fl["fusion"], "s": l_s, "fusion": fl["fusion"],
+            "luminance": fl["luminance"].detach(), "gradient": fl["gradient"].detach()}
+
+
+def _phase(net: TardNet, fusion: bool, lr: float, total_steps: int, done_steps: int = 0, state: dict | None = None):
+    """Optimizer and cosine schedule (to 2 % of ``lr``) of a phase; sets which parameters train.
+
+    The schedule is a closed form of the step, so a resumed run with more epochs
+    continues on the longer schedule; ``state`` restores Adam's moments.
+    """
+    reg = net.registration
+    if fusion:
+        params = [*net.head.parameters(), *reg.ir_specific.parameters(), *reg.vis_specific.parameters()]
+    else:
+        params = [p for n, p in reg.named_parameters() if "specific" not in n]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    if state is not None:
+        opt.load_state_dict(state)
+    for group in opt.param_groups:
+        group["initial_lr"] = lr
+    total = max(1, total_steps)
+
+    def cosine(step: int) -> float:
+        return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, cosine, last_epoch=done_steps - 1)
+
+
+def _set_modes(net: TardNet, fusion: bool) -> None:
+    """Train mode for the modules of the phase, eval mode (frozen BatchNorm) for the rest."""
+    net.eval()
+    reg = net.registration
+    train = [net.head, reg.ir_specific, reg.vis_specific] if fusion else [
+        reg.ir_common, reg.vis_common, reg.ir_cseb, reg.vis_cseb, reg.msrb]
+    for module in train:
+        module.train()
+
+
+def recalibrate_batchnorm(net: TardNet, data: list[torch.Tensor], size, fusion: bool, seed: int,
+                          batches: int = BN_BATCHES, batch_size: int = 8) -> None:
+    """Re-estimate the BatchNorm statistics of the phase's modules, in place.
+
+    Running averages (momentum 0.1) lag behind weights that still move fast, and the
+    eval-mode network then does clearly worse than in training; so before each
+    export the statistics are recomputed as plain averages over ``batches`` fresh
+    batches (fixed seed; the training random streams are not touched).
+    """
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    _set_modes(net, fusion)
+    trained = [m for m in norms if m.training]
+    for m in trained:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        for _ in range(batches):
+            idx = [rng.randrange(len(data)) for _ in range(batch_size)]
+            batch = [t.to(device) for t in make_batch(data, idx, size, rng, gen)]
+            fusion_losses(net, *batch, rng) if fusion else registration_losses(net, *batch)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def train_register(
+    pairs: list[dict],
+    out: str | Path,
+    *,
+    epochs: int,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    crop: int = 256,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    log=print,
+    fusion_epochs: int = 2,
+) -> Path:
+    """Train the registration network, then (``fusion_epochs`` > 0) the ``tard`` fusion head.
+
+    Phase 1 (``epochs``): common encoders, CSEBs and MSRB with ``l_c + 10 l_reg``.
+    Phase 2 (``fusion_epochs``, 0 to skip): registration frozen; specific encoders and the
+    reconstruction head with ``l_s + 5 l_f``. (The paper trains everything jointly;
+    on a shared CPU the two phases cost a third of one joint step.)
+
+    Args:
+        pairs: records with ``ir`` and ``vis`` paths of *aligned* pairs.
+        out: folder for ``register.safetensors`` (registration net), ``tard.safetensors``
+            (joint net), ``register.json`` (model card) and ``checkpoint.pt`` (resume);
+            all rewritten after every epoch.
+        epochs: passes over ``pairs`` (a new random deformation of each view every time).
+        crop: working width in pixels; views are ``crop * 5 / 8`` x ``crop`` (multiples of 32).
+        resume: a ``checkpoint.pt`` to continue from; ``epochs`` and ``fusion_epochs``
+            count the totals and may be larger than in the first run (the cosine
+            schedule then follows the longer run from where it is).
+        progress: a tqdm bar on stderr; ``log`` receives one JSON line per epoch.
+
+    Returns:
+        The path of ``register.safetensors``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = (crop * 5 // 8 // 32 * 32, crop // 32 * 32)
+    torch.manual_seed(seed)
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    net = TardNet(size=size).to(device)
+    steps = max(1, len(pairs) // batch_size)
+    history, start, seconds = [], 0, 0.0
+    ckpt = torch.load(resume, map_location=device, weights_only=False) if resume else None
+    if ckpt:
+        net.load_state_dict(ckpt["model"])
+        history, start, seconds = ckpt["history"], ckpt["epoch"], ckpt["seconds"]
+        rng.setstate(ckpt["rng"])
+        gen.set_state(ckpt["gen"])
+    data = _preload(pairs)
+    opt = sched = None
+    for epoch in range(start, epochs + fusion_epochs):
+        fusion = epoch >= epochs
+        if opt is None or epoch == epochs:
+            same_phase = ckpt is not None and ckpt["epoch"] == epoch and (history[-1]["phase"] == "fusion") == fusion
+            opt, sched = _phase(net, fusion, lr, steps * (fusion_epochs if fusion else epochs),
+                                done_steps=steps * (epoch - (epochs if fusion else 0)),
+                                state=ckpt["optimizer"] if same_phase else None)
+        t0 = time.time()
+        _set_modes(net, fusion)
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        sums: dict[str, float] = {}
+        phase = "fusion" if fusion else "registration"
+        bar = tqdm(range(steps), desc=f"{phase} epoch {epoch + 1}", disable=not progress, leave=False)
+        for step in bar:
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            batch = [t.to(device) for t in make_batch(data, idx, size, rng, gen)]
+            losses = fusion_losses(net, *batch, rng) if fusion else registration_losses(net, *batch)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 10.0)
+            opt.step()
+            sched.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if not fusion:
+                bar.set_postfix(epe=f"{float(losses['epe_px']):.2f}")
+        recalibrate_batchnorm(net, data, size, fusion, seed=seed + 7919 * (epoch + 1), batch_size=batch_size)
+        seconds += time.time() - t0
+        row = {"epoch": epoch + 1, "phase": phase, "seconds": round(seconds, 1), **{k: round(v / steps, 4) for k, v in sums.items()}}
+        history.append(row)
+        log(json.dumps(row))
+        state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                 "history": history, "epoch": epoch + 1, "seconds": seconds, "rng": rng.getstate(), "gen": gen.get_state()}
+        with atomic_file(out / "checkpoint.pt") as tmp:
+            torch.save(state, tmp)
+        _export(net, out, size, pairs, history, seconds, epochs=min(epoch + 1, epochs), fusion_epochs=max(0, epoch + 1 - epochs),
+                batch_size=batch_size, lr=lr, seed=seed, crop=crop)
+    return out / "register.safetensors"
+
+
+def _export(net: TardNet, out: Path, size, pairs, history, seconds, **settings) -> None:
+    """Write the weights and the model card (after every epoch, so a stopped run still ships)."""
+    channels = net.registration.ir_common[0][0].out_channels
+    with atomic_file(out / "register.safetensors") as tmp:
+        save_state(net.registration, tmp, channels, size)
+    with atomic_file(out / "tard.safetensors") as tmp:
+        save_state(net, tmp, channels, size)
+    sets = sorted({Path(r["ir"]).parent.parent.name for r in pairs})  # <set>/ir/<id>.<ext>
+    card = {
+        "model": "registration network of 'Target-aware unregistered infrared and visible image fusion' "
+        "(Hu et al., Front. Phys. 2025) + its fusion reconstruction head (tard)",
+        "files": {"register.safetensors": "RegistrationNet", "tard.safetensors": "TardNet (registration + fusion head)"},
+        "parameters": {"registration": sum(p.numel() for p in net.registration.parameters()),
+                       "fusion_head": sum(p.numel() for p in net.head.parameters())},
+        "working_size_hw": list(size),
+        "data": {"sets": sets, "pairs": len(pairs),
+                 "excluded": "RoadScene scenes of unaligned/roadscene (benchmark); msrs, tno and all evaluation sets unused"},
+        "deformation": {"rotation_deg": MAX_ROTATION_DEG, "anisotropy": MAX_ANISOTROPY, "scale": [1 - SCALE_RANGE, 1 + SCALE_RANGE],
+                        "translation_normalised": MAX_TRANSLATION, "elastic_lattice": list(ELASTIC_LATTICE),
+                        "elastic_std_normalised": MAX_ELASTIC_STD, "identity_fraction": IDENTITY_FRACTION},
+        "loss": {"registration_phase": "l_c + 10 l_reg", "fusion_phase": "l_s + 5 l_f, registration frozen", "gamma": 2.0,
+                 "l_reg": "mean L1 of the field in pixels of the registration grid (half the working size), all scales",
+                 "not_used": "detection loss l_ob (no detector)"},
+        "optimizer": "Adam per phase, cosine decay to 2% of lr, grad-norm clip 10",
+        **settings,
+        "seconds": round(seconds, 1),
+        "device": str(next(net.parameters()).device),
+        "history": history,
+    }
+    with atomic_file(out / "register.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stages.register_training``: train on RoadScene + LLVIP from ``--data``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--fusion-epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", type=Path)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pairs, excluded = training_pairs(args.data)
+    print(f"{len(pairs)} training pairs; left out {len(excluded)} benchmark scenes: {' '.join(excluded)}", flush=True)
+    train_register(pairs, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   crop=args.crop, resume=args.resume, progress=not args.no_progress, log=lambda s: print(s, flush=True),
+                   fusion_epochs=args.fusion_epochs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Tests of ``fuse register`` (stages/register.py) and its network (stages/nets/registration.py).
+
+Real pairs come from ``../shared/data/unaligned/roadscene`` (skipped when absent);
+the rest runs on small synthetic pairs. Runs in well under a minute on 2 cores.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fuse_cli.images import luminance, read_image, write_image
+from stages.base import StageError
+from stages.nets.registration import RegistrationNet, load_registration_net, save_state
+from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
+from stages.nets.tard import TardNet, load_tard, tard_factory
+from stages.register import RegisterStage, apply_grid, ecc_grid, ecc_warp, residual_displacement
+from stages.register_training import invert_grid, make_batch, random_correction, train_register
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+UNALIGNED = DATA / "unaligned" / "roadscene"
+needs_data = pytest.mark.skipif(
+    not (UNALIGNED / "grid").is_dir(), reason=f"real unaligned pairs not found at {UNALIGNED} (../shared/data)"
+)
+PACKAGED = Path(__file__).resolve().parents[1] / "stages" / "weights" / "register.safetensors"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the test machine is shared, and more threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def real_ids(n: int) -> list[str]:
+    return sorted(p.stem for p in (UNALIGNED / "grid").glob("*.npy"))[:n]
+
+
+def identity(h: int, w: int) -> np.ndarray:
+    xs, ys = (np.arange(w) + 0.5) * 2 / w - 1, (np.arange(h) + 0.5) * 2 / h - 1
+    return np.stack(np.meshgrid(xs, ys), -1).astype(np.float32)
+
+
+def scene(h: int = 96, w: int = 144, seed: int = 0) -> np.ndarray:
+    """A smooth random texture in [0, 1] with strong edges (blobs), ``(h, w)``."""
+    rng = np.random.default_rng(seed)
+    noise = torch.from_numpy(rng.random((1, 1, h // 8, w // 8), dtype=np.float32))
+    img = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0, 0].numpy()
+    return np.clip((img > 0.5) * 0.6 + img * 0.4, 0, 1).astype(np.float32)
+
+
+def shifted_pair(tmp_path: Path, dx: int = 9, dy: int = 5, rgb_ir: bool = False) -> dict:
+    """VIS = scene; IR = the same scene moved by (dx, dy) px, inverted (another modality)."""
+    big = scene(96 + 2 * 16, 144 + 2 * 16)
+    vis = big[16:-16, 16:-16]
+    ir = 1.0 - big[16 + dy : 16 + dy + 96, 16 + dx : 16 + dx + 144]
+    if rgb_ir:
+        ir = np.stack([ir, ir * 0.5, ir * 0.25], -1)
+    write_image(tmp_path / "ir.png", ir)
+    write_image(tmp_path / "vis.png", np.stack([vis] * 3, -1) * np.array([1.0, 0.9, 0.8]))
+    return {"id": "p1", "ir": str(tmp_path / "ir.png"), "vis": str(tmp_path / "vis.png")}
+
+
+# --- the dataset convention -------------------------------------------------------------
+
+
+@needs_data
+def test_dataset_grid_convention_round_trip():
+    """grid_sample(aligned IR, dataset grid, align_corners=False) reproduces ir_warp."""
+    for pid in real_ids(3):
+        grid = np.load(UNALIGNED / "grid" / f"{pid}.npy")
+        ir, warped = read_image(UNALIGNED / "ir" / f"{pid}.png"), read_image(UNALIGNED / "ir_warp" / f"{pid}.png")
+        ours = F.grid_sample(torch.from_numpy(ir)[None, None], torch.from_numpy(grid)[None], align_corners=False)[0, 0]
+        assert np.abs(ours.numpy() - warped).mean() * 255 < 1.0
+        masked, valid = apply_grid(ir, grid, mask_invalid=True)
+        assert np.abs(masked - warped)[valid].mean() * 255 < 1.0
+        assert np.all(masked[~valid] == 0)
+
+
+@needs_data
+def test_residual_displacement_of_identity_is_the_deformation():
+    pid = real_ids(1)[0]
+    grid = np.load(UNALIGNED / "grid" / f"{pid}.npy")
+    h, w = grid.shape[:2]
+    err, valid = residual_displacement(identity(h, w), grid)
+    moved = np.hypot((grid[..., 0] - identity(h, w)[..., 0]) * w / 2, (grid[..., 1] - identity(h, w)[..., 1]) * h / 2)
+    assert np.allclose(err[valid], moved[valid], atol=1e-3)
+    assert 5 < err[valid].mean() < 40
+
+
+# --- ECC ----------------------------------------------------------------------------------
+
+
+@needs_data
+def test_ecc_reduces_error_on_real_pairs():
+    """On the first three unaligned pairs, ECC at least halves end-point error and IR error."""
+    for pid in real_ids(3):
+        deformation = np.load(UNALIGNED / "grid" / f"{pid}.npy")
+        ir = read_image(UNALIGNED / "ir_warp" / f"{pid}.png")
+        aligned = read_image(UNALIGNED / "ir" / f"{pid}.png")
+        vis = luminance(read_image(UNALIGNED / "vis" / f"{pid}.png"))
+        grid = ecc_grid(ir, vis)
+        err, valid = residual_displacement(grid, deformation)
+        err0, valid0 = residual_displacement(identity(*vis.shape), deformation)
+        assert err[valid].mean() < 0.5 * err0[valid0].mean(), pid
+        registered, _ = apply_grid(ir, grid)
+        both = valid & valid0
+        assert np.abs(registered - aligned)[both].mean() < 0.6 * np.abs(ir - aligned)[both].mean(), pid
+
+
+def test_ecc_recovers_a_cross_modal_shift():
+    big = scene(128, 176)
+    vis = big[16:-16, 16:-16]
+    ir = 1.0 - big[21:117, 25:169]  # VIS pixel (x, y) is IR pixel (x - 9, y - 5), contrast inverted
+    assert ecc_warp(ir, vis)[1] == "ecc"
+    grid = ecc_grid(ir, vis)
+    expect = identity(96, 144) + np.array([-9 * 2 / 144, -5 * 2 / 96], np.float32)
+    err = np.hypot((grid[..., 0] - expect[..., 0]) * 72, (grid[..., 1] - expect[..., 1]) * 48)
+    assert err.mean() < 0.5
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+
+def test_stage_outputs_sizes_channels_and_record(tmp_path):
+    rec = shifted_pair(tmp_path, rgb_ir=True)
+    stage = RegisterStage(tmp_path / "out", method="ecc", save_overlay=True)
+    assert stage.outputs(rec) == [tmp_path / "out" / "p1.png", tmp_path / "out" / "p1.grid.npy", tmp_path / "out" / "p1.overlay.png"]
+    result = stage.process_one(rec)
+    assert result["ir"] == str(tmp_path / "out" / "p1.png")
+    assert result["ir_unregistered"] == rec["ir"]
+    assert result["grid"] == str(tmp_path / "out" / "p1.grid.npy")
+    registered = read_image(result["ir"])
+    assert registered.shape == (96, 144, 3)
+    grid = np.load(result["grid"])
+    assert grid.shape == (96, 144, 2) and grid.dtype == np.float32
+    assert read_image(result["overlay"]).shape == (96, 144, 3)
+    assert stage.skip_update(rec) == result
+    # the saved grid reproduces the saved image
+    again, _ = apply_grid(read_image(rec["ir"]), grid)
+    assert np.abs(again - registered).max() <= 1 / 255 + 1e-6
+
+
+def test_stage_ir_of_another_size_lands_on_the_vis_grid(tmp_path):
+    rec = shifted_pair(tmp_path)
+    ir = read_image(rec["ir"])
+    small = F.interpolate(torch.from_numpy(ir)[None, None], size=(72, 108), mode="bilinear", antialias=True)[0, 0].numpy()
+    write_image(tmp_path / "ir_small.png", small)
+    result = RegisterStage(tmp_path / "out").process_one({**rec, "ir": str(tmp_path / "ir_small.png")})
+    assert read_image(result["ir"]).shape == (96, 144)
+
+
+def test_mask_invalid_marks_out_of_bounds_pixels(tmp_path):
+    rec = shifted_pair(tmp_path, dx=12, dy=8)
+    result = RegisterStage(tmp_path / "out", mask_invalid=True).process_one(rec)
+    grid = np.load(result["grid"])
+    valid = read_image(result["valid"]) > 0.5
+    outside = np.any(np.abs(grid) > 1, -1)
+    assert outside.sum() > 12 * 96  # a shift of 12 px leaves a strip with no IR
+    assert np.array_equal(valid, ~outside)
+    assert np.all(read_image(result["ir"])[~valid] == 0)
+
+
+def test_max_displacement_rejects_with_the_pair_named(tmp_path):
+    rec = shifted_pair(tmp_path, dx=12, dy=8)
+    stage = RegisterStage(tmp_path / "out", max_displacement=3)
+    (err,) = stage.process([rec])
+    assert isinstance(err, StageError) and "p1" in str(err) and "max-displacement" in str(err)
+    assert not (tmp_path / "out" / "p1.png").exists()
+
+
+def test_bad_input_names_the_pair(tmp_path):
+    stage = RegisterStage(tmp_path / "out")
+    (err,) = stage.process([{"id": "gone", "ir": str(tmp_path / "none.png"), "vis": str(tmp_path / "none.png")}])
+    assert isinstance(err, StageError) and "gone" in str(err) and "none.png" in str(err)
+    with pytest.raises(ValueError, match="ecc, net, net-ecc"):
+        RegisterStage(tmp_path, method="sift")
+
+
+# --- the network ----------------------------------------------------------------------------
+
+
+def test_net_shapes_and_gradients():
+    torch.manual_seed(0)
+    net = RegistrationNet(size=(64, 128))
+    ir, vis = torch.rand(2, 1, 64, 128), torch.rand(2, 1, 64, 128)
+    out = net(ir, vis, specific=True)
+    assert [tuple(f.shape) for f in out["flows"]] == [(2, 2, 1, 2), (2, 2, 2, 4), (2, 2, 4, 8), (2, 2, 8, 16), (2, 2, 16, 32)]
+    assert out["grid"].shape == (2, 64, 128, 2)
+    assert out["ir_specific"].shape == (2, 8, 64, 128) and out["ir_specific"].abs().max() <= 1
+    # the zero-initialised field heads give no gradient to the layers below: perturb them first
+    for head in net.msrb.predict:
+        torch.nn.init.normal_(head.weight, std=0.01)
+    out = net(ir, vis)
+    loss = sum((f - 0.1).square().mean() for f in out["flows"]) + (out["ir_common"] - out["vis_common"]).abs().mean()
+    loss.backward()
+    trained = [n for n, p in net.named_parameters() if "specific" not in n]
+    assert all(net.get_parameter(n).grad is not None and torch.isfinite(net.get_parameter(n).grad).all() for n in trained)
+    grid = net.eval().estimate_grid(torch.rand(1, 1, 50, 70), torch.rand(1, 1, 50, 70))
+    assert grid.shape == (1, 50, 70, 2)
+
+
+def test_tard_fuses_any_size_in_range():
+    net = TardNet(size=(64, 128)).eval()
+    fused = net.fuse(torch.rand(1, 1, 45, 77), torch.rand(1, 1, 45, 77))
+    assert fused.shape == (1, 1, 45, 77) and 0 <= fused.min() and fused.max() <= 1
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    net = TardNet(size=(64, 128))
+    for head in net.registration.msrb.predict:
+        torch.nn.init.normal_(head.weight, std=0.05)
+    net.eval()
+    save_state(net.registration, tmp_path / "r.safetensors", 8, (64, 128))
+    save_state(net, tmp_path / "t.safetensors", 8, (64, 128))
+    ir, vis = torch.rand(1, 1, 70, 90), torch.rand(1, 1, 70, 90)
+    loaded = load_registration_net(tmp_path / "r.safetensors")
+    assert loaded.size == (64, 128)
+    assert torch.equal(loaded.estimate_grid(ir, vis), net.registration.estimate_grid(ir, vis))
+    assert torch.equal(load_tard(tmp_path / "t.safetensors").fuse(ir, vis), net.fuse(ir, vis))
+    assert torch.equal(tard_factory("cpu", weights=tmp_path / "t.safetensors")(ir, vis), net.fuse(ir, vis).clamp(0, 1))
+
+
+@pytest.mark.skipif(not PACKAGED.is_file() or not TARD_WEIGHTS.is_file(), reason="packaged weights not built")
+def test_packaged_net_runs_in_the_stage(tmp_path):
+    rec = shifted_pair(tmp_path)
+    for method in ("net", "net-ecc"):
+        result = RegisterStage(tmp_path / method, method=method).process_one(rec)
+        assert np.load(result["grid"]).shape == (96, 144, 2)
+        assert read_image(result["ir"]).shape == (96, 144)
+    fused = tard_factory("cpu")(torch.rand(1, 1, 40, 60), torch.rand(1, 1, 40, 60))
+    assert fused.shape == (1, 1, 40, 60)
+
+
+@needs_data
+@pytest.mark.skipif(not PACKAGED.is_file(), reason="packaged weights not built")
+def test_packaged_net_reduces_error_on_real_pairs():
+    """A guard against silent drift: the shipped network cuts EPE by 30 % or more on the first pairs."""
+    stage = RegisterStage(Path("unused"), method="net")
+    for pid in real_ids(3):
+        deformation = np.load(UNALIGNED / "grid" / f"{pid}.npy")
+        ir = read_image(UNALIGNED / "ir_warp" / f"{pid}.png")
+        vis = luminance(read_image(UNALIGNED / "vis" / f"{pid}.png"))
+        err, valid = residual_displacement(stage.estimate_grid(ir, vis), deformation)
+        err0, valid0 = residual_displacement(identity(*vis.shape), deformation)
+        assert err[valid].mean() < 0.7 * err0[valid0].mean(), pid
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def test_training_deformation_is_undone_by_its_label():
+    gen = torch.Generator().manual_seed(0)
+    phi = random_correction(4, (64, 96), gen)
+    inv = invert_grid(phi)
+    ident = torch.from_numpy(identity(64, 96))[None]
+    composed = F.grid_sample(phi.permute(0, 3, 1, 2), inv, padding_mode="border", align_corners=False).permute(0, 2, 3, 1)
+    inside = (inv.abs() < 0.9).all(-1)
+    assert ((composed - ident).abs()[inside].max() * 48) < 0.2  # pixels
+    import random
+
+    pairs = [torch.from_numpy(np.stack([scene(80, 120, 1), scene(80, 120, 2)]))]
+    ir, vis, deformed, phi = make_batch(pairs * 2, [0, 1], (64, 96), random.Random(0), gen)
+    back = F.grid_sample(deformed, phi, align_corners=False)
+    assert ir.shape == vis.shape == deformed.shape == (2, 1, 64, 96)
+    assert (back - ir).abs()[back > 0].mean() < 0.03
+
+
+def test_train_register_writes_weights_and_card(tmp_path):
+    recs = []
+    for i in range(2):
+        write_image(tmp_path / f"ir{i}.png", scene(80, 128, i))
+        write_image(tmp_path / f"vis{i}.png", 1 - scene(80, 128, i))
+        recs.append({"ir": str(tmp_path / f"ir{i}.png"), "vis": str(tmp_path / f"vis{i}.png")})
+    run = tmp_path / "run"
+    path = train_register(recs, run, epochs=1, fusion_epochs=0, batch_size=2, crop=128, progress=False, log=lambda s: None)
+    assert path == run / "register.safetensors"
+    first = load_registration_net(path).state_dict()
+    # resume, one more registration epoch and a fusion epoch
+    train_register(recs, run, epochs=2, fusion_epochs=1, batch_size=2, crop=128, progress=False, log=lambda s: None,
+                   resume=run / "checkpoint.pt")
+    import json
+
+    card = json.loads((run / "register.json").read_text())
+    assert card["epochs"] == 2 and card["fusion_epochs"] == 1 and card["data"]["pairs"] == 2
+    assert [row["phase"] for row in card["history"]] == ["registration", "registration", "fusion"]
+    net = load_registration_net(path)
+    assert net.size == (64, 128)
+    assert any(not torch.equal(v, first[k]) for k, v in net.state_dict().items())
+    assert load_tard(run / "tard.safetensors").fuse(torch.rand(1, 1, 30, 40), torch.rand(1, 1, 30, 40)).shape[-1] == 40

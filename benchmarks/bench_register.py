@@ -4,7 +4,7 @@ For each method (``none`` = the identity grid, ``ecc``, ``net``, ``net-ecc``) an
 grid is estimated from ``ir_warp`` and ``vis`` and scored against the known
 deformation ``grid/<id>.npy``:
 
-* EPE — end-point error in pixels, :func:`stages.register.residual_displacement`
+* EPE — end-point error in pixels, :func:`stages.metrics.registration.residual_displacement`
   (the deformation composed with the estimate, against the identity), mean over
   valid pixels (sampled inside both images);
 * MAE — mean absolute difference, in grey levels (0–255), between the registered IR
@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fuse_cli.images import luminance, read_image
 from stages.metrics.registration import registration_metrics
-from stages.register import RegisterStage, apply_grid, residual_displacement
+from stages.metrics.registration import residual_displacement
+from stages.register import RegisterStage, apply_grid
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -146,6 +146,8 @@ def score(
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).", show_default=False)] = None,
     convention: Annotated[str, typer.Option("--convention", help="Reference implementation to reproduce; see below.")] = "mmif",
     fmt: Annotated[str, typer.Option("--format", "-f", help="csv, json (JSON Lines), table or markdown.")] = "csv",
+    grid_gt: Annotated[Optional[Path], typer.Option("--grid-gt", help="Registration: folder of ground-truth deformations <id>.npy (the dataset convention); adds EPE.", show_default=False)] = None,
+    aligned: Annotated[Optional[Path], typer.Option("--aligned", help="Registration: folder of aligned IR images; adds MAE and NCC of the record's ir.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw a bar chart per metric (one bar per method) to this PNG.", show_default=False)] = None,
     workers: opt.Workers = 1,
     shard: opt.Shard = None,
@@ -160,7 +162,7 @@ def score(
     if convention not in CONVENTIONS:
         raise usage_error(f"--convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
     try:
-        names = parse_metric_names(metrics)
+        names = parse_metric_names(metrics, registration=bool(grid_gt or aligned))
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     reporter = Reporter("score", quiet, verbose)
@@ -175,7 +177,7 @@ def score(
         source = gather_records(ir, vis, records, reporter)
     scored: list[dict] = []
     run_opts = opt.RunOptions(batch_size=max(workers, 1), workers=workers, shard=opt.parse_shard(shard), quiet=quiet, verbose=verbose)
-    status = run_stage(ScoreStage(names, convention), source, run_opts, reporter, emit=scored.append)
+    status = run_stage(ScoreStage(names, convention, grid_gt, aligned), source, run_opts, reporter, emit=scored.append)
     rows = score_rows(scored, names, convention)
     sys.stdout.write(format_rows(rows, names, fmt))
     if plot is not None:

@@ -12,42 +12,108 @@ import io
 import json
 import math
 
-from fuse_cli.images import ImageError, read_uint8
+from pathlib import Path
+
+import numpy as np
+
+from fuse_cli.images import ImageError, luminance, read_image, read_uint8
 from stages.base import Stage, StageError, record_path
-from stages.metrics import DEFAULT_CONVENTION, METRICS, compute_metrics
+from stages.metrics import DEFAULT_CONVENTION, METRICS, compute_metrics, registration_metrics
+from stages.metrics.registration import residual_displacement
+
+#: Registration metrics (lower EPE/MAE, higher NCC is better), reported with --grid-gt / --aligned.
+REGISTRATION_METRICS = ("EPE", "MAE", "NCC")
 
 
-def parse_metric_names(text: str | None) -> list[str]:
-    """``"en,SD,qabf"`` → canonical names; ``ValueError`` naming the valid ones."""
+def parse_metric_names(text: str | None, registration: bool = False) -> list[str]:
+    """``"en,SD,qabf"`` → canonical names; ``ValueError`` naming the valid ones.
+
+    With ``registration`` (ground truth given) the default is the registration
+    metrics only, and their names are accepted too.
+    """
     if not text:
-        return list(METRICS)
-    canonical = {name.lower(): name for name in METRICS}
+        return list(REGISTRATION_METRICS) if registration else list(METRICS)
+    known = [*METRICS, *REGISTRATION_METRICS] if registration else list(METRICS)
+    canonical = {name.lower(): name for name in known}
     names = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part.lower() not in canonical:
-            raise ValueError(f"unknown metric {part!r}; choose from: {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric {part!r}; choose from: {', '.join(known)}")
         names.append(canonical[part.lower()])
     return names
 
 
 class ScoreStage(Stage):
-    """Compute the chosen metrics for each record; adds ``scores``."""
+    """Compute the chosen metrics for each record; adds ``scores``.
+
+    Fusion metrics need ``ir``, ``vis`` and ``fused``. Registration metrics need
+    ``grid_gt`` and/or ``aligned``, folders holding per id the dataset's deformation
+    ``<id>.npy`` (the grid that made the unaligned IR from the aligned one, as in
+    ``unaligned/roadscene/grid``) and the aligned IR image:
+
+    * EPE — mean end-point error in VIS pixels of the record's ``grid`` (from
+      ``fuse register``; identity when absent, i.e. the unregistered error)
+      composed with the deformation, over pixels that stay inside both images;
+    * MAE, NCC — of the record's ``ir`` (the registered image) against the
+      aligned IR, on 0–255 luminance, over the valid pixels (the record's
+      ``valid`` mask when ``--mask-invalid`` made one).
+    """
 
     name = "score"
 
-    def __init__(self, metrics: list[str], convention: str = DEFAULT_CONVENTION):
+    def __init__(self, metrics: list[str], convention: str = DEFAULT_CONVENTION,
+                 grid_gt: Path | None = None, aligned: Path | None = None):
         self.metrics, self.convention = metrics, convention
+        self.grid_gt, self.aligned = grid_gt, aligned
 
     def process_one(self, record: dict) -> dict:
         pair = record.get("id", "?")
+        scores = {}
         try:
-            images = [read_uint8(record_path(record, key)) for key in ("ir", "vis", "fused")]
+            if [m for m in self.metrics if m not in REGISTRATION_METRICS]:
+                scores.update(self._fusion_scores(record))
+            if self.grid_gt or self.aligned:
+                scores.update(self._registration_scores(record))
         except ImageError as exc:
             raise StageError(f"pair {pair}: {exc}") from None
+        return {"scores": scores}
+
+    def _fusion_scores(self, record: dict) -> dict:
+        images = [read_uint8(record_path(record, key)) for key in ("ir", "vis", "fused")]
         if len({img.shape[:2] for img in images}) != 1:
             sizes = ", ".join(f"{k} {img.shape[1]}x{img.shape[0]}" for k, img in zip(("ir", "vis", "fused"), images))
-            raise StageError(f"pair {pair}: sizes differ ({sizes}); {record['fused']}")
-        return {"scores": compute_metrics(*images, names=self.metrics, convention=self.convention)}
+            raise StageError(f"pair {record.get('id', '?')}: sizes differ ({sizes}); {record['fused']}")
+        names = [m for m in self.metrics if m not in REGISTRATION_METRICS]
+        return compute_metrics(*images, names=names, convention=self.convention)
+
+    def _registration_scores(self, record: dict) -> dict:
+        pair = str(record.get("id", "?"))
+        registered = luminance(read_image(record_path(record, "ir"))) * 255.0
+        h, w = registered.shape
+        valid = np.ones((h, w), bool)
+        if isinstance(record.get("valid"), str):
+            valid &= read_image(record["valid"]) > 0.5
+        scores = {}
+        if self.grid_gt:
+            gt_path = self.grid_gt / f"{pair}.npy"
+            if not gt_path.is_file():
+                raise StageError(f"pair {pair}: {gt_path}: no ground-truth grid")
+            grid = np.load(record["grid"]) if isinstance(record.get("grid"), str) else _identity_grid(h, w)
+            error, inside = residual_displacement(grid, np.load(gt_path))
+            scores["EPE"] = float(error[inside & valid].mean())
+        if self.aligned:
+            matches = sorted(p for p in self.aligned.glob(f"{pair}.*") if not p.name.startswith("."))
+            if not matches:
+                raise StageError(f"pair {pair}: no aligned image {self.aligned}/{pair}.*")
+            aligned = luminance(read_image(matches[0])) * 255.0
+            scores.update(registration_metrics(registered=registered, aligned=aligned, valid=valid))
+        return scores
+
+
+def _identity_grid(h: int, w: int) -> np.ndarray:
+    """The sampling grid that leaves an ``h × w`` image where it is (align_corners=False)."""
+    xs, ys = (np.arange(w) + 0.5) * 2 / w - 1, (np.arange(h) + 0.5) * 2 / h - 1
+    return np.stack(np.meshgrid(xs, ys), axis=-1).astype(np.float32)
 
 
 def score_rows(records: list[dict], metrics: list[str], convention: str) -> list[dict]:
@@ -114,7 +180,7 @@ def plot_means(rows: list[dict], metrics: list[str], path) -> None:
     for ax, metric in zip(axes.flat, metrics):
         values = [row[metric] for row in means]
         ax.bar(range(len(methods)), values, color=[colours[i % 10] for i in range(len(methods))])
-        arrow = "↑" if METRICS[metric].higher_is_better else "↓"
+        arrow = "↑" if (METRICS[metric].higher_is_better if metric in METRICS else metric == "NCC") else "↓"
         ax.set_title(f"{metric} {arrow}", fontsize=10)
         ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
         ax.tick_params(axis="y", labelsize=8)

@@ -25,8 +25,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -129,6 +129,7 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
             tensors[f"state.{index}.{key}"] = value.detach().to("cpu").contiguous()
     tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"param_groups": json.dumps(state["param_groups"])})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -136,7 +137,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         groups = json.loads(f.metadata()["param_groups"])
         state: dict[int, dict] = {}
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
             _, index, key = name.split(".", 2)
             state.setdefault(int(index), {})[key] = f.get_tensor(name)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
@@ -222,7 +223,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
     })
 
     steps = math.ceil(len(images) / batch_size)
-    for epoch in range(card["epochs"], epochs):
+    first_epoch = card["epochs"]
+    for epoch in range(first_epoch, epochs):
         started = time.perf_counter()
         epoch_lr = _epoch_lr(lr, schedule, epoch, epochs)
         for group in opt.param_groups:
@@ -246,6 +248,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         bar.close()
 
         metrics = validate(model, val_images, device) if val_images else None
+        if val_images and metrics is None and epoch == first_epoch:
+            log("stages.metrics is not importable: validation metrics are not recorded")
         card["epochs"] = epoch + 1
         card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
         card["train_loss"].append(round(total / steps, 5))

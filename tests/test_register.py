@@ -17,7 +17,8 @@ from stages.base import StageError
 from stages.nets.registration import RegistrationNet, load_registration_net, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import TardNet, load_tard, tard_factory
-from stages.register import RegisterStage, apply_grid, ecc_grid, ecc_warp, residual_displacement
+from stages.metrics.registration import residual_displacement
+from stages.register import RegisterStage, apply_grid, ecc_grid, ecc_warp
 from stages.register_training import invert_grid, make_batch, random_correction, train_register
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

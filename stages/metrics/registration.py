@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def _valid_mask(valid, shape: tuple[int, int]) -> np.ndarray:
@@ -53,3 +55,24 @@ def registration_metrics(pred_grid=None, gt_grid=None, registered=None, aligned=
         den = np.sqrt((dx * dx).sum() * (dy * dy).sum())
         out["NCC"] = float((dx * dy).sum() / den) if den > 0 else 0.0
     return out
+
+
+def residual_displacement(grid: np.ndarray, deformation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """End-point error of an estimated grid against a known deformation, without inverting it.
+
+    ``deformation`` ``(H, W, 2)`` made the unaligned IR from the aligned one
+    (``ir_warp = grid_sample(ir, deformation)``, the dataset convention); ``grid``
+    ``(H, W, 2)`` is the estimate (``registered = grid_sample(ir_warp, grid)``). A
+    VIS pixel ``p`` then shows the aligned IR at ``deformation(grid(p))``; a perfect
+    estimate gives ``p``. Returns ``(error, valid)``, both ``(H, W)``: the distance in
+    pixels, and where ``grid`` and the composed position fall inside the images.
+    The identity grid gives the unregistered displacement.
+    """
+    h, w = grid.shape[:2]
+    field = torch.from_numpy(np.ascontiguousarray(deformation, dtype=np.float32)).permute(2, 0, 1)[None]
+    g = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[None]
+    composed = F.grid_sample(field, g, mode="bilinear", padding_mode="border", align_corners=False)[0].permute(1, 2, 0).numpy()
+    ident = np.stack(np.meshgrid((np.arange(w) + 0.5) * 2 / w - 1, (np.arange(h) + 0.5) * 2 / h - 1), -1)
+    error = np.hypot((composed[..., 0] - ident[..., 0]) * w / 2, (composed[..., 1] - ident[..., 1]) * h / 2)
+    valid = np.all(np.abs(grid) <= 1, -1) & np.all(np.abs(composed) <= 1, -1)
+    return error, valid

@@ -49,8 +49,8 @@ torch.Size([1, 1, 64, 48])
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from stages.nets.losses import intensity_masks, masked_intensity_loss, texture_loss_max
 

@@ -1,0 +1,172 @@
+"""Every learned fusion network (``NETWORKS``) on small inputs: shapes, gradients,
+training, checkpoints, determinism, tiling and the missing-weights message."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from stages.nets import learned_methods
+from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
+from stages.train import load_pair, train
+
+torch.set_num_threads(1)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROADSCENE = DATA / "roadscene"
+needs_data = pytest.mark.skipif(not (ROADSCENE / "ir").is_dir(),
+                                reason=f"real pairs not found at {ROADSCENE} (../shared/data is absent)")
+
+NAMES = sorted(NETWORKS)
+
+
+def fresh_model(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return NETWORKS[name].model()
+
+
+def synthetic_pair(h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 1, h, w, generator=gen), torch.rand(1, 1, h, w, generator=gen)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [(37, 53), (16, 16), (5, 70)])
+def test_fuser_keeps_any_size(name, size):
+    ir, vis = synthetic_pair(*size)
+    fused = NetworkFuser(fresh_model(name), "cpu")(ir, vis)
+    assert fused.shape == ir.shape
+    assert fused.dtype == torch.float32
+    assert 0.0 <= float(fused.min()) and float(fused.max()) <= 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_every_parameter(name):
+    model = fresh_model(name).train()
+    ir, vis = synthetic_pair(32, 48)
+    ir, vis = torch.cat([ir, vis.flip(-1)]), torch.cat([vis, ir.flip(-1)])
+    NETWORKS[name].loss(model(ir, vis), ir, vis).backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{pname} has a non-finite gradient"
+        assert param.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+
+@needs_data
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_decreases_on_a_real_crop(name):
+    ir_np, vis_np = load_pair(ROADSCENE / "ir" / "FLIR_00006.jpg", ROADSCENE / "vis" / "FLIR_00006.jpg")
+    ir = torch.from_numpy(ir_np[100:164, 150:214].copy())[None, None]
+    vis = torch.from_numpy(vis_np[100:164, 150:214].copy())[None, None]
+    model = fresh_model(name).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss = NETWORKS[name].loss(model(ir, vis), ir, vis)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
+    model = fresh_model(name).eval()
+    ir, vis = synthetic_pair(32, 32)
+    path = save_weights(model, name, tmp_path / f"{name}.safetensors")
+    loaded = load_network(name, path)
+    with torch.inference_mode():
+        assert torch.equal(model(ir, vis), loaded(ir, vis))
+    assert loaded.config == model.config
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path):
+    path = save_weights(fresh_model("dfh-base"), "dfh-base", tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="dfh-base"):
+        load_network("refinefuse", path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_weights_say_how_to_train(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(learned_methods, "WEIGHTS_DIR", tmp_path)
+    factory = {"refinefuse": learned_methods.refinefuse, "dfh-base": learned_methods.dfh_base}[name]
+    with pytest.raises(FileNotFoundError, match=f"run `fuse train -m {name}`"):
+        factory(device="cpu")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        factory(device="cpu", weights=tmp_path / "nothing.safetensors")
+
+
+class _PixelMean(nn.Module):
+    """Stand-in network: the pixel-wise mean, so tiled and whole fusion must agree exactly."""
+
+    multiple = 16
+
+    def forward(self, ir, vis):
+        return (ir + vis) / 2
+
+
+def test_tiles_blend_without_seams():
+    ir, vis = synthetic_pair(150, 230)
+    whole = NetworkFuser(_PixelMean(), tile=None)(ir, vis)
+    tiled = NetworkFuser(_PixelMean(), tile=64, tile_overlap=16)(ir, vis)
+    assert tiled.shape == ir.shape
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+
+
+def test_tiled_network_stays_close_to_whole():
+    ir, vis = synthetic_pair(96, 160)
+    model = fresh_model("dfh-base")
+    whole = NetworkFuser(model, tile=None)(ir, vis)
+    tiled = NetworkFuser(model, tile=64, tile_overlap=16)(ir, vis)
+    assert (tiled - whole).abs().mean() < 1e-3
+
+
+def _write_pairs(folder: Path, count: int) -> list[tuple[Path, Path]]:
+    rng = np.random.default_rng(1)
+    pairs = []
+    for modality in ("ir", "vis"):
+        (folder / modality).mkdir(parents=True)
+    for i in range(count):
+        base = rng.integers(0, 256, (40, 44), dtype=np.uint8)
+        iio.imwrite(folder / "ir" / f"{i}.png", base)
+        iio.imwrite(folder / "vis" / f"{i}.png", np.stack([np.flipud(base)] * 3, axis=-1))
+        pairs.append((folder / "ir" / f"{i}.png", folder / "vis" / f"{i}.png"))
+    return pairs
+
+
+def _train_quietly(name, pairs, out, epochs, resume=None):
+    return train(name, pairs, out, epochs=epochs, batch_size=2, lr=1e-3, seed=3, crop=32,
+                 resume=resume, progress=False, log=lambda line: None)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_is_seeded_and_resumable(name, tmp_path):
+    pairs = _write_pairs(tmp_path / "toy", 3)
+    straight = load_file(_train_quietly(name, pairs, tmp_path / "a", epochs=2))
+    again = load_file(_train_quietly(name, pairs, tmp_path / "b", epochs=2))
+    first = _train_quietly(name, pairs, tmp_path / "c", epochs=1)
+    resumed = load_file(_train_quietly(name, pairs, tmp_path / "c", epochs=2, resume=first))
+    for key, value in straight.items():
+        assert torch.equal(value, again[key]), f"{key} differs between two seeded runs"
+        assert torch.equal(value, resumed[key]), f"{key} differs after resuming"
+    card = (tmp_path / "c" / f"{name}.json").read_text()
+    assert '"epochs": 2' in card and '"toy": 3' in card
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_weights_fuse_a_real_pair(name):
+    if not (learned_methods.WEIGHTS_DIR / f"{name}.safetensors").is_file():
+        pytest.skip(f"no shipped weights for {name} yet (run `fuse train -m {name}`)")
+    if not (ROADSCENE / "ir").is_dir():
+        pytest.skip(f"real pairs not found at {ROADSCENE}")
+    ir_np, vis_np = load_pair(ROADSCENE / "ir" / "FLIR_00006.jpg", ROADSCENE / "vis" / "FLIR_00006.jpg")
+    ir, vis = torch.from_numpy(ir_np)[None, None], torch.from_numpy(vis_np)[None, None]
+    fused = learned_methods.load_fuser(name, "cpu")(ir, vis)
+    assert fused.shape == ir.shape
+    assert 0.02 < float(fused.std()) and 0.05 < float(fused.mean()) < 0.95

@@ -73,6 +73,7 @@ def _fail(command: str, exc: Exception) -> typer.Exit:
 
 
 @detect_app.callback(invoke_without_command=True)
+@opt.stage_options(batch_size=8)
 def detect(
     ctx: typer.Context,
     out: opt.OutDir = Path("detections"),
@@ -103,15 +104,9 @@ def detect(
         typer.Option("--report", help="Write the evaluation table to this file and keep printing records on stdout.", show_default=False),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Text of the 'source' column (default: --image, or the detections' name).", show_default=False)] = None,
-    overwrite: opt.Overwrite = False,
-    dry_run: opt.DryRun = False,
-    device: opt.Device = "auto",
-    batch_size: opt.BatchSize = 8,
-    workers: opt.Workers = 1,
-    shard: opt.Shard = None,
-    rs: opt.RS = False,
-    quiet: opt.Quiet = False,
-    verbose: opt.Verbose = False,
+    *,
+    run: opt.RunOptions,
+    device: str,
 ) -> None:
     """Run a YOLO detector on each record's image; with --labels, print its mAP table.
 
@@ -127,7 +122,7 @@ def detect(
     if image not in ("fused", "ir", "vis"):
         raise usage_error(f"--image {image!r}: use fused, ir or vis")
     mapping = _class_map(class_map)
-    reporter = Reporter("detect", quiet, verbose)
+    reporter = Reporter("detect", run.quiet, run.verbose)
     if detections is not None:
         if labels is None:
             raise usage_error("--detections needs --labels to evaluate against")
@@ -138,7 +133,6 @@ def detect(
 
     if labels is not None and not labels.exists():
         raise usage_error(f"--labels {labels}: no such folder or file")
-    run_opts = opt.RunOptions(out, overwrite, dry_run, batch_size, workers, opt.parse_shard(shard), quiet, verbose, rs)
     source = gather_records(ir, vis, records, reporter)
     threshold = conf if conf is not None else (EVAL_CONF if labels is not None else 0.25)
     try:
@@ -149,16 +143,16 @@ def detect(
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     if labels is None:
-        raise typer.Exit(run_stage(stage, source, run_opts, reporter))
+        raise typer.Exit(run_stage(stage, source, run, reporter))
     done: list[dict] = []
 
     def emit(record: dict) -> None:
         done.append(record)
         if report is not None:
-            print_record(record, rs)
+            print_record(record, run.rs)
 
-    status = run_stage(stage, source, run_opts, reporter, emit=emit)
-    if dry_run:
+    status = run_stage(stage, source, run, reporter, emit=emit)
+    if run.dry_run:
         raise typer.Exit(status)
     status = max(status, _evaluate_records(done, labels, label_classes, mapping, fmt, report, name or image, image, reporter))
     raise typer.Exit(status)

@@ -23,6 +23,7 @@ ClipPretrained = Annotated[
 ]
 
 
+@opt.stage_options(batch_size=16)
 def encode(
     out: opt.OutDir = Path("emb"),
     ir: opt.InputIR = None,
@@ -32,15 +33,9 @@ def encode(
     pretrained: ClipPretrained = "openai",
     image: Annotated[str, typer.Option("--image", help="Comma-separated record images to embed: ir, vis, fused.")] = "ir,vis",
     tokens: Annotated[bool, typer.Option("--tokens", help="Also store the patch-token maps <image>_tokens (ViT models).")] = False,
-    overwrite: opt.Overwrite = False,
-    dry_run: opt.DryRun = False,
-    device: opt.Device = "auto",
-    batch_size: opt.BatchSize = 16,
-    workers: opt.Workers = 1,
-    shard: opt.Shard = None,
-    rs: opt.RS = False,
-    quiet: opt.Quiet = False,
-    verbose: opt.Verbose = False,
+    *,
+    run: opt.RunOptions,
+    device: str,
 ) -> None:
     """Embed each pair's images (and "caption" text, when present) with CLIP; print each record with "embedding" added.
 
@@ -53,18 +48,16 @@ def encode(
     keys = [key.strip() for key in image.split(",") if key.strip()]
     if not keys or any(key not in IMAGE_KEYS for key in keys):
         raise usage_error(f"--image {image!r}: use a comma-separated list of {', '.join(IMAGE_KEYS)}")
-    reporter = Reporter("encode", quiet, verbose)
-    run_opts = opt.RunOptions(out, overwrite, dry_run, batch_size, workers, opt.parse_shard(shard), quiet, verbose, rs)
+    reporter = Reporter("encode", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     try:
-        stage = EncodeStage(out, model, parse_pretrained(pretrained), keys, tokens, opt.resolve_device(device),
-                            batch_size * len(keys))
+        stage = EncodeStage(out, model, parse_pretrained(pretrained), keys, tokens, device, run.batch_size * len(keys))
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     except (RuntimeError, OSError) as exc:
         typer.echo(f"fuse encode: error: {exc}", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(run_stage(stage, source, run_opts, reporter))
+    raise typer.Exit(run_stage(stage, source, run, reporter))
 
 
 def register(app: typer.Typer) -> None:

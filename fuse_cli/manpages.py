@@ -7,6 +7,7 @@ writes ``fuse.1`` and ``fuse-<command>.1`` for every command.
 from __future__ import annotations
 
 import sys
+import unicodedata
 from datetime import date
 from pathlib import Path
 
@@ -17,9 +18,18 @@ from fuse_cli import __version__
 from fuse_cli.app import app
 
 
+ASCII_FOR = {"…": "...", "—": "--", "–": "-", "→": "->", "←": "<-", "↔": "<->", "×": "x", "≥": ">=", "≤": "<=", "²": "^2"}
+
+
+def _ascii(text: str) -> str:
+    """Plain ASCII, so every man(1) output device renders the page without warnings."""
+    text = "".join(ASCII_FOR.get(ch, ch) for ch in text)
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
 def _escape(text: str) -> str:
     lines = []
-    for line in text.replace("\\", "\\e").splitlines():
+    for line in _ascii(text).replace("\\", "\\e").splitlines():
         line = line.replace("-", "\\-")
         lines.append("\\&" + line if line.startswith((".", "'")) else line)
     return "\n".join(lines)

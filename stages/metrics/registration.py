@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def _valid_mask(valid, shape: tuple[int, int]) -> np.ndarray:
@@ -68,6 +66,9 @@ def residual_displacement(grid: np.ndarray, deformation: np.ndarray) -> tuple[np
     pixels, and where ``grid`` and the composed position fall inside the images.
     The identity grid gives the unregistered displacement.
     """
+    import torch  # only here: the CLI imports this module at start-up
+    import torch.nn.functional as F
+
     h, w = grid.shape[:2]
     field = torch.from_numpy(np.ascontiguousarray(deformation, dtype=np.float32)).permute(2, 0, 1)[None]
     g = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[None]

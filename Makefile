@@ -13,7 +13,7 @@ $(BIN)/fuse: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,clip,detect]'
+	$(BIN)/pip install -q -e '.[test,clip,detect,text]'
 	touch $(BIN)/fuse
 
 venv: $(BIN)/fuse

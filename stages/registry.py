@@ -51,7 +51,7 @@ def register_method(name: str, *, kind: str, summary: str, reference: str = ""):
 def _load_all() -> None:
     # Importing the modules runs their @register_method decorators.
     from stages import classical  # noqa: F401
-    from stages.nets import learned_methods, mgfusion, tard  # noqa: F401
+    from stages.nets import learned_methods, mgfusion, tard, tesg, textdfh  # noqa: F401
 
 
 def list_methods(kind: str | None = None) -> list[MethodInfo]:

@@ -1,0 +1,57 @@
+"""``fuse mask``: a binary target mask per pair (``OUT/<id>.png``, record key ``mask``).
+
+    fuse pairs ir/ vis/ | fuse mask -o masks/                       # RefineFuse's salient rule
+    fuse pairs ir/ vis/ | fuse caption --keyword person -o cap/ | fuse mask --backend text --keyword person -o masks/
+    ... | fuse detect -o det/ | fuse mask --backend boxes --classes person -o masks/
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fuse_cli import options as opt
+from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.runner import Reporter, run_stage
+
+
+@opt.stage_options(batch_size=4)
+def mask(
+    backend: Annotated[str, typer.Option("--backend", help="salient (IR targets + high IR contrast), text (CLIP dense similarity to --keyword) or boxes (the record's detections).")] = "salient",
+    out: opt.OutDir = Path("masks"),
+    ir: opt.InputIR = None,
+    vis: opt.InputVIS = None,
+    records: opt.RecordsFile = None,
+    keyword: Annotated[Optional[str], typer.Option("--keyword", help="text: the target word, e.g. person.", show_default=False)] = None,
+    contrast: Annotated[bool, typer.Option("--contrast/--targets-only", help="salient: add RefineFuse's high-IR-contrast positions near the targets, or keep the warm targets only.")] = True,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="boxes: comma-separated class names to keep (default all).", show_default=False)] = None,
+    min_score: Annotated[float, typer.Option("--min-score", help="boxes: ignore detections scoring below this.")] = 0.0,
+    model: Annotated[str, typer.Option("--model", help="text: open_clip ViT architecture.")] = "ViT-B-32",
+    pretrained: Annotated[str, typer.Option("--pretrained", help="text: open_clip pretrained tag or local checkpoint path.")] = "openai",
+    *,
+    run: opt.RunOptions,
+    device: str,
+) -> None:
+    """Write a binary mask OUT/<id>.png (255 = target) per pair and add "mask" to the record."""
+    from stages.mask import BACKENDS, MaskStage
+
+    if backend not in BACKENDS:
+        raise usage_error(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "text" and not keyword:
+        raise usage_error("--backend text needs --keyword WORD (e.g. person)")
+    reporter = Reporter("mask", run.quiet, run.verbose)
+    source = gather_records(ir, vis, records, reporter)
+    wanted = {c.strip() for c in classes.split(",") if c.strip()} if classes else None
+    try:
+        stage = MaskStage(out, backend, keyword=keyword, contrast=contrast, classes=wanted, min_score=min_score,
+                          clip_model=model, pretrained=pretrained,
+                          device=device if backend == "text" else "cpu")
+    except (FileNotFoundError, ImportError, RuntimeError, ValueError) as exc:
+        typer.echo(f"fuse mask: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(run_stage(stage, source, run, reporter))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(mask)

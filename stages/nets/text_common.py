@@ -1,0 +1,149 @@
+"""Pieces shared by the text-guided networks (:mod:`stages.nets.tesg`, :mod:`stages.nets.textdfh`).
+
+* :func:`save_text_network` / :func:`load_text_network` — the checkpoint format of
+  :mod:`stages.nets.learned_methods` (safetensors; metadata ``method`` and ``config``).
+* :func:`prepare_guidance` — what the fusion callables do with a record's extra
+  inputs: a mask tensor/array/path (or, when absent, the ``salient`` mask of
+  :mod:`stages.mask` computed on the fly) and the text (a caption, a list of
+  captions, precomputed features, or, when absent, the ``advisor`` caption of
+  :mod:`stages.caption` computed on the fly).
+* :class:`TextFusionCallable` — pads, runs in eval mode, crops back, clamps.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from stages.nets.learned_methods import CHECKPOINT_FORMAT, WEIGHTS_DIR, save_weights
+
+__all__ = ["save_text_network", "load_text_network", "prepare_guidance", "TextFusionCallable", "WEIGHTS_DIR"]
+
+
+def save_text_network(model: nn.Module, method: str, path: str | os.PathLike) -> Path:
+    """Atomically write ``model`` (with ``model.config``) as a safetensors checkpoint of ``method``."""
+    return save_weights(model, method, path)
+
+
+def load_text_network(method: str, model_cls: type[nn.Module], weights: str | os.PathLike | None,
+                      device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild ``model_cls(**config)`` from ``weights`` (default ``stages/weights/<method>.safetensors``), eval mode."""
+    path = Path(weights) if weights is not None else WEIGHTS_DIR / f"{method}.safetensors"
+    if not path.is_file():
+        hint = "" if weights is not None else f": run `fuse train -m {method}` to train them, or pass --weights PATH"
+        raise FileNotFoundError(f"no weights for fusion method {method!r} (looked for {path}){hint}")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        state = {name: f.get_tensor(name) for name in f.keys()}
+    if metadata.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT or metadata.get("method", method) != method:
+        raise ValueError(f"{path} holds weights for {metadata.get('method')!r}, not {method!r}")
+    model = model_cls(**json.loads(metadata.get("config", "{}")))
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _mask_tensor(mask, ir: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = ir.shape
+    if isinstance(mask, (str, os.PathLike)) or (isinstance(mask, (list, tuple)) and mask and
+                                                 isinstance(mask[0], (str, os.PathLike))):
+        from stages.mask import read_mask
+
+        paths = [mask] * b if isinstance(mask, (str, os.PathLike)) else list(mask)
+        mask = np.stack([read_mask(p, (h, w)) for p in paths])[:, None].astype(np.float32)
+    m = torch.as_tensor(mask, dtype=ir.dtype, device=ir.device)
+    while m.ndim < 4:
+        m = m[None]
+    if m.shape[-2:] != (h, w):
+        m = F.interpolate(m.float(), size=(h, w), mode="nearest").to(ir.dtype)
+    return (m > 0.5).to(ir.dtype).expand(b, 1, h, w)
+
+
+def prepare_guidance(ir: torch.Tensor, vis: torch.Tensor, mask=None, text=None, *, need_mask: bool = True,
+                     text_dim: int, backend: str = "minilm") -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The mask ``(B, 1, H, W)`` in {0, 1} and text tokens ``(B, L, D)`` for a batch.
+
+    ``mask``: ``None`` (compute :func:`stages.mask.salient_mask` per image), a
+    tensor/array broadcastable to ``(B, 1, H, W)``, a mask PNG path, or a list of paths.
+    ``text``: ``None`` (compute :func:`stages.caption.advise` per image), or anything
+    :func:`stages.text_features.as_text_tokens` accepts (caption(s), feature tensors).
+    """
+    from stages.text_features import as_text_tokens
+
+    b = ir.shape[0]
+    need_numpy = (need_mask and mask is None) or text is None
+    if need_numpy:
+        irs = ir.detach().float().cpu().numpy()[:, 0]
+        viss = vis.detach().float().cpu().numpy()[:, 0]
+    m = None
+    if need_mask:
+        if mask is None:
+            from stages.mask import salient_mask
+
+            mask = np.stack([salient_mask(a, v) for a, v in zip(irs, viss)])[:, None].astype(np.float32)
+        m = _mask_tensor(mask, ir)
+    if text is None:
+        from stages.caption import advise
+
+        text = [advise(a, v) for a, v in zip(irs, viss)]
+    tokens = as_text_tokens(text, b, dim=text_dim, device=ir.device, backend=backend)
+    return m, tokens.to(ir.dtype)
+
+
+def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class TextFusionCallable:
+    """``fuse(ir, vis, *, mask=None, text=None, records=None) -> fused`` on ``(B, 1, H, W)`` in [0, 1].
+
+    ``records`` (from the fuse stage) supply ``caption`` and ``mask`` per pair when
+    every record has them (``fuse caption`` / ``fuse mask`` ran before). Missing guidance is computed (see :func:`prepare_guidance`); the network runs
+    in eval mode under inference mode, in float32 (its attention is small), on
+    ``device``; the result is float32 in [0, 1] on the input's device.
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, uses_mask: bool,
+                 fixed_text: str | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.uses_mask, self.fixed_text = uses_mask, fixed_text
+        self.text_dim = int(model.config["text_dim"])
+        self.backend = model.config.get("text_backend", "minilm")
+        self.multiple = int(getattr(model, "multiple", 1))
+
+    uses_records = True  # the fuse stage passes the pairs' records: their "caption" and "mask" guide the fusion
+
+    def __call__(self, ir: torch.Tensor, vis: torch.Tensor, *, mask=None, text=None, records=None, vis_rgb=None) -> torch.Tensor:
+        if records is not None:
+            if text is None and all(isinstance(r.get("caption"), str) for r in records):
+                text = [r["caption"] for r in records]
+            if mask is None and all(isinstance(r.get("mask"), str) for r in records):
+                mask = [r["mask"] for r in records]
+        if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
+            raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got "
+                             f"{tuple(ir.shape)} and {tuple(vis.shape)}")
+        source = ir.device
+        ir, vis = ir.to(self.device, torch.float32), vis.to(self.device, torch.float32)
+        if self.fixed_text is not None and text is None:
+            text = self.fixed_text
+        m, tokens = prepare_guidance(ir, vis, mask, text, need_mask=self.uses_mask, text_dim=self.text_dim,
+                                     backend=self.backend)
+        h, w = ir.shape[-2:]
+        with torch.inference_mode():
+            args = [pad_to(ir, self.multiple), pad_to(vis, self.multiple)]
+            kwargs = {"text": tokens}
+            if self.uses_mask:
+                kwargs["mask"] = pad_to(m, self.multiple)
+            fused = self.model(*args, **kwargs)[..., :h, :w].float().clamp_(0, 1)
+        return fused.to(source).clone()

@@ -1,0 +1,259 @@
+"""Training of the text-guided networks: ``tesg`` and ``textdfh``.
+
+The guidance is computed here, offline, per training pair (on the full image,
+once, and cached in memory and — with ``cache`` — on disk):
+
+* the ``salient`` mask (:func:`stages.mask.salient_mask`), TeSG's ``M`` and
+  Text-DFH's warm-target proxy;
+* the ``advisor`` caption (:func:`stages.caption.advise`) — TeSG's ``T`` and the
+  MLLM answer of the Text-DFH paper — encoded by :mod:`stages.text_features`
+  (MiniLM by default) into text tokens.
+
+Pairs larger than :data:`MAX_SIDE` (LLVIP's 1280×1024) are halved first (area
+averaging), so a crop covers a comparable part of the scene in every dataset.
+Crops, flips and rotations are :func:`stages.train.random_crop_batch`'s, applied
+identically to the mask (the same random draws). Text tokens are per pair.
+
+Recipes (the papers'; shortened by ``epochs`` on a CPU):
+
+* ``tesg``: AdamW, lr 1e-4, batch 8, 96×96 crops, 140 epochs (Sect. 4.1).
+* ``textdfh``: Adam, lr 1e-3, batch 16, 200 epochs (Sect. 4.2); the crop size is
+  not given (128 here); the base network is frozen and taken from ``base_weights``
+  (default the shipped ``dfh-base``).
+
+After every epoch ``out/<method>.safetensors``, ``out/<method>.optim.safetensors``
+and the model card ``out/<method>.json`` are written atomically.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from stages.train import _dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json, load_pair, random_crop_batch
+
+MAX_SIDE = 800
+
+RECIPES = {
+    "tesg": {"epochs": 140, "batch_size": 8, "lr": 1e-4, "crop": 96, "optimizer": "adamw"},
+    "textdfh": {"epochs": 200, "batch_size": 16, "lr": 1e-3, "crop": 128, "optimizer": "adam"},
+}
+
+
+def _halve(x: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(x)[None, None]
+    return F.interpolate(t, scale_factor=0.5, mode="area")[0, 0].numpy()
+
+
+def prepare_pair(ir_path, vis_path, cache: Path | None = None) -> dict:
+    """One training sample: ``ir``, ``vis`` (H, W) float32, ``mask`` (H, W) float32, ``caption``."""
+    key = None
+    if cache is not None:
+        stat = [os.stat(ir_path).st_mtime_ns, os.stat(vis_path).st_mtime_ns]
+        key = hashlib.sha1(json.dumps([str(Path(ir_path).resolve()), str(Path(vis_path).resolve()), stat,
+                                       MAX_SIDE]).encode()).hexdigest()[:16]
+        path = cache / f"{key}.npz"
+        if path.is_file():
+            data = np.load(path)
+            return {"ir": data["ir"], "vis": data["vis"], "mask": data["mask"], "caption": str(data["caption"])}
+    from stages.caption import advise
+    from stages.mask import salient_mask
+
+    ir, vis = load_pair(ir_path, vis_path)
+    while max(ir.shape) > MAX_SIDE:
+        ir, vis = _halve(ir), _halve(vis)
+    sample = {"ir": ir, "vis": vis, "mask": salient_mask(ir, vis).astype(np.float32), "caption": advise(ir, vis)}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{key}.part-{os.getpid()}.npz"
+        np.savez_compressed(tmp, **sample)
+        os.replace(tmp, cache / f"{key}.npz")
+    return sample
+
+
+def build_model(method: str, *, base_weights=None, text_dim: int, text_backend: str, mask_guidance: bool = True):
+    if method == "tesg":
+        from stages.nets.tesg import TeSG
+
+        return TeSG(text_dim=text_dim, text_backend=text_backend, mask_guidance=mask_guidance)
+    if method == "textdfh":
+        from stages.nets.learned_methods import load_network
+        from stages.nets.textdfh import TextDFH
+
+        base = load_network("dfh-base", base_weights, "cpu")
+        model = TextDFH(widths=base.config["widths"], text_dim=text_dim, text_backend=text_backend)
+        model.load_base(base)
+        return model
+    raise ValueError(f"unknown text-guided network {method!r}; choose tesg or textdfh")
+
+
+def _loss(method: str):
+    if method == "tesg":
+        from stages.nets.tesg import tesg_loss
+
+        return tesg_loss
+    from stages.nets.textdfh import textdfh_loss
+
+    return textdfh_loss
+
+
+def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int | None = None,
+                      batch_size: int | None = None, lr: float | None = None, seed: int = 0,
+                      device: str | torch.device = "cpu", crop: int | None = None, resume=None,
+                      progress: bool = True, log: Callable[[str], None] = print, base_weights=None,
+                      text_backend: str = "minilm", mask_guidance: bool = True, fixed_text: str | None = None,
+                      cache: str | os.PathLike | None = None, max_seconds: float | None = None) -> Path:
+    """Train ``tesg`` or ``textdfh`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
+
+    Unset hyper-parameters take :data:`RECIPES`. ``base_weights``: the ``dfh-base``
+    checkpoint Text-DFH refines. ``mask_guidance=False`` trains TeSG's "w/o MGCA"
+    ablation; ``fixed_text`` replaces every caption (Text-DFH's fixed-text
+    ablation). ``cache``: a folder for the per-pair masks and captions.
+    ``max_seconds``: stop after the epoch that passes this wall-clock budget.
+    """
+    from stages.nets.text_common import load_text_network, save_text_network
+    from stages.text_features import shared_encoder
+
+    recipe = RECIPES[method] if method in RECIPES else None
+    if recipe is None:
+        raise ValueError(f"unknown text-guided network {method!r}; choose tesg or textdfh")
+    epochs, batch_size = epochs or recipe["epochs"], batch_size or recipe["batch_size"]
+    lr, crop = lr or recipe["lr"], crop or recipe["crop"]
+    if not pairs:
+        raise ValueError("no training pairs given")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path, card_path = out / f"{method}.safetensors", out / f"{method}.json"
+    torch.manual_seed(seed)
+    started_all = time.perf_counter()
+
+    samples = []
+    prep = tqdm(pairs, desc=f"{method}: masks and captions", file=sys.stderr, disable=not progress, leave=False)
+    for ir_path, vis_path in prep:
+        samples.append(prepare_pair(ir_path, vis_path, Path(cache) if cache else None))
+    encoder = shared_encoder(text_backend, device)
+    captions = [fixed_text if fixed_text is not None else s["caption"] for s in samples]
+    text_tokens = encoder.tokens(captions).cpu()  # (N, L, D)
+    log(f"{method}: {len(samples)} pairs prepared in {time.perf_counter() - started_all:.0f} s "
+        f"(mean mask cover {np.mean([s['mask'].mean() for s in samples]):.3f})")
+
+    model_cls = None
+    if resume is not None:
+        from stages.nets.tesg import TeSG
+        from stages.nets.textdfh import TextDFH
+
+        model_cls = TeSG if method == "tesg" else TextDFH
+        model = load_text_network(method, model_cls, resume, device).train()
+        card = json.loads(Path(resume).with_suffix(".json").read_text())
+    else:
+        model = build_model(method, base_weights=base_weights, text_dim=encoder.dim, text_backend=text_backend,
+                            mask_guidance=mask_guidance).to(device).train()
+        card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": []}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.AdamW(params, lr=lr) if recipe["optimizer"] == "adamw" else torch.optim.Adam(params, lr=lr))
+    if resume is not None and _optim_path(Path(resume)).is_file():
+        _load_optimizer(opt, _optim_path(Path(resume)))
+    loss_fn = _loss(method)
+    card.update({
+        "method": method, "model": type(model).__name__, "config": model.config,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in params),
+        "data": {"train": _dataset_counts(pairs)}, "crop": crop, "batch_size": batch_size, "lr": lr,
+        "optimizer": recipe["optimizer"], "schedule": "constant", "epochs_planned": epochs, "seed": seed,
+        "device": str(device), "guidance": {"mask": "salient (stages.mask)", "text": fixed_text or "advisor captions",
+                                             "text_encoder": text_backend},
+        "max_side": MAX_SIDE, "augmentation": "random crop, horizontal/vertical flips, 90° rotations",
+        "versions": _versions(),
+    })
+    if method == "textdfh":
+        card["base_weights"] = str(base_weights or "stages/weights/dfh-base.safetensors")
+
+    steps = math.ceil(len(samples) / batch_size)
+    for epoch in range(card["epochs"], epochs):
+        started = time.perf_counter()
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(samples))
+        total, running = 0.0, None
+        bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not progress,
+                   leave=False)
+        for step in bar:
+            chosen = order[step * batch_size:(step + 1) * batch_size]
+            twin = copy.deepcopy(rng)  # the same draws give the masks the same crops, flips and rotations
+            ir, vis = random_crop_batch([(samples[i]["ir"], samples[i]["vis"]) for i in chosen], crop, rng)
+            mask, _ = random_crop_batch([(samples[i]["mask"], samples[i]["mask"]) for i in chosen], crop, twin)
+            ir, vis, mask = ir.to(device), vis.to(device), (mask > 0.5).float().to(device)
+            text = text_tokens[chosen].to(device)
+            if method == "tesg":
+                fused = model(ir, vis, mask=mask, text=text)
+            else:
+                fused = model(ir, vis, text=text)
+            loss = loss_fn(fused, ir, vis, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            total += value
+            running = value if running is None else 0.9 * running + 0.1 * value
+            bar.set_postfix(loss=f"{running:.4f}")
+        bar.close()
+        card["epochs"] = epoch + 1
+        card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
+        card["train_loss"].append(round(total / steps, 5))
+        save_text_network(model, method, weights_path)
+        _save_optimizer(opt, _optim_path(weights_path))
+        _write_json(card, card_path)
+        log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f} "
+            f"({time.perf_counter() - started:.0f} s)")
+        if max_seconds is not None and time.perf_counter() - started_all > max_seconds:
+            log(f"{method}: stopping after epoch {epoch + 1}, the time budget of {max_seconds:.0f} s is spent")
+            break
+    return weights_path
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """``python -m stages.text_training METHOD OUT --data DIR ...`` (background runs)."""
+    import argparse
+
+    from fuse_cli.records import pair_directories
+
+    parser = argparse.ArgumentParser(description="train tesg or textdfh on the shared datasets")
+    parser.add_argument("method", choices=sorted(RECIPES))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--sets", nargs="+", required=True, help="dataset folders holding ir/ and vis/")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--crop", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-seconds", type=float)
+    parser.add_argument("--base-weights", type=Path)
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--resume", type=Path)
+    parser.add_argument("--no-mask-guidance", action="store_true")
+    parser.add_argument("--fixed-text")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pairs = []
+    for folder in args.sets:
+        pairs += [(r["ir"], r["vis"]) for r in pair_directories({"ir": Path(folder) / "ir", "vis": Path(folder) / "vis"}).records]
+    train_text_fusion(args.method, pairs, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      crop=args.crop, seed=args.seed, resume=args.resume, progress=False,
+                      base_weights=args.base_weights, mask_guidance=not args.no_mask_guidance,
+                      fixed_text=args.fixed_text, cache=args.cache, max_seconds=args.max_seconds,
+                      log=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    _main()

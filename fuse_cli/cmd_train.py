@@ -6,6 +6,12 @@ Several datasets are joined by concatenating records:
       | fuse train -m refinefuse -o runs/ --epochs 50
 
 Unset hyper-parameters take the paper's values (``stages.nets.learned_methods.NETWORKS``).
+
+Detection-driven training (refinefuse, dfh-base) adds a frozen YOLO detector's loss on the
+fused patches, weighted by ``--det-weight``; labels are looked up by IR file stem:
+
+    fuse pairs msrs/ir msrs/vis | fuse train -m dfh-base --init stages/weights/dfh-base.safetensors \
+      --det-model runs/detect/msrs/weights/best.pt --labels msrs/labels --det-weight 0.1 --det-scale 0.5
 The checkpoint is ``OUT/<name>.safetensors`` with a JSON model card beside it;
 ``fuse fuse -m NAME --weights OUT/<name>.safetensors`` uses it.
 """
@@ -47,6 +53,13 @@ def train(
     clip_model: Annotated[str, typer.Option("--clip-model", help="mgfusion: open_clip model name.")] = "ViT-B-32",
     pretrained: Annotated[str, typer.Option("--pretrained", help="mgfusion: open_clip tag (downloaded by open_clip), a local checkpoint, or none.")] = "openai",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint to continue from.", show_default=False)] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="refinefuse, dfh-base: weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume).", show_default=False)] = None,
+    det_model: Annotated[Optional[Path], typer.Option("--det-model", help="refinefuse, dfh-base: a YOLO detector (.pt, or a model YAML) whose loss on the fused image is added to the fusion loss; it stays frozen. Needs --labels.", show_default=False)] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="With --det-model: ground truth per pair (by IR file stem): YOLO txt (with classes.txt), VOC xml or a COCO json.", show_default=False)] = None,
+    label_classes: Annotated[Optional[Path], typer.Option("--label-classes", help="With --det-model: class names of YOLO labels (classes.txt or data.yaml); default: classes.txt beside or above the labels.", show_default=False)] = None,
+    class_map: Annotated[Optional[list[str]], typer.Option("--class-map", help="With --det-model: rename label classes to the detector's, FROM=TO (repeat, or comma-separate): People=person.", show_default=False)] = None,
+    det_weight: Annotated[float, typer.Option("--det-weight", min=0.0, help="With --det-model: weight (lambda) of the detection loss added to the fusion loss.")] = 0.1,
+    det_scale: Annotated[float, typer.Option("--det-scale", min=0.01, help="With --det-model: resize fused patches by this factor before the detector, to match the size it was trained at (imgsz 320 on 640-wide images: 0.5).")] = 1.0,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
 ) -> None:
@@ -58,6 +71,25 @@ def train(
         raise usage_error(f"-m {method!r}: trainable networks are {', '.join(trainable)}")
     if resume is not None and not resume.is_file():
         raise usage_error(f"--resume {resume}: no such checkpoint")
+    if init is not None:
+        if method not in NETWORKS:
+            raise usage_error(f"--init is for {', '.join(NETWORKS)}, not -m {method}")
+        if resume is not None:
+            raise usage_error("--init starts a new run and --resume continues one: give one of them")
+        if not init.is_file():
+            raise usage_error(f"--init {init}: no such file")
+    detection_options = {"--labels": labels, "--label-classes": label_classes, "--class-map": class_map}
+    if det_model is not None:
+        if method not in NETWORKS:
+            raise usage_error(f"--det-model: detection-driven training is for {', '.join(NETWORKS)}, not -m {method}")
+        if labels is None:
+            raise usage_error("--det-model needs --labels (the ground truth the detector's loss is computed against)")
+        if not labels.exists():
+            raise usage_error(f"--labels {labels}: no such folder or file")
+        if not det_model.is_file() and det_model.suffix not in (".yaml", ".yml"):  # ultralytics finds its own YAMLs
+            raise usage_error(f"--det-model {det_model}: no such file")
+    elif given := [name for name, value in detection_options.items() if value]:
+        raise usage_error(f"{', '.join(given)} only apply with --det-model")
     reporter = Reporter("train", quiet)
     pairs = _pairs(list(gather_records(ir, vis, records, reporter)), reporter)
     if not pairs:
@@ -79,9 +111,32 @@ def train(
 
         paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
         val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
-        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, **common)
+        detection = {}
+        if det_model is not None:
+            detection = {"det_loss": _detection_loss(det_model, labels, label_classes, class_map, det_scale, common["device"]),
+                         "det_weight": det_weight}
+        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init, **detection, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)
+
+
+def _detection_loss(det_model: Path, labels: Path, label_classes: Path | None, class_map: list[str] | None,
+                    scale: float, device: str):
+    from stages.detection_eval import parse_class_map
+    from stages.detection_loss import detection_loss_fn
+
+    try:
+        mapping = parse_class_map(class_map)
+    except ValueError as exc:
+        raise usage_error(f"--class-map: {exc}") from None
+    try:
+        det_loss = detection_loss_fn(det_model, labels, device, classes_file=label_classes, class_map=mapping, scale=scale)
+    except (OSError, ValueError) as exc:
+        raise usage_error(f"--det-model {det_model} / --labels {labels}: {exc}") from None
+    if not det_loss.class_index:
+        raise usage_error(f"--labels {labels}: no label class matches a class of the detector "
+                          f"({', '.join(map(str, det_loss.model.names.values()))}); use --class-map FROM=TO")
+    return det_loss
 
 
 def register(app: typer.Typer) -> None:

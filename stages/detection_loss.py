@@ -66,10 +66,12 @@ class DetectionLoss:
     """
 
     def __init__(self, model: torch.nn.Module, labels: dict[str, Boxes], class_index: dict[str, int], device: str,
-                 dropped: dict[str, int], scale: float = 1.0):
+                 dropped: dict[str, int], scale: float = 1.0, source: dict | None = None):
         self.model, self.labels, self.class_index, self.device = model, labels, class_index, torch.device(device)
         self.scale = scale  # resize factor applied to the fused batch before the detector
         self.dropped = dropped  # label class name → boxes the detector has no class for
+        # where the detector and labels came from (recorded in model cards by stages.train)
+        self.source = {"model": None, "labels": None, "scale": scale, **(source or {})}
         self.stride = int(max(model.stride.max().item(), 32))
         head = model.model[-1]
         if getattr(head, "one2one_cv2", None) is not None or getattr(head, "end2end", False):
@@ -191,4 +193,7 @@ def detection_loss_fn(det_model: str | Path | torch.nn.Module, labels_dir: str |
             if name not in class_index:
                 dropped[name] = dropped.get(name, 0) + 1
         labels[pair] = boxes
-    return DetectionLoss(model, labels, class_index, device, dropped, scale)
+    source = {"model": str(det_model) if isinstance(det_model, (str, Path)) else type(model).__name__,
+              "labels": str(labels_dir), "classes_file": None if classes_file is None else str(classes_file),
+              "class_map": dict(class_map or {}), "scale": scale, "classes": dict(sorted(class_index.items()))}
+    return DetectionLoss(model, labels, class_index, device, dropped, scale, source)

@@ -13,6 +13,14 @@ After every epoch it writes, atomically, into ``out``:
   seconds trained, per-epoch training loss and validation metrics (computed with
   :mod:`stages.metrics` on ``val_pairs`` fused at full size), library versions.
 
+Detection-driven training (``det_loss``, ``det_weight``): a frozen detector's
+training loss on each fused batch is added, weighted, to the fusion loss, as
+the detection-driven fusion papers do; boxes follow each patch's crop, flips
+and turn (:class:`Crop`, :func:`stages.detection_loss.patch_affine`), pair ids
+are the IR file stems. The card then also records the detector, labels and
+weight (``detection``) and the per-epoch ``train_fusion_loss`` and unweighted
+``train_det_loss``; ``train_loss`` is always the loss minimised.
+
 On CPU a run is deterministic for a given ``seed`` (the crops of epoch ``e``
 are drawn from a generator seeded with ``(seed, e)``, so a resumed run draws
 the same crops as an uninterrupted one).
@@ -27,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NamedTuple, overload
 
 import numpy as np
 import torch
@@ -36,6 +45,9 @@ from tqdm import tqdm
 
 from fuse_cli.images import luminance, read_image, to_uint8
 from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
+
+if TYPE_CHECKING:
+    from stages.detection_loss import DetectionLoss
 
 VAL_METRICS = ["EN", "SD", "SF", "AG", "SSIM", "Qabf", "VIF"]
 MIN_LR_FRACTION = 0.01  # cosine schedules end at 1 % of the initial rate
@@ -53,15 +65,45 @@ def load_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike) -> tuple[
     return ir, vis
 
 
-def random_crop_batch(images: Sequence[tuple[np.ndarray, np.ndarray]], crop: int,
-                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+class Crop(NamedTuple):
+    """Where one sample of :func:`random_crop_batch` came from: crop at column ``x``, row ``y`` of the (padded)
+    image whose unpadded size is ``full_size`` ``(W, H)``, then ``hflip``, ``vflip``, then ``rot90`` quarter-turns."""
+
+    full_size: tuple[int, int]
+    x: int
+    y: int
+    crop: int
+    hflip: bool
+    vflip: bool
+    rot90: int
+
+    def affine(self) -> np.ndarray:
+        """The 2×3 map from normalised full-image coordinates to patch pixels (:func:`stages.detection_loss.patch_affine`)."""
+        from stages.detection_loss import patch_affine
+
+        return patch_affine(self.full_size, self.x, self.y, self.crop, self.hflip, self.vflip, self.rot90)
+
+
+@overload
+def random_crop_batch(images: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, rng: np.random.Generator,
+                      *, with_crops: Literal[False] = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def random_crop_batch(images: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, rng: np.random.Generator,
+                      *, with_crops: Literal[True]) -> tuple[torch.Tensor, torch.Tensor, list[Crop]]: ...
+def random_crop_batch(images, crop, rng, *, with_crops=False):
     """One augmented ``crop × crop`` patch per pair: ``(B, 1, crop, crop)`` IR and VIS tensors.
 
-    Images smaller than ``crop`` are reflect-padded first. The same position,
-    flips and quarter-turn rotation apply to both modalities.
+    Images smaller than ``crop`` are reflect-padded first (at the bottom and
+    right, so full-image coordinates still hold). The same position, flips and
+    quarter-turn rotation apply to both modalities. Draws from ``rng``, per
+    pair: row, column, horizontal flip, vertical flip, quarter turns.
+
+    With ``with_crops`` a third item lists each sample's :class:`Crop` (what a
+    detection loss needs to move boxes into the patch); the draws are the same.
     """
-    irs, viss = [], []
+    irs, viss, crops = [], [], []
     for ir, vis in images:
+        full_size = (int(ir.shape[1]), int(ir.shape[0]))
         pad_h, pad_w = max(0, crop - ir.shape[0]), max(0, crop - ir.shape[1])
         if pad_h or pad_w:
             mode = "reflect" if pad_h < ir.shape[0] and pad_w < ir.shape[1] else "edge"
@@ -70,15 +112,20 @@ def random_crop_batch(images: Sequence[tuple[np.ndarray, np.ndarray]], crop: int
         y = int(rng.integers(0, ir.shape[0] - crop + 1))
         x = int(rng.integers(0, ir.shape[1] - crop + 1))
         patch = np.stack([ir[y:y + crop, x:x + crop], vis[y:y + crop, x:x + crop]])
-        if rng.random() < 0.5:
+        hflip = bool(rng.random() < 0.5)
+        if hflip:
             patch = patch[:, :, ::-1]
-        if rng.random() < 0.5:
+        vflip = bool(rng.random() < 0.5)
+        if vflip:
             patch = patch[:, ::-1, :]
-        patch = np.rot90(patch, k=int(rng.integers(0, 4)), axes=(1, 2))
+        turns = int(rng.integers(0, 4))
+        patch = np.rot90(patch, k=turns, axes=(1, 2))
         irs.append(patch[0])
         viss.append(patch[1])
-    return (torch.from_numpy(np.ascontiguousarray(np.stack(irs)[:, None])),
-            torch.from_numpy(np.ascontiguousarray(np.stack(viss)[:, None])))
+        crops.append(Crop(full_size, x, y, crop, hflip, vflip, turns))
+    ir_batch = torch.from_numpy(np.ascontiguousarray(np.stack(irs)[:, None]))
+    vis_batch = torch.from_numpy(np.ascontiguousarray(np.stack(viss)[:, None]))
+    return (ir_batch, vis_batch, crops) if with_crops else (ir_batch, vis_batch)
 
 
 def _dataset_counts(pairs: Sequence[Pair]) -> dict[str, int]:
@@ -170,7 +217,9 @@ def validate(model: torch.nn.Module, images: Sequence[tuple[np.ndarray, np.ndarr
 def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int, batch_size: int,
           lr: float, seed: int, device: str | torch.device = "cpu", crop: int = 256,
           resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
-          progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None) -> Path:
+          progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None,
+          init: str | os.PathLike | None = None, det_loss: DetectionLoss | None = None,
+          det_weight: float = 0.0) -> Path:
     """Train network ``method`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Args:
@@ -178,6 +227,13 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         optimizer: ``"sgd"`` or ``"adam"``; the paper's choice (``NETWORKS`` defaults) when ``None``.
         resume: a checkpoint written by this function (its ``.json`` card and
             ``.optim.safetensors`` beside it) to continue from.
+        init: weights to start from (e.g. the shipped ones, for fine-tuning):
+            a fresh optimiser and epoch count, unlike ``resume``.
+        det_loss: a frozen detector's loss (:func:`stages.detection_loss.detection_loss_fn`);
+            each batch then minimises ``fusion_loss + det_weight · det_loss(fused, ids, affines)``,
+            ids being the IR file stems and the affines following each sample's crop,
+            flips and turn. Only the fusion network is optimised.
+        det_weight: λ, the weight of ``det_loss``.
         val_pairs: pairs scored after every epoch (fused at full size).
         progress: show a tqdm bar with the running loss on stderr.
         log: called with one line per epoch.
@@ -191,9 +247,12 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
     schedule = spec.defaults["schedule"]
     if not pairs:
         raise ValueError("no training pairs given")
+    if resume is not None and init is not None:
+        raise ValueError("give resume or init, not both")
 
     torch.manual_seed(seed)
     images = [load_pair(ir, vis) for ir, vis in pairs]
+    ids = [Path(ir).stem for ir, _ in pairs]
     val_images = [load_pair(ir, vis) for ir, vis in (val_pairs or [])]
 
     if resume is not None:
@@ -205,9 +264,22 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
             _load_optimizer(opt, _optim_path(resume))
         log(f"resuming {method} from {resume} after epoch {card['epochs']}")
     else:
-        model = spec.model().to(device).train()
+        model = (spec.model() if init is None else load_network(method, init, "cpu")).to(device).train()
         opt = _make_optimizer(optimizer_name, model.parameters(), lr, momentum)
         card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": [], "val_metrics": []}
+        if init is not None:
+            card["init"] = str(init)
+            log(f"starting {method} from {init}")
+    if det_loss is not None:
+        labelled = sum(1 for i in ids if det_loss.labels.get(i) is not None)
+        card["detection"] = {**det_loss.source, "weight": det_weight, "pairs_labelled": labelled,
+                             "dropped_classes": dict(det_loss.dropped)}
+        card.setdefault("train_det_loss", [None] * card["epochs"])
+        card.setdefault("train_fusion_loss", [None] * card["epochs"])
+        log(f"detection loss ×{det_weight:g} from {det_loss.source.get('model')}: {labelled} of {len(ids)} "
+            "training pairs have labels")
+        if not labelled:
+            log("no training pair has labels (ids are IR file stems): the detection term only sees background")
 
     card.update({
         "method": method,
@@ -231,13 +303,20 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
             group["lr"] = epoch_lr
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(images))
-        running, total = None, 0.0
+        running, total, det_total, fusion_total = None, 0.0, 0.0, 0.0
         bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr,
                    disable=not progress, leave=False)
         for step in bar:
-            chosen = [images[i] for i in order[step * batch_size:(step + 1) * batch_size]]
-            ir, vis = (t.to(device) for t in random_crop_batch(chosen, crop, rng))
-            loss = spec.loss(model(ir, vis), ir, vis)
+            indices = order[step * batch_size:(step + 1) * batch_size]
+            ir, vis, crops = random_crop_batch([images[i] for i in indices], crop, rng, with_crops=True)
+            ir, vis = ir.to(device), vis.to(device)
+            fused = model(ir, vis)
+            loss = spec.loss(fused, ir, vis)
+            if det_loss is not None:
+                detection = det_loss(fused, [ids[i] for i in indices], [c.affine() for c in crops])
+                fusion_total += float(loss.detach())
+                det_total += float(detection.detach())
+                loss = loss + det_weight * detection.to(loss.device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -253,10 +332,18 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         card["epochs"] = epoch + 1
         card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
         card["train_loss"].append(round(total / steps, 5))
+        if det_loss is not None:
+            card["train_fusion_loss"].append(round(fusion_total / steps, 5))
+            card["train_det_loss"].append(round(det_total / steps, 5))
+        elif "train_det_loss" in card:  # resumed without the detector: keep the lists aligned with epochs
+            card["train_fusion_loss"].append(round(total / steps, 5))
+            card["train_det_loss"].append(None)
         card["val_metrics"].append(metrics)
         save_weights(model, method, weights_path)
         _save_optimizer(opt, _optim_path(weights_path))
         _write_json(card, card_path)
         shown = "" if metrics is None else "  " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
-        log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f} lr {epoch_lr:.2e}{shown}")
+        detail = "" if det_loss is None else (f" (fusion {card['train_fusion_loss'][-1]:.4f}, "
+                                              f"detection {card['train_det_loss'][-1]:.4f})")
+        log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f}{detail} lr {epoch_lr:.2e}{shown}")
     return weights_path

@@ -38,9 +38,9 @@ from stages.metrics import (CONVENTION_HELP, CONVENTIONS, DEFAULT_CONVENTION, ME
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REFERENCE = json.loads((Path(__file__).parent / "data" / "metrics_reference.json").read_text())
 RTOL = 1e-5  # the brief asks for 4 significant digits; the references agree to ~2e-7 or better
-# VIFB's Qabf on an unrounded rgb2gray source: atan(Sy/Sx) flips between ±π/2 where Sx is
-# near 0, so the 1e-16 rounding of the gray conversion moves it by up to ~1e-4 (measured 9e-5).
-RTOL_SPECIAL = {("vifb", "Qabf"): 2e-4}
+# Per-metric exceptions to RTOL (none now: VIFB's Qabf on an unrounded rgb2gray source, whose
+# unwrapped atan(Sy/Sx) flips with the sign of Sx's rounding residue, is reproduced bit for bit).
+RTOL_SPECIAL: dict[tuple[str, str], float] = {}
 
 RNG = np.random.default_rng(0)
 

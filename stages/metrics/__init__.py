@@ -71,7 +71,7 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     _M("CC", True, "mean correlation coefficient with the sources", intensity.cc, intensity.cc),
     _M("SCD", True, "sum of the correlations of differences", intensity.scd, intensity.scd),
     _M("VIF", True, "visual information fidelity VIF(IR, F) + VIF(VIS, F)", structural.vif, structural.vif),
-    _M("Qabf", True, "gradient-based edge preservation Q^AB/F", gradient.qabf, gradient.qabf,
+    _M("Qabf", True, "gradient-based edge preservation Q^AB/F", gradient.qabf, gradient.qabf_vifb,
        vifb_unrounded_gray=True),
     _M("Nabf", False, "fusion artifacts N^AB/F (modified, corrected)", gradient.nabf, gradient.nabf),
     _M("Qcv", False, "Chen-Varshney perceptual difference", perceptual.qcv, perceptual.qcv),

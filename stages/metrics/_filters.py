@@ -5,8 +5,10 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-# MATLAB rgb2gray: first row of the inverse YIQ matrix (0.298936021293775, 0.587043074451121, 0.114020904255103).
-MATLAB_GRAY = np.linalg.inv(np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]]))[0]
+# MATLAB rgb2gray: first row of the inverse YIQ matrix, bit for bit as the reference runs' ``inv`` returns it
+# (GNU Octave 7.3 / LAPACK). numpy's ``inv`` gives 0.58704307445112125 for the middle weight, and the exact
+# inverse ends ...332 for the last; the last bits matter to VIFB's Qabf (see ``gradient.qabf_vifb``).
+MATLAB_GRAY = np.array([0.29893602129377539, 0.58704307445112136, 0.11402090425510325])
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:

@@ -32,20 +32,67 @@ def _qabf_preservation(g_src, a_src, g_f, a_f) -> np.ndarray:
 
 
 def qabf(a, b, f) -> float:
-    """Xydeas–Petrovic Q^AB/F: gradient-weighted edge preservation, 0..1 (both conventions agree).
+    """Xydeas–Petrovic Q^AB/F (``mmif``): gradient-weighted edge preservation, 0..1.
 
     Sobel via true 2-D convolution with zero padding; Tg 0.9994, kg −15, Dg 0.5,
     Ta 0.9879, ka −22, Da 0.8; orientation ``atan(Sy/Sx)`` (π/2 where Sx = 0). Kept quirk:
     where the source and fused strengths tie exactly, the strength ratio is set to the
     fused strength instead of 1, which makes the score depend on the data scale (here
-    0..255, as the references use it). The orientation is not wrapped, so near-horizontal
-    edges flip between ±π/2 with the sign of a near-zero Sx: on non-integer input (VIFB's
-    unrounded rgb2gray) last-digit differences move the score by up to ~1e-4 relative.
-    0 when neither source has an edge (the references give NaN).
+    0..255). The orientation is not wrapped, so near-horizontal edges flip between ±π/2
+    with the sign of a near-zero Sx; on the integer gray images of this convention Sx is
+    exact, so nothing flips. 0 when neither source has an edge (the references give NaN).
     """
     ga, aa = _qabf_edges(a)
     gb, ab = _qabf_edges(b)
     gf, af = _qabf_edges(f)
+    num = (_qabf_preservation(ga, aa, gf, af) * ga + _qabf_preservation(gb, ab, gf, af) * gb).sum()
+    return safe_divide(num, (ga + gb).sum(), 0.0)
+
+
+def _conv2_octave(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``conv2(img, kernel, 'same')`` summed in the order of Octave's ``dconv2o``, rounding step for rounding step.
+
+    Octave adds ``kernel(i, j) * img`` column of ``img`` by column, kernel column by kernel
+    column, kernel row by kernel row; for one output pixel that is kernel column 3, 2, 1
+    (left source column first) and within each kernel row 1, 2, 3. The products by the
+    Sobel weights (0, ±1, ±2) are exact, so only the order of the additions matters.
+    """
+    m, n = img.shape
+    kh, kw = kernel.shape
+    full = np.zeros((m + kh - 1, n + kw - 1))
+    for j in range(kw - 1, -1, -1):
+        for i in range(kh):
+            if kernel[i, j] != 0:
+                full[i:i + m, j:j + n] += kernel[i, j] * img
+    return full[kh // 2:kh // 2 + m, kw // 2:kw // 2 + n]
+
+
+def _qabf_edges_octave(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sx = _conv2_octave(img, _SOBEL_X)
+    sy = _conv2_octave(img, _SOBEL_Y)
+    angle = np.full(img.shape, np.pi / 2)
+    np.arctan(sy / np.where(sx == 0, 1.0, sx), out=angle, where=sx != 0)
+    return np.sqrt(sx * sx + sy * sy), angle
+
+
+def qabf_vifb(a, b, f) -> float:
+    """Q^AB/F as VIFB's ``metricsQabf.m`` computes it, to the last bit that changes the score.
+
+    The same definition and constants as ``qabf``, with VIFB's arithmetic: every image is
+    ``255*im2double(double(x))`` (``im2double`` leaves doubles alone, so the data run
+    0..65025 and the tie quirk sees that scale), a colour source enters a gray fusion as
+    the unrounded MATLAB ``rgb2gray`` of the doubles (``_filters.MATLAB_GRAY``, bit-exact
+    weights), and ``conv2`` sums in Octave's order (``_conv2_octave``). The bits matter:
+    on a colour VIS whose channels are (nearly) equal, Sx of the unrounded gray is
+    ±1e-11 instead of 0 over whole flat or horizontal-edge areas, and its sign flips
+    that pixel's orientation between +π/2 and −π/2 (``atan`` of a huge ratio, not
+    wrapped). Other weight bits or another summation order moved the score by up to
+    3 % on RoadScene; so reproduced, it matches the Octave runs to ~1e-12. On integer
+    images (TNO, gray VIS) none of this changes anything but the tie scale.
+    """
+    ga, aa = _qabf_edges_octave(255 * a)
+    gb, ab = _qabf_edges_octave(255 * b)
+    gf, af = _qabf_edges_octave(255 * f)
     num = (_qabf_preservation(ga, aa, gf, af) * ga + _qabf_preservation(gb, ab, gf, af) * gb).sum()
     return safe_divide(num, (ga + gb).sum(), 0.0)
 

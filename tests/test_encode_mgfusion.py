@@ -233,9 +233,10 @@ def test_tiny_training_run_saves_a_reloadable_checkpoint(tmp_path, clip, pairs_d
 
 
 def test_no_weights_says_what_to_run(tmp_path, monkeypatch):
+    import stages.nets.learned_methods as learned
     import stages.nets.mgfusion as mg
 
-    monkeypatch.setattr(mg, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(learned, "WEIGHTS_DIR", tmp_path)  # nothing shipped
     with pytest.raises(FileNotFoundError) as info:
         mg.mgfusion_factory("cpu")
     message = str(info.value)

@@ -104,8 +104,11 @@ def save_weights(model: nn.Module, method: str, path: str | os.PathLike) -> Path
     return path
 
 
-def resolve_weights(method: str, weights: str | os.PathLike | None) -> Path:
-    """The checkpoint to load: ``weights`` if given, else the shipped file; ``FileNotFoundError`` otherwise."""
+def resolve_weights(method: str, weights: str | os.PathLike | None, no_weights_message: str | None = None) -> Path:
+    """The checkpoint to load: ``weights`` if given, else the shipped file; ``FileNotFoundError`` otherwise.
+
+    ``no_weights_message`` replaces the default advice when nothing is shipped.
+    """
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -114,7 +117,7 @@ def resolve_weights(method: str, weights: str | os.PathLike | None) -> Path:
     shipped = WEIGHTS_DIR / f"{method}.safetensors"
     if not shipped.is_file():
         raise FileNotFoundError(
-            f"no weights for fusion method {method!r} (looked for {shipped}): "
+            no_weights_message or f"no weights for fusion method {method!r} (looked for {shipped}): "
             f"run `fuse train -m {method}` to train them, or pass --weights PATH"
         )
     return shipped
@@ -135,7 +138,7 @@ def load_network(method: str, weights: str | os.PathLike | None = None, device: 
     return model.to(device).eval()
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad ``(B, C, H, W)`` at the bottom/right to multiples of ``multiple`` (reflect; replicate when too small)."""
     h, w = x.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
@@ -198,7 +201,7 @@ class NetworkFuser:
 
     def _run(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         h, w = ir.shape[-2:]
-        fused = self.model(_pad_to_multiple(ir, self.multiple), _pad_to_multiple(vis, self.multiple))
+        fused = self.model(pad_to_multiple(ir, self.multiple), pad_to_multiple(vis, self.multiple))
         return fused[..., :h, :w].float()
 
     def _run_tiled(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:

@@ -56,12 +56,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stages.encode import ClipImageEncoder, embedding_metadata, load_embeddings, pretrained_label
+from stages.nets.learned_methods import resolve_weights
 from stages.nets.losses import sobel_magnitude, texture_loss_max
 from stages.registry import register_method
 
 METHOD = "mgfusion"
 CHECKPOINT_FORMAT = "fuse-network-1"
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 LOSS_WEIGHT = 0.2  # λ of Eq. 6
 #: What the registry shows: ``register_method("mgfusion", kind="learned", **REGISTRY_INFO)(mgfusion_factory)``.
 REGISTRY_INFO = {
@@ -326,18 +326,6 @@ def checkpoint_clip(path: str | os.PathLike) -> tuple[str, str | None]:
     return metadata["clip_model"], parse_pretrained(metadata.get("clip_pretrained"))
 
 
-def _resolve_weights(weights: str | os.PathLike | None) -> Path:
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} for fusion method 'mgfusion' does not exist")
-        return path
-    shipped = WEIGHTS_DIR / f"{METHOD}.safetensors"
-    if not shipped.is_file():
-        raise FileNotFoundError(NO_WEIGHTS_MESSAGE)
-    return shipped
-
-
 def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
                   clip_model: str | None = None, pretrained: str | None = None,
                   clip: ClipImageEncoder | None = None) -> MGFusion:
@@ -351,7 +339,7 @@ def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.
     """
     from stages.encode import parse_pretrained
 
-    path = _resolve_weights(weights)
+    path = resolve_weights(METHOD, weights, NO_WEIGHTS_MESSAGE)
     saved_model, saved_pretrained = checkpoint_clip(path)
     if clip_model is not None and clip_model != saved_model:
         raise ValueError(f"{path} was trained with CLIP {saved_model}, not {clip_model}")

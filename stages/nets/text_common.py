@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from stages.nets.learned_methods import CHECKPOINT_FORMAT, WEIGHTS_DIR, save_weights
+from stages.nets.learned_methods import CHECKPOINT_FORMAT, WEIGHTS_DIR, pad_to_multiple, save_weights
 
 __all__ = ["save_text_network", "load_text_network", "prepare_guidance", "TextFusionCallable", "WEIGHTS_DIR"]
 
@@ -95,15 +95,6 @@ def prepare_guidance(ir: torch.Tensor, vis: torch.Tensor, mask=None, text=None, 
     return m, tokens.to(ir.dtype)
 
 
-def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if not ph and not pw:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
 class TextFusionCallable:
     """``fuse(ir, vis, *, mask=None, text=None, records=None) -> fused`` on ``(B, 1, H, W)`` in [0, 1].
 
@@ -141,9 +132,9 @@ class TextFusionCallable:
                                      backend=self.backend)
         h, w = ir.shape[-2:]
         with torch.inference_mode():
-            args = [pad_to(ir, self.multiple), pad_to(vis, self.multiple)]
+            args = [pad_to_multiple(ir, self.multiple), pad_to_multiple(vis, self.multiple)]
             kwargs = {"text": tokens}
             if self.uses_mask:
-                kwargs["mask"] = pad_to(m, self.multiple)
+                kwargs["mask"] = pad_to_multiple(m, self.multiple)
             fused = self.model(*args, **kwargs)[..., :h, :w].float().clamp_(0, 1)
         return fused.to(source).clone()

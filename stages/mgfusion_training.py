@@ -136,7 +136,7 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
         progress: a tqdm bar with the running loss on stderr.
         log: called with one line per epoch.
     """
-    from stages.train import _dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json
+    from stages.train import _dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json, optimiser_step
 
     if not pairs:
         raise ValueError("no training pairs given")
@@ -197,10 +197,7 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
             chosen = [images[i] for i in order[step * batch_size:(step + 1) * batch_size]]
             ir, vis, vis_rgb = split_patch(crop_batch(chosen, crop, rng).to(device))
             loss = mgfusion_loss(model(ir, vis, vis_rgb=vis_rgb), ir, vis)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())
+            value = optimiser_step(opt, loss)
             total += value
             running = value if running is None else 0.9 * running + 0.1 * value
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{step_lr:.1e}")

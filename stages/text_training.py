@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.train import _dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json, load_pair, random_crop_batch
+from stages.train import (_dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json, load_pair,
+                          optimiser_step, random_crop_batch)
 
 MAX_SIDE = 800
 
@@ -199,10 +200,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
             else:
                 fused = model(ir, vis, text=text)
             loss = loss_fn(fused, ir, vis, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())
+            value = optimiser_step(opt, loss)
             total += value
             running = value if running is None else 0.9 * running + 0.1 * value
             bar.set_postfix(loss=f"{running:.4f}")

@@ -190,6 +190,14 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One gradient step on ``loss``; returns its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
 def _write_json(data: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -317,10 +325,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
                 fusion_total += float(loss.detach())
                 det_total += float(detection.detach())
                 loss = loss + det_weight * detection.to(loss.device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())
+            value = optimiser_step(opt, loss)
             total += value
             running = value if running is None else 0.9 * running + 0.1 * value
             bar.set_postfix(loss=f"{running:.4f}")

@@ -170,6 +170,22 @@ def _ramp(size: int, overlap: int, taper_start: bool, taper_end: bool) -> torch.
     return weights
 
 
+def fuse_tiled(fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ir: torch.Tensor, vis: torch.Tensor,
+               tile: int, overlap: int) -> torch.Tensor:
+    """``fuse`` over overlapping ``tile``-pixel tiles of ``(B, 1, H, W)`` inputs, blended with raised-cosine weights."""
+    b, _, h, w = ir.shape
+    fused = torch.zeros(b, 1, h, w, device=ir.device)
+    total = torch.zeros(1, 1, h, w, device=ir.device)
+    for y in _tile_starts(h, tile, overlap):
+        for x in _tile_starts(w, tile, overlap):
+            th, tw = min(tile, h), min(tile, w)
+            window = torch.outer(_ramp(th, overlap, y > 0, y + th < h), _ramp(tw, overlap, x > 0, x + tw < w)).to(ir.device)
+            part = fuse(ir[..., y:y + th, x:x + tw], vis[..., y:y + th, x:x + tw]).float()
+            fused[..., y:y + th, x:x + tw] += part * window
+            total[..., y:y + th, x:x + tw] += window
+    return fused / total
+
+
 class NetworkFuser:
     """A loaded network as a fusion callable: ``fuser(ir, vis) -> fused``.
 
@@ -205,20 +221,7 @@ class NetworkFuser:
         return fused[..., :h, :w].float()
 
     def _run_tiled(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = ir.shape
-        tile, overlap = self.tile, self.tile_overlap
-        fused = torch.zeros(b, 1, h, w, device=self.device)
-        total = torch.zeros(1, 1, h, w, device=self.device)
-        for y in _tile_starts(h, tile, overlap):
-            for x in _tile_starts(w, tile, overlap):
-                th, tw = min(tile, h), min(tile, w)
-                window = torch.outer(
-                    _ramp(th, overlap, y > 0, y + th < h), _ramp(tw, overlap, x > 0, x + tw < w)
-                ).to(self.device)
-                part = self._run(ir[..., y:y + th, x:x + tw], vis[..., y:y + th, x:x + tw])
-                fused[..., y:y + th, x:x + tw] += part * window
-                total[..., y:y + th, x:x + tw] += window
-        return fused / total
+        return fuse_tiled(self._run, ir, vis, self.tile, self.tile_overlap)
 
     def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:

@@ -56,7 +56,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stages.encode import ClipImageEncoder, embedding_metadata, load_embeddings, pretrained_label
-from stages.nets.learned_methods import resolve_weights
+from stages.nets.learned_methods import fuse_tiled, resolve_weights
 from stages.nets.losses import sobel_magnitude, texture_loss_max
 from stages.registry import register_method
 
@@ -434,23 +434,6 @@ class MGFusionFuser:
         return (torch.stack([t.to(self.device, self.dtype) for t in e_ir]),
                 torch.stack([t.to(self.device, self.dtype) for t in e_vis]))
 
-    def _tiled(self, ir, vis, e_ir, e_vis) -> torch.Tensor:
-        from stages.nets.learned_methods import _ramp, _tile_starts
-
-        b, _, h, w = ir.shape
-        tile, overlap = self.tile, self.tile_overlap
-        fused = torch.zeros(b, 1, h, w, device=self.device)
-        total = torch.zeros(1, 1, h, w, device=self.device)
-        for y in _tile_starts(h, tile, overlap):
-            for x in _tile_starts(w, tile, overlap):
-                th, tw = min(tile, h), min(tile, w)
-                window = torch.outer(_ramp(th, overlap, y > 0, y + th < h),
-                                     _ramp(tw, overlap, x > 0, x + tw < w)).to(self.device)
-                part = self.model(ir[..., y:y + th, x:x + tw], vis[..., y:y + th, x:x + tw], e_ir, e_vis).float()
-                fused[..., y:y + th, x:x + tw] += part * window
-                total[..., y:y + th, x:x + tw] += window
-        return fused / total
-
     def __call__(self, ir: torch.Tensor, vis: torch.Tensor, *, vis_rgb: torch.Tensor | None = None,
                  records: list[dict] | None = None, embeddings: dict | None = None) -> torch.Tensor:
         if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
@@ -469,7 +452,7 @@ class MGFusionFuser:
                 e_ir, e_vis = self.embeddings_for(ir, vis, vis_rgb, paths)
             h, w = ir.shape[-2:]
             if self.tile is not None and (h > self.tile or w > self.tile):
-                fused = self._tiled(ir, vis, e_ir, e_vis)
+                fused = fuse_tiled(lambda a, b: self.model(a, b, e_ir, e_vis), ir, vis, self.tile, self.tile_overlap)
             else:
                 fused = self.model(ir, vis, e_ir, e_vis).float()
             fused = fused.clamp_(0.0, 1.0).to(source_device)

@@ -18,17 +18,30 @@ class StageError(Exception):
 
 
 class Stage:
-    """Base class: override :meth:`outputs` and :meth:`process_one` (or :meth:`process`)."""
+    """Base class: override :meth:`process_one` (or :meth:`process`).
+
+    A stage that writes one file per pair, ``out_dir/<id><output_suffix>``, and
+    records its path under ``output_key`` only sets those three attributes;
+    others override :meth:`outputs` and :meth:`skip_update`.
+    """
 
     #: Name used in messages.
     name = "stage"
+    #: One-file-per-pair stages: the record key of the file and its suffix (``"mask"``, ``".png"``).
+    output_key = ""
+    output_suffix = ""
+    out_dir: Path
+
+    def output_path(self, record: dict) -> Path:
+        """``out_dir/<id><output_suffix>``."""
+        return self.out_dir / f"{record['id']}{self.output_suffix}"
 
     def outputs(self, record: dict) -> list[Path]:
         """The files this stage will write for ``record`` (used for skip/--dry-run).
 
         An empty list means the stage writes no files and always runs.
         """
-        return []
+        return [self.output_path(record)] if self.output_key else []
 
     def process(self, records: list[dict]) -> list[dict | Exception]:
         """Run on a batch; returns, per record, the keys to add or an exception.
@@ -50,7 +63,7 @@ class Stage:
 
     def skip_update(self, record: dict) -> dict:
         """Keys to add to a record whose outputs already exist (skipped without --overwrite)."""
-        return {}
+        return {self.output_key: str(self.output_path(record))} if self.output_key else {}
 
 
 def record_path(record: dict, key: str, pair_id: str | None = None) -> Path:

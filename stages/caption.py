@@ -366,6 +366,7 @@ class CaptionStage(Stage):
     """
 
     name = "caption"
+    output_key, output_suffix = "caption", ".txt"
 
     def __init__(self, out_dir: Path, backend: str = "advisor", *, image: str = "vis", ask: str | None = None,
                  keyword: str | None = None, model: str | None = None, pretrained: str | None = None,
@@ -383,12 +384,6 @@ class CaptionStage(Stage):
         elif captioner is None and backend == "coca":
             self.captioner = CocaCaptioner(model or "coca_ViT-B-32", pretrained or "mscoco_finetuned_laion2b_s13b_b90k",
                                            device)
-
-    def output_path(self, record: dict) -> Path:
-        return self.out_dir / f"{record['id']}.txt"
-
-    def outputs(self, record: dict) -> list[Path]:
-        return [self.output_path(record)]
 
     def _fields(self, caption: str) -> dict:
         fields = {"caption": caption}

@@ -241,6 +241,7 @@ class EncodeStage(Stage):
     """
 
     name = "encode"
+    output_key, output_suffix = "embedding", ".safetensors"
 
     def __init__(self, out_dir: Path, model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                  images: tuple[str, ...] | list[str] = ("ir", "vis"), tokens: bool = False,
@@ -263,15 +264,6 @@ class EncodeStage(Stage):
                 raise ValueError(f"--tokens needs a ViT CLIP model; {model} has no patch tokens")
             self.clip.visual.output_tokens = True  # set once, never toggled: process() may run in several threads
         self.tokenizer = open_clip.get_tokenizer(model)
-
-    def output_path(self, record: dict) -> Path:
-        return self.out_dir / f"{record['id']}.safetensors"
-
-    def outputs(self, record: dict) -> list[Path]:
-        return [self.output_path(record)]
-
-    def skip_update(self, record: dict) -> dict:
-        return {"embedding": str(self.output_path(record))}
 
     def _read(self, record: dict, key: str) -> torch.Tensor:
         pair = record.get("id", "?")

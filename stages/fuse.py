@@ -69,6 +69,7 @@ class FuseStage(Stage):
     """Fuse each record's ``ir`` and ``vis`` with one registered method."""
 
     name = "fuse"
+    output_key = "fused"
 
     def __init__(
         self,
@@ -83,17 +84,12 @@ class FuseStage(Stage):
     ):
         self.out_dir, self.method, self.device = Path(out_dir), method, device
         self.out_format, self.bit_depth, self.resize = out_format, bit_depth, resize
+        self.output_suffix = f".{out_format}"
         info = get_method(method)
         self.fuse_luma = info.factory(device=device, weights=weights, **(method_options or {}))
 
-    def output_path(self, record: dict) -> Path:
-        return self.out_dir / f"{record['id']}.{self.out_format}"
-
-    def outputs(self, record: dict) -> list[Path]:
-        return [self.output_path(record)]
-
     def skip_update(self, record: dict) -> dict:
-        return {"fused": str(self.output_path(record)), "method": self.method}
+        return {**super().skip_update(record), "method": self.method}
 
     def process(self, records: list[dict]) -> list[dict | Exception]:
         results: list[dict | Exception] = [None] * len(records)  # type: ignore[list-item]

@@ -287,6 +287,7 @@ class MaskStage(Stage):
     """
 
     name = "mask"
+    output_key, output_suffix = "mask", ".png"
 
     def __init__(self, out_dir: Path, backend: str = "salient", *, keyword: str | None = None, contrast: bool = True,
                  classes: set[str] | None = None, min_score: float = 0.0, text_masker=None,
@@ -303,15 +304,6 @@ class MaskStage(Stage):
         self.masker = text_masker
         if backend == "text" and self.masker is None:
             self.masker = ClipDenseMasker(clip_model, pretrained, device)
-
-    def output_path(self, record: dict) -> Path:
-        return self.out_dir / f"{record['id']}.png"
-
-    def outputs(self, record: dict) -> list[Path]:
-        return [self.output_path(record)]
-
-    def skip_update(self, record: dict) -> dict:
-        return {"mask": str(self.output_path(record))}
 
     def _read(self, record: dict, key: str) -> np.ndarray:
         path = record_path(record, key)

@@ -214,4 +214,6 @@ def _terminate(signum, frame) -> None:
 def run() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
+    # A closed pipe (`fuse pairs ... | head`) ends the command quietly, as it does any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()

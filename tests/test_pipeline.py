@@ -260,8 +260,10 @@ def test_killed_run_leaves_no_partial_image_and_rerun_finishes(tmp_path):
 def test_shell_pipeline_pairs_fuse_score(tmp_path):
     tno = shared("tno")
     ir, vis = tno / "ir", tno / "vis"
+    listed = tmp_path / "pairs.jsonl"
+    listed.write_text("".join(fuse_cli("pairs", ir, vis).stdout.splitlines(keepends=True)[:3]))
     cmd = (
-        f"{sys.executable} -m fuse_cli pairs {ir} {vis} | head -n 3 "
+        f"cat {listed} "
         f"| {sys.executable} -m fuse_cli fuse -m laplacian -o {tmp_path / 'fused'} "
         f"| {sys.executable} -m fuse_cli score --metrics EN,SD,SF,AG,MI,SSIM,Qabf > {tmp_path / 'scores.csv'}"
     )
@@ -312,3 +314,11 @@ def test_example_makefile_fuses_and_scores_with_make_j2(synthetic_pairs, tmp_pat
     assert sorted(r.split(",")[0] for r in rows[1:-1]) == [f"scene_{i:02d}" for i in range(4)]
     assert rows[-1].startswith("mean,mean,")
     assert len(list((out / "fused").glob("scene_*.png"))) == 4
+
+
+def test_closed_pipe_ends_quietly():
+    roadscene = shared("roadscene")
+    cmd = f"{sys.executable} -m fuse_cli pairs {roadscene / 'ir'} {roadscene / 'vis'} | head -n 1"
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith('{"id": ')
+    assert done.stderr == ""  # no BrokenPipeError traceback from `fuse pairs`

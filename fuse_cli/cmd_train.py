@@ -12,6 +12,13 @@ fused patches, weighted by ``--det-weight``; labels are looked up by IR file ste
 
     fuse pairs msrs/ir msrs/vis | fuse train -m dfh-base --init stages/weights/dfh-base.safetensors \
       --det-model runs/detect/msrs/weights/best.pt --labels msrs/labels --det-weight 0.1 --det-scale 0.5
+
+The text-guided networks compute their guidance per pair while preparing (``salient``
+masks, ``advisor`` captions encoded by MiniLM) and cache it with ``--cache DIR``:
+
+    fuse pairs roadscene/ir roadscene/vis | fuse train -m textdfh --base-weights runs/dfh-base.safetensors
+    fuse pairs roadscene/ir roadscene/vis | fuse train -m tesg --no-mask-guidance -o runs/tesg-nomask
+
 The checkpoint is ``OUT/<name>.safetensors`` with a JSON model card beside it;
 ``fuse fuse -m NAME --weights OUT/<name>.safetensors`` uses it.
 """
@@ -38,7 +45,7 @@ def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
 
 
 def train(
-    method: Annotated[str, typer.Option("--method", "-m", help="Network to train: refinefuse, dfh-base, mgfusion, register.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Network to train: refinefuse, dfh-base, mgfusion, register, tesg, textdfh.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the checkpoint and its model card.")] = Path("runs"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
@@ -54,7 +61,12 @@ def train(
     pretrained: Annotated[str, typer.Option("--pretrained", help="mgfusion: open_clip tag (downloaded by open_clip), a local checkpoint, or none.")] = "openai",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint to continue from.", show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option("--init", help="refinefuse, dfh-base: weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume).", show_default=False)] = None,
-    det_model: Annotated[Optional[Path], typer.Option("--det-model", help="refinefuse, dfh-base: a YOLO detector (.pt, or a model YAML) whose loss on the fused image is added to the fusion loss; it stays frozen. Needs --labels.", show_default=False)] = None,
+    base_weights: Annotated[Optional[Path], typer.Option("--base-weights", help="textdfh: the frozen dfh-base weights it refines (default: the shipped ones).", show_default=False)] = None,
+    mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="tesg: foreground/background mask guidance (MGCA); --no-mask-guidance trains the paper's ablation.")] = True,
+    fixed_text: Annotated[Optional[str], typer.Option("--fixed-text", help="tesg, textdfh: one text for every pair instead of the advisor's captions (the fixed-text ablation).", show_default=False)] = None,
+    text_encoder: Annotated[str, typer.Option("--text-encoder", help="tesg, textdfh: minilm (offline, packaged) or clip (open_clip text tower).")] = "minilm",
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="tesg, textdfh: folder caching each pair's mask and caption between runs.", show_default=False)] = None,
+    det_model: Annotated[Optional[Path], typer.Option("--det-model", help="refinefuse, dfh-base, textdfh, tesg: a YOLO detector (.pt, or a model YAML) whose loss on the fused image is added to the fusion loss; it stays frozen. Needs --labels.", show_default=False)] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="With --det-model: ground truth per pair (by IR file stem): YOLO txt (with classes.txt), VOC xml or a COCO json.", show_default=False)] = None,
     label_classes: Annotated[Optional[Path], typer.Option("--label-classes", help="With --det-model: class names of YOLO labels (classes.txt or data.yaml); default: classes.txt beside or above the labels.", show_default=False)] = None,
     class_map: Annotated[Optional[list[str]], typer.Option("--class-map", help="With --det-model: rename label classes to the detector's, FROM=TO (repeat, or comma-separate): People=person.", show_default=False)] = None,
@@ -66,7 +78,10 @@ def train(
     """Train a fusion or registration network; writes OUT/<name>.safetensors and OUT/<name>.json."""
     from stages.nets.learned_methods import NETWORKS
 
-    trainable = [*NETWORKS, "mgfusion", "register"]
+    from stages.text_training import RECIPES as TEXT_RECIPES
+
+    trainable = [*NETWORKS, "mgfusion", "register", *TEXT_RECIPES]
+    detection_trainable = [*NETWORKS, *TEXT_RECIPES]
     if method not in trainable:
         raise usage_error(f"-m {method!r}: trainable networks are {', '.join(trainable)}")
     if resume is not None and not resume.is_file():
@@ -80,8 +95,8 @@ def train(
             raise usage_error(f"--init {init}: no such file")
     detection_options = {"--labels": labels, "--label-classes": label_classes, "--class-map": class_map}
     if det_model is not None:
-        if method not in NETWORKS:
-            raise usage_error(f"--det-model: detection-driven training is for {', '.join(NETWORKS)}, not -m {method}")
+        if method not in detection_trainable:
+            raise usage_error(f"--det-model: detection-driven training is for {', '.join(detection_trainable)}, not -m {method}")
         if labels is None:
             raise usage_error("--det-model needs --labels (the ground truth the detector's loss is computed against)")
         if not labels.exists():
@@ -90,6 +105,16 @@ def train(
             raise usage_error(f"--det-model {det_model}: no such file")
     elif given := [name for name, value in detection_options.items() if value]:
         raise usage_error(f"{', '.join(given)} only apply with --det-model")
+    text_options = {"--base-weights": base_weights is not None and method != "textdfh",
+                    "--no-mask-guidance": not mask_guidance and method != "tesg",
+                    "--fixed-text": fixed_text is not None and method not in TEXT_RECIPES,
+                    "--cache": cache is not None and method not in TEXT_RECIPES}
+    if misplaced := [name for name, wrong in text_options.items() if wrong]:
+        raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m {method}")
+    if base_weights is not None and not base_weights.is_file():
+        raise usage_error(f"--base-weights {base_weights}: no such file")
+    if text_encoder not in ("minilm", "clip"):
+        raise usage_error(f"--text-encoder {text_encoder!r}: choose minilm or clip")
     reporter = Reporter("train", quiet)
     pairs = _pairs(list(gather_records(ir, vis, records, reporter)), reporter)
     if not pairs:
@@ -106,22 +131,29 @@ def train(
         from stages.mgfusion_training import train_mgfusion
 
         path = train_mgfusion(pairs, out, clip_model=clip_model, pretrained=parse_pretrained(pretrained), **settings, **common)
+    elif method in TEXT_RECIPES:
+        from stages.text_training import train_text_fusion
+
+        detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
+        path = train_text_fusion(method, pairs, out, **settings, **common, base_weights=base_weights,
+                                 text_backend=text_encoder, mask_guidance=mask_guidance, fixed_text=fixed_text,
+                                 cache=cache, **detection)
     else:
         from stages.train import train as train_network
 
         paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
         val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
-        detection = {}
-        if det_model is not None:
-            detection = {"det_loss": _detection_loss(det_model, labels, label_classes, class_map, det_scale, common["device"]),
-                         "det_weight": det_weight}
+        detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
         path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init, **detection, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)
 
 
-def _detection_loss(det_model: Path, labels: Path, label_classes: Path | None, class_map: list[str] | None,
-                    scale: float, device: str):
+def _detection(det_model: Path | None, labels: Path, label_classes: Path | None, class_map: list[str] | None,
+               scale: float, weight: float, device: str) -> dict:
+    """``{"det_loss", "det_weight"}`` for the training functions, or ``{}`` without ``--det-model``."""
+    if det_model is None:
+        return {}
     from stages.detection_eval import parse_class_map
     from stages.detection_loss import detection_loss_fn
 
@@ -136,7 +168,7 @@ def _detection_loss(det_model: Path, labels: Path, label_classes: Path | None, c
     if not det_loss.class_index:
         raise usage_error(f"--labels {labels}: no label class matches a class of the detector "
                           f"({', '.join(map(str, det_loss.model.names.values()))}); use --class-map FROM=TO")
-    return det_loss
+    return {"det_loss": det_loss, "det_weight": weight}
 
 
 def register(app: typer.Typer) -> None:

@@ -284,6 +284,7 @@ def train_register(
     progress: bool = True,
     log=print,
     fusion_epochs: int = 2,
+    init: str | Path | None = None,
 ) -> Path:
     """Train the registration network, then (``fusion_epochs`` > 0) the ``tard`` fusion head.
 
@@ -299,6 +300,8 @@ def train_register(
             all rewritten after every epoch.
         epochs: passes over ``pairs`` (a new random deformation of each view every time).
         crop: working width in pixels; views are ``crop * 5 / 8`` x ``crop`` (multiples of 32).
+        init: a ``tard.safetensors`` to start from (fine-tuning: a fresh optimiser and
+            schedule; the model card records the file).
         resume: a ``checkpoint.pt`` to continue from; ``epochs`` and ``fusion_epochs``
             count the totals and may be larger than in the first run (the cosine
             schedule then follows the longer run from where it is).
@@ -315,6 +318,10 @@ def train_register(
     torch.manual_seed(seed)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     net = TardNet(size=size).to(device)
+    if init:
+        from stages.nets.registration import load_state
+
+        net.load_state_dict(load_state(init)[0])
     steps = max(1, len(pairs) // batch_size)
     history, start, seconds = [], 0, 0.0
     ckpt = torch.load(resume, map_location=device, weights_only=False) if resume else None
@@ -362,7 +369,7 @@ def train_register(
         with atomic_file(out / "checkpoint.pt") as tmp:
             torch.save(state, tmp)
         _export(net, out, size, pairs, history, seconds, epochs=min(epoch + 1, epochs), fusion_epochs=max(0, epoch + 1 - epochs),
-                batch_size=batch_size, lr=lr, seed=seed, crop=crop)
+                batch_size=batch_size, lr=lr, seed=seed, crop=crop, **({"init": Path(init).name} if init else {}))
     return out / "register.safetensors"
 
 
@@ -412,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", type=Path)
+    parser.add_argument("--init", type=Path, help="tard.safetensors to fine-tune")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -419,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(pairs)} training pairs; left out {len(excluded)} benchmark scenes: {' '.join(excluded)}", flush=True)
     train_register(pairs, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    crop=args.crop, resume=args.resume, progress=not args.no_progress, log=lambda s: print(s, flush=True),
-                   fusion_epochs=args.fusion_epochs)
+                   fusion_epochs=args.fusion_epochs, init=args.init)
 
 
 if __name__ == "__main__":

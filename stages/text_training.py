@@ -114,7 +114,8 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
                       device: str | torch.device = "cpu", crop: int | None = None, resume=None,
                       progress: bool = True, log: Callable[[str], None] = print, base_weights=None,
                       text_backend: str = "minilm", mask_guidance: bool = True, fixed_text: str | None = None,
-                      cache: str | os.PathLike | None = None, max_seconds: float | None = None) -> Path:
+                      cache: str | os.PathLike | None = None, max_seconds: float | None = None,
+                      det_loss=None, det_weight: float = 0.0) -> Path:
     """Train ``tesg`` or ``textdfh`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Unset hyper-parameters take :data:`RECIPES`. ``base_weights``: the ``dfh-base``
@@ -122,6 +123,10 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     ablation; ``fixed_text`` replaces every caption (Text-DFH's fixed-text
     ablation). ``cache``: a folder for the per-pair masks and captions.
     ``max_seconds``: stop after the epoch that passes this wall-clock budget.
+    ``det_loss``, ``det_weight``: a frozen detector's loss on the fused patches
+    (:func:`stages.detection_loss.detection_loss_fn`, labels by IR file stem), added
+    with weight λ as in :func:`stages.train.train` — the Text-DFH paper trains its
+    second stage through the frozen detector this way.
     """
     from stages.nets.text_common import load_text_network, save_text_network
     from stages.text_features import shared_encoder
@@ -139,6 +144,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     torch.manual_seed(seed)
     started_all = time.perf_counter()
 
+    ids = [Path(ir).stem for ir, _ in pairs]
     samples = []
     prep = tqdm(pairs, desc=f"{method}: masks and captions", file=sys.stderr, disable=not progress, leave=False)
     for ir_path, vis_path in prep:
@@ -177,6 +183,10 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         "max_side": MAX_SIDE, "augmentation": "random crop, horizontal/vertical flips, 90° rotations",
         "versions": _versions(),
     })
+    if det_loss is not None:
+        card["detection"] = {**det_loss.source, "weight": det_weight,
+                             "pairs_labelled": sum(1 for i in ids if det_loss.labels.get(i) is not None)}
+        card.setdefault("train_det_loss", [None] * card["epochs"])
     if method == "textdfh":
         card["base_weights"] = str(base_weights or "stages/weights/dfh-base.safetensors")
 
@@ -185,13 +195,14 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         started = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(samples))
-        total, running = 0.0, None
+        total, det_total, running = 0.0, 0.0, None
         bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not progress,
                    leave=False)
         for step in bar:
             chosen = order[step * batch_size:(step + 1) * batch_size]
             twin = copy.deepcopy(rng)  # the same draws give the masks the same crops, flips and rotations
-            ir, vis = random_crop_batch([(samples[i]["ir"], samples[i]["vis"]) for i in chosen], crop, rng)
+            ir, vis, crops = random_crop_batch([(samples[i]["ir"], samples[i]["vis"]) for i in chosen], crop, rng,
+                                               with_crops=True)
             mask, _ = random_crop_batch([(samples[i]["mask"], samples[i]["mask"]) for i in chosen], crop, twin)
             ir, vis, mask = ir.to(device), vis.to(device), (mask > 0.5).float().to(device)
             text = text_tokens[chosen].to(device)
@@ -200,6 +211,10 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
             else:
                 fused = model(ir, vis, text=text)
             loss = loss_fn(fused, ir, vis, mask)
+            if det_loss is not None:
+                detection = det_loss(fused, [ids[i] for i in chosen], [c.affine() for c in crops])
+                det_total += float(detection.detach())
+                loss = loss + det_weight * detection.to(loss.device)
             value = optimiser_step(opt, loss)
             total += value
             running = value if running is None else 0.9 * running + 0.1 * value
@@ -208,6 +223,8 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         card["epochs"] = epoch + 1
         card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
         card["train_loss"].append(round(total / steps, 5))
+        if "train_det_loss" in card:
+            card["train_det_loss"].append(round(det_total / steps, 5) if det_loss is not None else None)
         save_text_network(model, method, weights_path)
         _save_optimizer(opt, _optim_path(weights_path))
         _write_json(card, card_path)

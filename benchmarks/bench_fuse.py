@@ -1,7 +1,8 @@
-"""Throughput of `fuse fuse` per method on the 26 MSRS pairs (640x480), against a
-read-two-write-one baseline that does no fusion.
+"""Throughput of `fuse fuse` per fusion method on the MSRS pairs (640x480), against reading and writing alone.
 
-    python benchmarks/bench_fuse.py [--data ../shared/data/msrs] [--methods mean,max,...] [--device cpu]
+The baseline reads the two images and writes one, with no fusion.
+
+    python benchmarks/bench_fuse.py [--data ../shared/data/msrs] [--methods mean,max,...] [--device cpu] [--limit N]
 
 Runs the stage in-process (no interpreter start-up), batch size 1, one worker,
 with a warm-up pair first; prints a markdown table of pairs/s.
@@ -50,10 +51,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--methods", default=",".join(m.name for m in list_methods()))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--limit", type=int, help="use only the first N pairs")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"bench_fuse: {args.data} not found (needs ../shared/data)")
-    records = pair_directories({"ir": args.data / "ir", "vis": args.data / "vis"}).records
+    records = pair_directories({"ir": args.data / "ir", "vis": args.data / "vis"}).records[: args.limit]
     print(f"\n`fuse fuse` on {len(records)} pairs of {args.data.name}, device {args.device}, "
           f"{torch.get_num_threads()} torch threads\n")
     print("| method | s total | ms / pair | pairs/s |\n|---|---:|---:|---:|")

@@ -13,6 +13,7 @@ RefineFuse's full rule (warm targets ∪ high IR contrast near them).
 
     python benchmarks/bench_masks.py            # prints a markdown table
     python benchmarks/bench_masks.py --per-image
+    python benchmarks/bench_masks.py --limit 3  # the first 3 images of each set
 """
 from __future__ import annotations
 
@@ -76,28 +77,27 @@ def load(folder: Path, stem: str):
     return ir, vis
 
 
-def measure(contrast: bool, per_image: bool) -> dict[str, str]:
+def measure(contrast: bool, per_image: bool, limit: int | None = None) -> dict[str, str]:
     rows = {}
     tno = DATA / "tno_masks"
     if (tno / "mask").is_dir():
         scores = []
-        for path in sorted((tno / "mask").iterdir(), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
+        for path in sorted((tno / "mask").iterdir(), key=lambda p: int(p.stem) if p.stem.isdigit() else 0)[:limit]:
             ir, vis = load(tno, path.stem)
             value = iou(salient_mask(ir, vis, contrast=contrast), read_mask(path, ir.shape))
             scores.append(value)
             if per_image:
                 print(f"tno {path.stem}: IoU {value:.3f}", file=sys.stderr)
-        rows["TNO masks (20, IoU)"] = f"{np.mean(scores):.3f} (median {np.median(scores):.3f})"
+        rows[f"TNO masks ({len(scores)}, IoU)"] = f"{np.mean(scores):.3f} (median {np.median(scores):.3f})"
     for name, folder, labels, reader in (
-        ("MSRS boxes (26)", DATA / "msrs", DATA / "msrs" / "labels", "yolo"),
-        ("LLVIP boxes (9, tuning set)", DATA / "llvip", DATA / "llvip" / "labels", "voc"),
+        ("MSRS boxes ({})", DATA / "msrs", DATA / "msrs" / "labels", "yolo"),
+        ("LLVIP boxes ({}, tuning set)", DATA / "llvip", DATA / "llvip" / "labels", "voc"),
     ):
         if not labels.is_dir():
             continue
         ious, hits, total = [], 0, 0
-        for path in sorted(labels.iterdir()):
-            if path.suffix not in (".txt", ".xml") or path.name == "classes.txt":
-                continue
+        label_files = [p for p in sorted(labels.iterdir()) if p.suffix in (".txt", ".xml") and p.name != "classes.txt"]
+        for path in label_files[:limit]:
             ir, vis = load(folder, path.stem)
             boxes = yolo_boxes(path, ir.shape) if reader == "yolo" else voc_boxes(path)
             if not boxes:
@@ -107,18 +107,19 @@ def measure(contrast: bool, per_image: bool) -> dict[str, str]:
             hits, total = hits + hit, total + count
             if per_image:
                 print(f"{name} {path.stem}: IoU {value:.3f} hits {hit}/{count}", file=sys.stderr)
-        rows[name] = f"IoU {np.mean(ious):.3f}, boxes hit {hits}/{total} ({hits / max(total, 1):.0%})"
+        rows[name.format(len(ious))] = f"IoU {np.mean(ious):.3f}, boxes hit {hits}/{total} ({hits / max(total, 1):.0%})"
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-image", action="store_true", help="also print each image's score on stderr")
+    parser.add_argument("--limit", type=int, help="use only the first N images of each set")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: the mask benchmark needs ../shared/data")
-    targets = measure(False, args.per_image)
-    full = measure(True, args.per_image)
+    targets = measure(False, args.per_image, args.limit)
+    full = measure(True, args.per_image, args.limit)
     print("| data | warm targets only | salient (targets ∪ IR contrast) |")
     print("|---|---|---|")
     for key in targets:

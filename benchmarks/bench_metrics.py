@@ -1,4 +1,4 @@
-"""Time every fusion metric on the MSRS pairs (fused = mean of the luminances): ms per metric per pair.
+"""Time of every fusion metric on the MSRS pairs (fused = mean of the luminances), ms per pair.
 
     python benchmarks/bench_metrics.py [--limit N]
 """
@@ -32,22 +32,22 @@ def main() -> None:
         ir = read_uint8(ir_path)
         vis = read_uint8(next((MSRS / "vis").glob(ir_path.stem + ".*")))
         pairs.append((ir, vis, np.rint((_luminance(ir) + _luminance(vis)) / 2).astype(np.uint8)))
-    print(f"{len(pairs)} MSRS pairs, {pairs[0][0].shape[1]}x{pairs[0][0].shape[0]}")
-    print(f"{'metric':<8}" + "".join(f"{c + ' ms':>12}" for c in CONVENTIONS))
+    print(f"{len(pairs)} MSRS pairs, {pairs[0][0].shape[1]}x{pairs[0][0].shape[0]}, one process\n")
+    print("| metric | " + " | ".join(f"{c} ms / pair" for c in CONVENTIONS) + " |")
+    print("|---|" + "---:|" * len(CONVENTIONS))
     totals = dict.fromkeys(CONVENTIONS, 0.0)
     for name in METRICS:
-        row = f"{name:<8}"
+        cells = []
         for convention in CONVENTIONS:
             start = time.perf_counter()
             for ir, vis, fused in pairs:
                 compute_metrics(ir, vis, fused, [name], convention)
             ms = (time.perf_counter() - start) * 1e3 / len(pairs)
             totals[convention] += ms
-            row += f"{ms:12.1f}"
-        print(row)
-    print(f"{'all':<8}" + "".join(f"{totals[c]:12.1f}" for c in CONVENTIONS))
-    print("pairs/s (all metrics): " + ", ".join(f"{c} {1e3 / totals[c]:.2f}" for c in CONVENTIONS))
-
+            cells.append(f"{ms:.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("| all | " + " | ".join(f"{totals[c]:.1f}" for c in CONVENTIONS) + " |")
+    print("| pairs/s (all metrics) | " + " | ".join(f"{1e3 / totals[c]:.2f}" for c in CONVENTIONS) + " |")
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Registration quality and speed on the 20 pairs of ``unaligned/roadscene``.
+"""Registration quality and speed on the pairs of ``unaligned/roadscene`` (20).
 
 For each method (``none`` = the identity grid, ``ecc``, ``net``, ``net-ecc``) and pair the stage's
 grid is estimated from ``ir_warp`` and ``vis`` and scored against the known
@@ -15,6 +15,7 @@ deformation ``grid/<id>.npy``:
 Prints a markdown table (and per-pair rows with ``--per-pair``)::
 
     python benchmarks/bench_register.py [--data ../shared/data] [--methods none ecc net net-ecc] [--per-pair]
+                                        [--limit N]
 
 Notes from building ``ecc`` (same pairs, mean EPE): affine ECC on gradient
 magnitude, single start, no padding mask: 8.1 px; with the black-padding mask and
@@ -47,10 +48,11 @@ def identity_grid(h: int, w: int) -> np.ndarray:
     return np.stack(np.meshgrid(xs, ys), -1).astype(np.float32)
 
 
-def load_pairs(root: Path) -> list[dict]:
-    """The unaligned pairs in memory: ``id``, ``ir`` (deformed), ``vis``, ``aligned``, ``deformation``."""
+def load_pairs(root: Path, limit: int | None = None) -> list[dict]:
+    """The first ``limit`` unaligned pairs: ``id``, ``ir`` (deformed), ``vis``, ``aligned``, ``deformation``."""
     pairs = []
-    for grid in sorted((root / "grid").glob("*.npy"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem):
+    grids = sorted((root / "grid").glob("*.npy"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
+    for grid in grids[:limit]:
         pid = grid.stem
         pairs.append({
             "id": pid,
@@ -83,9 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["none", "ecc", "net", "net-ecc"], choices=["none", "ecc", "net", "net-ecc"])
     parser.add_argument("--weights", type=Path, help="net weights (default: packaged)")
     parser.add_argument("--per-pair", action="store_true")
+    parser.add_argument("--limit", type=int, help="use only the first N pairs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    pairs = load_pairs(args.data / "unaligned" / "roadscene")
+    pairs = load_pairs(args.data / "unaligned" / "roadscene", args.limit)
     results = {m: evaluate(m, pairs, args.weights) for m in args.methods}
     base = np.mean([r["epe"] for r in results["none"][0]]) if "none" in results else None
     print(f"Registration on unaligned/roadscene ({len(pairs)} pairs, CPU, 1 thread)\n")

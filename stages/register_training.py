@@ -318,7 +318,7 @@ def train_register(
     torch.manual_seed(seed)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     net = TardNet(size=size).to(device)
-    if init:
+    if init and not resume:
         from stages.nets.registration import load_state
 
         net.load_state_dict(load_state(init)[0])
@@ -328,6 +328,7 @@ def train_register(
     if ckpt:
         net.load_state_dict(ckpt["model"])
         history, start, seconds = ckpt["history"], ckpt["epoch"], ckpt["seconds"]
+        init = init or ckpt.get("init")
         rng.setstate(ckpt["rng"])
         gen.set_state(ckpt["gen"])
     data = _preload(pairs)
@@ -365,7 +366,8 @@ def train_register(
         history.append(row)
         log(json.dumps(row))
         state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                 "history": history, "epoch": epoch + 1, "seconds": seconds, "rng": rng.getstate(), "gen": gen.get_state()}
+                 "history": history, "epoch": epoch + 1, "seconds": seconds, "rng": rng.getstate(), "gen": gen.get_state(),
+                 "init": Path(init).name if init else None}
         with atomic_file(out / "checkpoint.pt") as tmp:
             torch.save(state, tmp)
         _export(net, out, size, pairs, history, seconds, epochs=min(epoch + 1, epochs), fusion_epochs=max(0, epoch + 1 - epochs),

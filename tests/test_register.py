@@ -295,3 +295,13 @@ def test_train_register_writes_weights_and_card(tmp_path):
     assert net.size == (64, 128)
     assert any(not torch.equal(v, first[k]) for k, v in net.state_dict().items())
     assert load_tard(run / "tard.safetensors").fuse(torch.rand(1, 1, 30, 40), torch.rand(1, 1, 30, 40)).shape[-1] == 40
+    # fine-tune from those weights: the first step starts from them, and a resumed run still names them
+    tuned = tmp_path / "tuned"
+    train_register(recs, tuned, epochs=1, fusion_epochs=0, batch_size=2, crop=128, progress=False, log=lambda s: None,
+                   init=run / "tard.safetensors", lr=1e-12)
+    start = load_tard(run / "tard.safetensors").state_dict()
+    assert all(torch.allclose(v.float(), start[k].float(), atol=1e-4) for k, v in load_tard(tuned / "tard.safetensors").state_dict().items()
+               if "running" not in k and "num_batches" not in k)
+    train_register(recs, tuned, epochs=2, fusion_epochs=0, batch_size=2, crop=128, progress=False, log=lambda s: None,
+                   resume=tuned / "checkpoint.pt")
+    assert json.loads((tuned / "register.json").read_text())["init"] == "tard.safetensors"

@@ -13,7 +13,7 @@ $(BIN)/fuse: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,clip,detect,text]'
+	$(BIN)/pip install -q -e '.[test,clip,detect,text,ray]'
 	touch $(BIN)/fuse
 
 venv: $(BIN)/fuse
@@ -22,10 +22,11 @@ demo: venv
 	$(BIN)/python examples/demo.py demo
 
 test: venv
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
+# Every benchmark; writes benchmarks/results/report.md and report.png. Smoke run: make bench BENCH_ARGS=--quick
 bench: venv
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf demo .pytest_cache

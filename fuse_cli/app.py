@@ -1,12 +1,15 @@
 """The ``fuse`` command: one thin Typer command per stage.
 
 Commands parse options, gather records (stdin, ``--records FILE`` or
-``--ir DIR --vis DIR``), build the stage and hand both to
+``--ir DIR --vis DIR``), build the stage from a picklable factory
+(``functools.partial``) and hand the stage, the records and the factory (which
+``--engine ray`` actors build their own stage with) to
 :func:`fuse_cli.runner.run_stage`. Exit status: 0 success, 1 some pair
 failed, 2 usage error.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import signal
@@ -125,13 +128,14 @@ def fuse_command(
     source = gather_records(ir, vis, records, reporter)
     options = {"tile": tile, "tile_overlap": tile_overlap} if tile else {}
     try:
-        stage = FuseStage(out, method, device, weights, out_format, bit_depth, resize, options)
+        make_stage = functools.partial(FuseStage, out, method, device, weights, out_format, bit_depth, resize, options)
+        stage = make_stage()
     except KeyError as exc:
         raise usage_error(exc.args[0]) from None
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"fuse fuse: error: {exc}", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(run_stage(stage, source, run, reporter))
+    raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 
 @app.command()
@@ -151,6 +155,9 @@ def score(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw a bar chart per metric (one bar per method) to this PNG.", show_default=False)] = None,
     workers: opt.Workers = 1,
     shard: opt.Shard = None,
+    engine: opt.Engine = "local",
+    concurrency: opt.Concurrency = 1,
+    num_gpus: opt.NumGPUs = 0.0,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
 ) -> None:
@@ -161,6 +168,7 @@ def score(
         raise usage_error(f"--format {fmt!r}: use csv, json, table or markdown")
     if convention not in CONVENTIONS:
         raise usage_error(f"--convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
+    opt.check_engine(engine)
     try:
         names = parse_metric_names(metrics, registration=bool(grid_gt or aligned))
     except ValueError as exc:
@@ -176,8 +184,10 @@ def score(
     else:
         source = gather_records(ir, vis, records, reporter)
     scored: list[dict] = []
-    run_opts = opt.RunOptions(batch_size=max(workers, 1), workers=workers, shard=opt.parse_shard(shard), quiet=quiet, verbose=verbose)
-    status = run_stage(ScoreStage(names, convention, grid_gt, aligned), source, run_opts, reporter, emit=scored.append)
+    run_opts = opt.RunOptions(batch_size=max(workers, 1), workers=workers, shard=opt.parse_shard(shard), quiet=quiet,
+                              verbose=verbose, engine=engine, concurrency=concurrency, num_gpus=num_gpus)
+    make_stage = functools.partial(ScoreStage, names, convention, grid_gt, aligned)
+    status = run_stage(make_stage(), source, run_opts, reporter, emit=scored.append, make_stage=make_stage)
     rows = score_rows(scored, names, convention)
     sys.stdout.write(format_rows(rows, names, fmt))
     if plot is not None:

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,12 +49,13 @@ def caption(
     reporter = Reporter("caption", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     try:
-        stage = CaptionStage(out, backend, image=image, ask=ask, keyword=keyword, model=model, pretrained=pretrained,
-                             device=device if backend != "advisor" else "cpu")
+        make_stage = functools.partial(CaptionStage, out, backend, image=image, ask=ask, keyword=keyword, model=model,
+                                       pretrained=pretrained, device=device if backend != "advisor" else "cpu")
+        stage = make_stage()
     except (FileNotFoundError, ImportError, ValueError) as exc:
         typer.echo(f"fuse caption: error: {exc}", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(run_stage(stage, source, run, reporter))
+    raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 
 def register(app: typer.Typer) -> None:

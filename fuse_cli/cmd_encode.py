@@ -6,6 +6,7 @@ The file format is documented in :mod:`stages.encode`.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -51,13 +52,15 @@ def encode(
     reporter = Reporter("encode", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     try:
-        stage = EncodeStage(out, model, parse_pretrained(pretrained), keys, tokens, device, run.batch_size * len(keys))
+        make_stage = functools.partial(EncodeStage, out, model, parse_pretrained(pretrained), keys, tokens, device,
+                                       run.batch_size * len(keys))
+        stage = make_stage()
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     except (RuntimeError, OSError) as exc:
         typer.echo(f"fuse encode: error: {exc}", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(run_stage(stage, source, run, reporter))
+    raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 
 def register(app: typer.Typer) -> None:

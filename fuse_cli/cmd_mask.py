@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -44,13 +45,14 @@ def mask(
     source = gather_records(ir, vis, records, reporter)
     wanted = {c.strip() for c in classes.split(",") if c.strip()} if classes else None
     try:
-        stage = MaskStage(out, backend, keyword=keyword, contrast=contrast, classes=wanted, min_score=min_score,
-                          clip_model=model, pretrained=pretrained,
-                          device=device if backend == "text" else "cpu")
+        make_stage = functools.partial(MaskStage, out, backend, keyword=keyword, contrast=contrast, classes=wanted,
+                                       min_score=min_score, clip_model=model, pretrained=pretrained,
+                                       device=device if backend == "text" else "cpu")
+        stage = make_stage()
     except (FileNotFoundError, ImportError, RuntimeError, ValueError) as exc:
         typer.echo(f"fuse mask: error: {exc}", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(run_stage(stage, source, run, reporter))
+    raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 
 def register(app: typer.Typer) -> None:

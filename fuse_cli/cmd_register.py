@@ -1,6 +1,7 @@
 """``fuse register``: resample unaligned IR onto the VIS grid, so ``fuse register | fuse fuse`` fuses aligned pairs."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,13 +40,15 @@ def register_command(
     reporter = Reporter("register", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     try:
-        stage = RegisterStage(out, method, device, max_displacement, mask_invalid, save_overlay, weights, ecc_model)
+        make_stage = functools.partial(RegisterStage, out, method, device, max_displacement, mask_invalid, save_overlay,
+                                       weights, ecc_model)
+        stage = make_stage()
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     except FileNotFoundError as exc:
         typer.echo(f"fuse register: error: {exc}", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(run_stage(stage, source, run, reporter))
+    raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,7 @@ then bundles them in :class:`RunOptions` for the batch runner.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import typing
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ Shard = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no progress bar.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say what is skipped and written.")]
 RS = Annotated[bool, typer.Option("--rs", help="Write RFC 7464 framing (each record prefixed by the RS character).")]
+Engine = Annotated[
+    str,
+    typer.Option("--engine", help="local (this process) or ray (Ray Data actors; joins the cluster at $RAY_ADDRESS, else starts Ray here)."),
+]
+Concurrency = Annotated[int, typer.Option("--concurrency", min=1, help="--engine ray: actors, each holding one copy of the stage.")]
+NumGPUs = Annotated[float, typer.Option("--num-gpus", min=0, help="--engine ray: GPUs per actor (a fraction shares a GPU between actors).")]
 Weights = Annotated[Optional[Path], typer.Option("--weights", help="Model weights file (.safetensors) instead of the shipped ones.", show_default=False)]
 
 
@@ -49,6 +56,9 @@ class RunOptions:
     quiet: bool = False
     verbose: bool = False
     rs: bool = False
+    engine: str = "local"
+    concurrency: int = 1
+    num_gpus: float = 0.0
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -79,6 +89,33 @@ def resolve_device(name: str) -> str:
     raise typer.BadParameter(f"{name!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
 
 
+def check_engine(engine: str) -> None:
+    """``typer.BadParameter`` unless ``engine`` is ``local``, or ``ray`` with ray installed (checked without importing it)."""
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"{engine!r}: use local or ray", param_hint="--engine")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise typer.BadParameter("ray is not installed: pip install 'fuse-cli[ray]' (or 'ray[data]')", param_hint="--engine")
+
+
+def stage_device(name: str, engine: str, num_gpus: float) -> str:
+    """The device to build the stage on: :func:`resolve_device`, adjusted for Ray actors.
+
+    An actor sees a GPU only when it reserves one (``--num-gpus``), so under
+    ``--engine ray`` ``auto`` means CUDA exactly when ``--num-gpus`` is given.
+    The command builds the stage where it runs as well (to plan skips), so
+    GPU actors need CUDA there too.
+    """
+    if engine == "local":
+        return resolve_device(name)
+    device = "cpu" if name == "auto" and not num_gpus else resolve_device(name)
+    if device.startswith("cuda") and not num_gpus:
+        raise typer.BadParameter(f"{name}: Ray actors get a GPU only with --num-gpus", param_hint="--device")
+    if num_gpus and not device.startswith("cuda"):
+        raise typer.BadParameter("GPU actors need CUDA where the command runs too (it builds the stage to plan skips)",
+                                 param_hint="--num-gpus")
+    return device
+
+
 #: The options every record-processing stage takes, in the order ``--help`` lists them.
 STAGE_OPTIONS: dict[str, tuple[object, object]] = {
     "overwrite": (Overwrite, False),
@@ -87,6 +124,9 @@ STAGE_OPTIONS: dict[str, tuple[object, object]] = {
     "batch_size": (BatchSize, 4),
     "workers": (Workers, 1),
     "shard": (Shard, None),
+    "engine": (Engine, "local"),
+    "concurrency": (Concurrency, 1),
+    "num_gpus": (NumGPUs, 0.0),
     "rs": (RS, False),
     "quiet": (Quiet, False),
     "verbose": (Verbose, False),
@@ -98,8 +138,9 @@ def stage_options(batch_size: int = 4):
 
     The command declares its own parameters (including ``out``) plus ``run: RunOptions``
     and ``device: str``; the decorator adds ``--overwrite --dry-run --device
-    --batch-size --workers --shard --rs -q -v`` to its signature and calls it with
-    ``run`` built from them and ``device`` resolved (``auto`` → ``cuda`` or ``cpu``).
+    --batch-size --workers --shard --engine --concurrency --num-gpus --rs -q -v`` to its
+    signature and calls it with ``run`` built from them and ``device`` resolved
+    (``auto`` → ``cuda`` or ``cpu``, see :func:`stage_device`).
     """
 
     def decorate(command):
@@ -112,8 +153,9 @@ def stage_options(batch_size: int = 4):
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            device = resolve_device(kwargs.pop("device"))
             shared = {name: kwargs.pop(name) for name in STAGE_OPTIONS if name != "device"}
+            check_engine(shared["engine"])
+            device = stage_device(kwargs.pop("device"), shared["engine"], shared["num_gpus"])
             shared["shard"] = parse_shard(shared["shard"])
             return command(**kwargs, run=RunOptions(out=kwargs.get("out"), **shared), device=device)
 

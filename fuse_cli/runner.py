@@ -7,6 +7,11 @@ selecting the shard, skipping pairs whose outputs exist (unless
 record passed on carrying ``"error"``, records on stdout in input order, and
 the exit status (0 all good, 1 when any pair failed).
 
+Two engines compute the pairs the :class:`Planner` leaves to do: ``local``
+(this process, batch by batch, streaming) and ``ray`` (:mod:`fuse_cli.ray_engine`,
+imported only then: the whole input is planned first, then the pairs go to
+Ray actors and the records come back in input order).
+
 Output files are written atomically by the stages (see
 :func:`fuse_cli.images.atomic_file`), so an interrupted run leaves no partial
 file and a re-run finishes the rest.
@@ -56,7 +61,8 @@ def _batches(records: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
-def _error_text(record: dict, exc: BaseException) -> str:
+def error_text(record: dict, exc: BaseException) -> str:
+    """The error line for a failed pair: the exception's message, starting with ``pair <id>:``."""
     message = str(exc) or type(exc).__name__
     pair = str(record.get("id", "?"))
     return message if message.startswith(f"pair {pair}") else f"pair {pair}: {message}"
@@ -68,56 +74,126 @@ def print_record(record: dict, rs: bool = False) -> None:
     sys.stdout.flush()
 
 
+#: :class:`Planner`'s answer for a record the stage has to compute.
+COMPUTE = object()
+
+
+class Planner:
+    """Decides what happens to each record before any work is sent, whatever the engine."""
+
+    def __init__(self, stage: Stage, opts: RunOptions, reporter: Reporter):
+        self.stage, self.opts, self.reporter = stage, opts, reporter
+        self.inherited = 0  # records that arrived with an error from an earlier stage
+
+    def __call__(self, record: dict) -> dict | object | None:
+        """The record to emit as it is (error or skipped), ``None`` (dry run: nothing to emit) or :data:`COMPUTE`."""
+        if "error" in record:
+            if isinstance(record, MalformedRecord):
+                self.reporter.error(record["error"])
+            else:
+                self.inherited += 1
+            return record
+        planned = self.stage.outputs(record)
+        if self.opts.dry_run:
+            for path in planned:
+                exists = path.exists() and not self.opts.overwrite
+                print(f"{'skip (exists)' if exists else 'would write'}: {path}", file=sys.stderr)
+            return None
+        if planned and not self.opts.overwrite and all(p.exists() for p in planned):
+            self.reporter.info(f"pair {record['id']}: outputs exist, skipped (use --overwrite)")
+            return {**record, **self.stage.skip_update(record)}
+        return COMPUTE
+
+
+def _finish(record: dict, result: dict | BaseException, reporter: Reporter) -> dict:
+    """The record to emit once computed: with the stage's keys, or with ``"error"`` and an error line."""
+    if isinstance(result, BaseException):
+        text = error_text(record, result)
+        reporter.error(text)
+        return {**record, "error": text}
+    reporter.info(f"pair {record['id']}: done")
+    return {**record, **result}
+
+
 def run_stage(
-    stage: Stage, records: Iterable[dict], opts: RunOptions, reporter: Reporter, emit: Callable[[dict], None] | None = None
+    stage: Stage,
+    records: Iterable[dict],
+    opts: RunOptions,
+    reporter: Reporter,
+    emit: Callable[[dict], None] | None = None,
+    make_stage: Callable[[], Stage] | None = None,
 ) -> int:
-    """Run ``stage`` over ``records``, hand each updated record to ``emit`` (default: print it), return the exit status."""
+    """Run ``stage`` over ``records``, hand each updated record to ``emit`` (default: print it), return the exit status.
+
+    With ``opts.engine == "ray"`` the pairs are computed on Ray actors, each
+    building its own stage with ``make_stage`` (a picklable factory, e.g.
+    ``functools.partial(FuseStage, ...)``); ``stage`` then only plans.
+    """
     emit = emit or (lambda record: print_record(record, opts.rs))
     show_bar = not opts.quiet and sys.stderr.isatty()
-    inherited = 0
+    plan = Planner(stage, opts, reporter)
+    selected = select_shard(records, opts.shard)
+    with tqdm(desc=f"fuse {stage.name}", unit="pair", disable=not show_bar, file=sys.stderr) as bar:
+        if opts.engine == "ray" and not opts.dry_run:
+            if make_stage is None:
+                raise ValueError("engine 'ray' needs make_stage, the factory each actor builds its stage with")
+            _run_on_ray(make_stage, selected, plan, opts, reporter, emit, bar)
+        else:
+            _run_local(stage, selected, plan, opts, reporter, emit, bar)
+    if plan.inherited:
+        reporter.warn(f"{plan.inherited} record(s) arrived with an error from an earlier stage and were passed on untouched")
+    return 1 if reporter.errors or plan.inherited else 0
+
+
+def _run_local(stage: Stage, records: Iterator[dict], plan: Planner, opts: RunOptions, reporter: Reporter,
+               emit: Callable[[dict], None], bar: tqdm) -> None:
+    """Batch by batch in this process: plan, compute (over ``opts.workers`` threads), emit in input order."""
     pool = ThreadPoolExecutor(opts.workers) if opts.workers > 1 else None
     try:
-        bar = tqdm(desc=f"fuse {stage.name}", unit="pair", disable=not show_bar, file=sys.stderr)
-        for batch in _batches(select_shard(records, opts.shard), opts.batch_size):
+        for batch in _batches(records, opts.batch_size):
             todo, results = [], {}
             for index, record in enumerate(batch):
-                if "error" in record:
-                    if isinstance(record, MalformedRecord):
-                        reporter.error(record["error"])
-                    else:
-                        inherited += 1
-                    results[index] = record
-                    continue
-                planned = stage.outputs(record)
-                if opts.dry_run:
-                    for path in planned:
-                        exists = path.exists() and not opts.overwrite
-                        print(f"{'skip (exists)' if exists else 'would write'}: {path}", file=sys.stderr)
-                    continue
-                if planned and not opts.overwrite and all(p.exists() for p in planned):
-                    reporter.info(f"pair {record['id']}: outputs exist, skipped (use --overwrite)")
-                    results[index] = {**record, **stage.skip_update(record)}
-                    continue
-                todo.append(index)
+                decision = plan(record)
+                if decision is COMPUTE:
+                    todo.append(index)
+                elif decision is not None:
+                    results[index] = decision
             for index, result in zip(todo, _process(stage, [batch[i] for i in todo], pool, opts.workers)):
-                record = batch[index]
-                if isinstance(result, BaseException):
-                    text = _error_text(record, result)
-                    reporter.error(text)
-                    results[index] = {**record, "error": text}
-                else:
-                    results[index] = {**record, **result}
-                    reporter.info(f"pair {record['id']}: done")
+                results[index] = _finish(batch[index], result, reporter)
             for index in sorted(results):
                 emit(results[index])
             bar.update(len(batch))
-        bar.close()
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    if inherited:
-        reporter.warn(f"{inherited} record(s) arrived with an error from an earlier stage and were passed on untouched")
-    return 1 if reporter.errors or inherited else 0
+
+
+def _run_on_ray(make_stage: Callable[[], Stage], records: Iterator[dict], plan: Planner, opts: RunOptions,
+                reporter: Reporter, emit: Callable[[dict], None], bar: tqdm) -> None:
+    """Plan every record here, compute the rest on Ray actors, emit in input order as results arrive."""
+    from fuse_cli.ray_engine import process_on_ray
+
+    ready: dict[int, dict] = {}
+    waiting: dict[int, dict] = {}
+    for position, record in enumerate(records):
+        decision = plan(record)
+        if decision is COMPUTE:
+            waiting[position] = record
+        else:
+            ready[position] = decision
+    emitted = 0
+
+    def emit_ready() -> None:
+        nonlocal emitted
+        while emitted in ready:
+            emit(ready.pop(emitted))
+            bar.update(1)
+            emitted += 1
+
+    emit_ready()
+    for position, result in process_on_ray(make_stage, list(waiting.items()), opts):
+        ready[position] = _finish(waiting.pop(position), result, reporter)
+        emit_ready()
 
 
 def _process(stage: Stage, records: list[dict], pool: ThreadPoolExecutor | None, workers: int) -> list:

@@ -3,6 +3,7 @@
     fuse detect -o det/ --model yolov8n.pt < fused.jsonl > detected.jsonl
     fuse detect -o det/ --labels msrs/labels --format markdown < fused.jsonl
     fuse detect --detections other_detector/ --labels msrs/labels          (no model: score existing boxes)
+    fuse pairs msrs/ir msrs/vis | fuse detect --model runs/tard/tard_detector.safetensors -o det/ --labels msrs/labels
     fuse detect export -r fused.jsonl --labels msrs/labels -o dataset/ --split 0.8
     fuse detect train --data dataset/data.yaml --model yolov8n.yaml --epochs 30 --imgsz 320
 
@@ -12,6 +13,7 @@ so every detection verb is found under ``fuse detect --help``.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +28,7 @@ from fuse_cli.runner import Reporter, print_record, run_stage
 FORMATS = ("table", "markdown", "csv", "json")
 EVAL_CONF = 0.001  # the confidence floor detectors are evaluated at (ultralytics val, YOLOv5 val)
 
-Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .pt path, a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet.")]
+Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .pt path, a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: tard, or a tard_detector.safetensors (from fuse train -m tard --labels) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
 Labels = Annotated[
     Path | None,
     typer.Option("--labels", help="Ground truth: a folder of YOLO txt (with classes.txt) or VOC xml, or a COCO json. Prints the evaluation table.", show_default=False),
@@ -129,21 +131,30 @@ def detect(
         status = _evaluate_existing(detections, labels, label_classes, mapping, fmt, report, name, ir, vis, records, reporter)
         raise typer.Exit(status)
 
-    from stages.detect import DetectStage, ModelError
+    from stages.detect import DetectStage, ModelError, TardDetectStage, is_tard_model
 
+    tard = is_tard_model(model)
+    if tard and image != "fused":
+        raise usage_error(f"--image {image}: --model {model} reads each record's ir and vis; --image does not apply")
     if labels is not None and not labels.exists():
         raise usage_error(f"--labels {labels}: no such folder or file")
     source = gather_records(ir, vis, records, reporter)
     threshold = conf if conf is not None else (EVAL_CONF if labels is not None else 0.25)
+    show_conf = conf if conf is not None else 0.25
     try:
-        stage = DetectStage(out, model, image, threshold, iou, classes, imgsz, ultralytics_device(device), draw, half,
-                            show_conf=conf if conf is not None else 0.25)
+        if tard:
+            make_stage = functools.partial(TardDetectStage, out, model, threshold, iou, classes, opt.resolve_device(device),
+                                           draw, show_conf=show_conf)
+        else:
+            make_stage = functools.partial(DetectStage, out, model, image, threshold, iou, classes, imgsz,
+                                           ultralytics_device(device), draw, half, show_conf=show_conf)
+        stage = make_stage()
     except ModelError as exc:
         raise _fail("detect", exc) from None
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     if labels is None:
-        raise typer.Exit(run_stage(stage, source, run, reporter))
+        raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
     done: list[dict] = []
 
     def emit(record: dict) -> None:
@@ -151,10 +162,11 @@ def detect(
         if report is not None:
             print_record(record, run.rs)
 
-    status = run_stage(stage, source, run, reporter, emit=emit)
+    status = run_stage(stage, source, run, reporter, emit=emit, make_stage=make_stage)
     if run.dry_run:
         raise typer.Exit(status)
-    status = max(status, _evaluate_records(done, labels, label_classes, mapping, fmt, report, name or image, image, reporter))
+    status = max(status, _evaluate_records(done, labels, label_classes, mapping, fmt, report,
+                                           name or ("tard" if tard else image), stage.image, reporter))
     raise typer.Exit(status)
 
 

@@ -7,7 +7,13 @@ Several datasets are joined by concatenating records:
 
 Unset hyper-parameters take the paper's values (``stages.nets.learned_methods.NETWORKS``).
 
-Detection-driven training (refinefuse, dfh-base) adds a frozen YOLO detector's loss on the
+The target-aware joint network trains its own detection head (l_ob) with the registration
+and fusion losses, starting from the shipped ``tard`` weights:
+
+    fuse pairs msrs/ir msrs/vis | fuse train -m tard --labels msrs/labels -o runs/tard --epochs 50
+    fuse pairs msrs/ir msrs/vis | fuse detect --model runs/tard/tard_detector.safetensors --labels msrs/labels
+
+Detection-driven training (refinefuse, dfh-base, tesg, textdfh) adds a frozen YOLO detector's loss on the
 fused patches, weighted by ``--det-weight``; labels are looked up by IR file stem:
 
     fuse pairs msrs/ir msrs/vis | fuse train -m dfh-base --init stages/weights/dfh-base.safetensors \
@@ -70,7 +76,7 @@ def train(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="With --det-model: ground truth per pair (by IR file stem): YOLO txt (with classes.txt), VOC xml or a COCO json.", show_default=False)] = None,
     label_classes: Annotated[Optional[Path], typer.Option("--label-classes", help="With --det-model: class names of YOLO labels (classes.txt or data.yaml); default: classes.txt beside or above the labels.", show_default=False)] = None,
     class_map: Annotated[Optional[list[str]], typer.Option("--class-map", help="With --det-model: rename label classes to the detector's, FROM=TO (repeat, or comma-separate): People=person.", show_default=False)] = None,
-    det_weight: Annotated[float, typer.Option("--det-weight", min=0.0, help="With --det-model: weight (lambda) of the detection loss added to the fusion loss.")] = 0.1,
+    det_weight: Annotated[Optional[float], typer.Option("--det-weight", min=0.0, help="Weight (lambda) of the detection loss: with --det-model the frozen detector's (default 0.1); with -m tard its head's l_ob (default 5, the paper's lambda_3).", show_default=False)] = None,
     det_scale: Annotated[float, typer.Option("--det-scale", min=0.01, help="With --det-model: resize fused patches by this factor before the detector, to match the size it was trained at (imgsz 320 on 640-wide images: 0.5).")] = 1.0,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
@@ -80,21 +86,28 @@ def train(
 
     from stages.text_training import RECIPES as TEXT_RECIPES
 
-    trainable = [*NETWORKS, "mgfusion", "register", *TEXT_RECIPES]
+    trainable = [*NETWORKS, "mgfusion", "register", "tard", *TEXT_RECIPES]
     detection_trainable = [*NETWORKS, *TEXT_RECIPES]
     if method not in trainable:
         raise usage_error(f"-m {method!r}: trainable networks are {', '.join(trainable)}")
     if resume is not None and not resume.is_file():
         raise usage_error(f"--resume {resume}: no such checkpoint")
     if init is not None:
-        if method not in NETWORKS:
-            raise usage_error(f"--init is for {', '.join(NETWORKS)}, not -m {method}")
+        if method not in (*NETWORKS, "tard"):
+            raise usage_error(f"--init is for {', '.join(NETWORKS)}, tard, not -m {method}")
         if resume is not None:
             raise usage_error("--init starts a new run and --resume continues one: give one of them")
         if not init.is_file():
             raise usage_error(f"--init {init}: no such file")
     detection_options = {"--labels": labels, "--label-classes": label_classes, "--class-map": class_map}
-    if det_model is not None:
+    if method == "tard":
+        if labels is None:
+            raise usage_error("-m tard trains the network's detection head: give --labels DIR (ground truth by IR file stem)")
+        if not labels.exists():
+            raise usage_error(f"--labels {labels}: no such folder or file")
+        if misplaced := [n for n, v in {"--det-model": det_model, "--resume": resume, "--crop": crop}.items() if v is not None]:
+            raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m tard (its head trains; the working size comes from --init)")
+    elif det_model is not None:
         if method not in detection_trainable:
             raise usage_error(f"--det-model: detection-driven training is for {', '.join(detection_trainable)}, not -m {method}")
         if labels is None:
@@ -126,6 +139,21 @@ def train(
         from stages.register_training import train_register
 
         path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **{"epochs": 30, **settings}, **common)
+    elif method == "tard":
+        from stages.detection_eval import parse_class_map
+        from stages.tard_training import LAMBDA_DET, train_tard_detection
+
+        try:
+            mapping = parse_class_map(class_map)
+        except ValueError as exc:
+            raise usage_error(f"--class-map: {exc}") from None
+        try:
+            path = train_tard_detection([{"ir": a, "vis": b} for a, b in pairs], labels, out, **settings, seed=seed,
+                                        device=common["device"], init=init, classes_file=label_classes, class_map=mapping,
+                                        det_weight=LAMBDA_DET if det_weight is None else det_weight,
+                                        progress=not quiet, log=log)
+        except ValueError as exc:  # unreadable labels, no classes, or no pair with boxes
+            raise usage_error(f"--labels {labels}: {exc}") from None
     elif method == "mgfusion":
         from stages.encode import parse_pretrained
         from stages.mgfusion_training import train_mgfusion
@@ -150,8 +178,8 @@ def train(
 
 
 def _detection(det_model: Path | None, labels: Path, label_classes: Path | None, class_map: list[str] | None,
-               scale: float, weight: float, device: str) -> dict:
-    """``{"det_loss", "det_weight"}`` for the training functions, or ``{}`` without ``--det-model``."""
+               scale: float, weight: float | None, device: str) -> dict:
+    """``{"det_loss", "det_weight"}`` for the training functions (λ 0.1 unless given), or ``{}`` without ``--det-model``."""
     if det_model is None:
         return {}
     from stages.detection_eval import parse_class_map
@@ -168,7 +196,7 @@ def _detection(det_model: Path | None, labels: Path, label_classes: Path | None,
     if not det_loss.class_index:
         raise usage_error(f"--labels {labels}: no label class matches a class of the detector "
                           f"({', '.join(map(str, det_loss.model.names.values()))}); use --class-map FROM=TO")
-    return {"det_loss": det_loss, "det_weight": weight}
+    return {"det_loss": det_loss, "det_weight": 0.1 if weight is None else weight}
 
 
 def register(app: typer.Typer) -> None:

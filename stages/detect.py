@@ -17,6 +17,11 @@ name among those scoring at least ``show_conf``).
 The model loads once: a local ``.pt`` path, a model YAML (``yolov8n.yaml``: random
 initialisation, for tests and training from scratch), or a name such as
 ``yolov8n.pt`` that ultralytics downloads where there is internet.
+
+:class:`TardDetectStage` is the second backend: the ``tard`` network's own detection
+head (:mod:`stages.nets.tard_detection`), which reads each record's ``ir`` and ``vis``
+(registering the IR inside the network) and gives boxes on the VIS grid; it writes
+the same files.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse_cli.images import ImageError, atomic_file, read_image, to_uint8
+from fuse_cli.images import ImageError, atomic_file, luminance, read_image, to_uint8
 from stages.base import Stage, StageError, record_path
 
 IMAGE_KEYS = ("fused", "ir", "vis")
@@ -126,8 +131,21 @@ def count_boxes(boxes: list[dict], min_score: float) -> dict[str, int]:
     return counts
 
 
+def is_tard_model(model: str | Path) -> bool:
+    """Whether ``--model`` names the ``tard`` detection head (``tard`` or a ``.safetensors`` head file)."""
+    return str(model) == "tard" or str(model).endswith(".safetensors")
+
+
+def _pair_error(record: dict, exc: Exception) -> Exception:
+    return exc if str(exc).startswith("pair") else StageError(f"pair {record.get('id', '?')}: {exc}")
+
+
 class DetectStage(Stage):
-    """Run a YOLO detector on one image per record; adds ``detections`` and ``counts``."""
+    """Run a YOLO detector on one image per record; adds ``detections`` and ``counts``.
+
+    Subclasses change the detector by overriding :meth:`detect` (and building
+    ``names``, ``classes`` etc. with :meth:`_setup`).
+    """
 
     name = "detect"
 
@@ -136,16 +154,20 @@ class DetectStage(Stage):
                  draw: bool = False, half: bool = False, max_det: int = 300, show_conf: float | None = None):
         if image not in IMAGE_KEYS:
             raise ValueError(f"--image {image!r}: use fused, ir or vis")
-        self.out, self.image, self.draw = Path(out), image, draw
         self.yolo = load_yolo(model)
-        self.model_name = str(model)
-        self.names = {int(k): str(v) for k, v in self.yolo.names.items()}
-        self.classes = resolve_classes(classes, self.names)
-        self.show_conf = conf if show_conf is None else show_conf
+        self._setup(out, image, model, self.yolo.names, classes, draw, conf if show_conf is None else show_conf)
         self.predict_args = {"conf": conf, "iou": iou, "classes": self.classes, "imgsz": imgsz, "max_det": max_det,
                              "device": device, "verbose": False}
         if half and device != "cpu":
             self.predict_args["half"] = True  # only when asked: ultralytics 8.4 warns about the argument itself
+
+    def _setup(self, out: str | Path, image: str, model: str | Path, names: dict, classes: str | None, draw: bool,
+               show_conf: float) -> None:
+        """What every backend sets: output folder, image key, model name, class names, drawing, lock."""
+        self.out, self.image, self.draw, self.show_conf = Path(out), image, draw, show_conf
+        self.model_name = str(model)
+        self.names = {int(k): str(v) for k, v in names.items()}
+        self.classes = resolve_classes(classes, self.names)
         self._lock = threading.Lock()  # one model, possibly several worker threads
 
     def outputs(self, record: dict) -> list[Path]:
@@ -161,7 +183,17 @@ class DetectStage(Stage):
         return {"detections": str(path), "counts": count_boxes(boxes, self.show_conf)}
 
     def process(self, records: list[dict]) -> list[dict | Exception]:
-        results: list[dict | Exception] = [None] * len(records)  # type: ignore[list-item]
+        results: list[dict | Exception] = []
+        for record, found in zip(records, self.detect(records)):
+            try:
+                results.append(found if isinstance(found, Exception) else self._write(record, *found))
+            except OSError as exc:
+                results.append(StageError(f"pair {record.get('id', '?')}: cannot write outputs ({exc})"))
+        return results
+
+    def detect(self, records: list[dict]) -> list[tuple | Exception]:
+        """Per record ``(image path, BGR image (H, W, 3), xyxy (N, 4) pixels, scores (N,), class ids (N,))`` or its error."""
+        found: list[tuple | Exception] = [None] * len(records)  # type: ignore[list-item]
         images, todo = [], []
         for index, record in enumerate(records):
             try:
@@ -169,27 +201,24 @@ class DetectStage(Stage):
                 images.append((path, to_bgr(read_image(path))))
                 todo.append(index)
             except (StageError, ImageError, OSError, ValueError) as exc:
-                results[index] = exc if str(exc).startswith("pair") else StageError(f"pair {record.get('id', '?')}: {exc}")
+                found[index] = _pair_error(record, exc)
         if todo:
             try:
                 with self._lock, contextlib.redirect_stdout(sys.stderr):
                     predictions = self.yolo.predict([bgr for _, bgr in images], **self.predict_args)
             except Exception as exc:  # noqa: BLE001 — a batch that fails in the model fails each of its records
                 for index in todo:
-                    results[index] = StageError(f"pair {records[index].get('id', '?')}: detector failed ({type(exc).__name__}: {exc})")
-                return results
+                    found[index] = StageError(f"pair {records[index].get('id', '?')}: detector failed ({type(exc).__name__}: {exc})")
+                return found
             for index, (path, bgr), prediction in zip(todo, images, predictions):
-                try:
-                    results[index] = self._write(records[index], path, bgr, prediction)
-                except OSError as exc:
-                    results[index] = StageError(f"pair {records[index].get('id', '?')}: cannot write outputs ({exc})")
-        return results
+                boxes = prediction.boxes
+                found[index] = (path, bgr, boxes.xyxy.cpu().numpy().astype(np.float64),
+                                boxes.conf.cpu().numpy().astype(np.float64), boxes.cls.cpu().numpy().astype(int))
+        return found
 
-    def _write(self, record: dict, path: Path, bgr: np.ndarray, prediction) -> dict:
+    def _write(self, record: dict, path: Path, bgr: np.ndarray, xyxy: np.ndarray, scores: np.ndarray,
+               labels: np.ndarray) -> dict:
         height, width = bgr.shape[:2]
-        xyxy = prediction.boxes.xyxy.cpu().numpy().astype(np.float64)
-        scores = prediction.boxes.conf.cpu().numpy().astype(np.float64)
-        labels = prediction.boxes.cls.cpu().numpy().astype(int)
         boxes = [{"class": self.names.get(int(c), str(c)), "class_id": int(c), "score": round(float(s), 5),
                   "xyxy": [round(float(v), 2) for v in b]} for b, s, c in zip(xyxy, scores, labels)]
         lines = []
@@ -212,3 +241,48 @@ class DetectStage(Stage):
                 if not cv2.imwrite(str(tmp), draw_boxes(bgr, shown), [cv2.IMWRITE_JPEG_QUALITY, 92]):
                     raise OSError(f"{stem.with_suffix('.jpg')}: OpenCV could not write the annotated image")
         return {"detections": str(stem.with_suffix(".json")), "counts": count_boxes(boxes, self.show_conf)}
+
+
+class TardDetectStage(DetectStage):
+    """The ``tard`` network's detection head on each record's ``ir`` + ``vis`` pair; boxes on the VIS grid.
+
+    ``model``: ``tard`` (the packaged head) or a ``tard_detector.safetensors`` with the
+    joint network's weights beside it (:func:`stages.nets.tard_detection.load_tard_detection`).
+    The pair is resized to the network's working size; boxes come back in the pair's
+    pixels. The json's ``source`` is ``vis`` and ``--draw`` draws on the VIS image.
+    """
+
+    def __init__(self, out: str | Path, model: str | Path = "tard", conf: float = 0.25, iou: float = 0.7,
+                 classes: str | None = None, device: str = "cpu", draw: bool = False, max_det: int = 300,
+                 show_conf: float | None = None):
+        from stages.nets.tard_detection import load_tard_detection
+
+        try:
+            self.net = load_tard_detection(model, device)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"--model {model}: {exc}") from None
+        self._setup(out, "vis", model, dict(enumerate(self.net.detector.names)), classes, draw,
+                    conf if show_conf is None else show_conf)
+        self.device = device
+        self.nms = {"conf": conf, "iou": iou, "max_det": max_det, "classes": self.classes}
+
+    def detect(self, records: list[dict]) -> list[tuple | Exception]:
+        import torch
+
+        found: list[tuple | Exception] = []
+        for record in records:
+            try:
+                ir = read_image(record_path(record, "ir"))
+                vis_path = record_path(record, "vis")
+                vis = read_image(vis_path)
+                if ir.shape[:2] != vis.shape[:2]:
+                    raise StageError(f"pair {record.get('id', '?')}: IR is {ir.shape[1]}×{ir.shape[0]} but VIS is "
+                                     f"{vis.shape[1]}×{vis.shape[0]}")
+                pair = [torch.from_numpy(luminance(x))[None, None].to(self.device) for x in (ir, vis)]
+                with self._lock:
+                    boxes = self.net.detect(*pair, **self.nms)[0].cpu().double().numpy()
+            except (StageError, ImageError, OSError, ValueError, RuntimeError) as exc:
+                found.append(_pair_error(record, exc))
+                continue
+            found.append((vis_path, to_bgr(vis), boxes[:, :4], boxes[:, 4], boxes[:, 5].astype(int)))
+        return found

@@ -1,4 +1,4 @@
-"""A frozen detector's training loss on fused images, for detection-driven fusion training.
+"""A YOLO detector's training loss on fused images, for detection-driven fusion training.
 
 The papers that train fusion "for detection" add a frozen detector's loss on
 the fused image to the fusion loss, so the gradient reaches the fusion network
@@ -17,6 +17,10 @@ labelled image ``(x/W, y/H)`` to *pixel* coordinates of sample ``b`` of the
 fused batch; :func:`patch_affine` builds it for ``stages.train.random_crop_batch``'s
 crop / flip / quarter-turn. Without ``affines`` each sample is taken to be the
 whole image (resized or not: boxes are normalised).
+
+The same loss trains a detector that looks at feature maps instead of images (the
+``tard`` detection head, :mod:`stages.nets.tard_detection`): :class:`DetectionLoss`
+takes any input the model takes, and freezes nothing itself.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.detection_eval import Boxes, load_ground_truth
+from stages.detection_eval import Boxes, GroundTruth, load_ground_truth
 
 MIN_VISIBLE = 0.25  # a box cut by the crop is kept when at least this fraction of it stays in the patch
 MIN_SIDE = 2.0  # pixels
@@ -58,16 +62,25 @@ def patch_affine(full_size: tuple[int, int], x: int, y: int, crop: int, hflip: b
 
 
 class DetectionLoss:
-    """Callable ``(fused (B, 1|3, H, W) in [0, 1], ids, affines=None) → scalar``; the detector stays frozen.
+    """Callable ``(x (B, C, H, W), ids, affines=None) → scalar``: ultralytics' training loss of ``model`` on ``x``.
 
-    The value is the ultralytics training loss per image (box·7.5 + cls·0.5 +
-    dfl·1.5, averaged over the batch). Samples whose id has no label count as
-    images without objects (the classification term still acts).
+    ``x`` is what the model takes (``C`` its input channels): fused images in [0, 1]
+    (gray ``C = 1`` is repeated when the model takes RGB) or feature maps. The value
+    is the ultralytics training loss per image (box·7.5 + cls·0.5 + dfl·1.5, averaged
+    over the batch). Samples whose id has no label count as images without objects
+    (the classification term still acts). Gradients reach whatever of ``model`` and
+    ``x`` requires them; :func:`detection_loss_fn` freezes the detector.
     """
 
     def __init__(self, model: torch.nn.Module, labels: dict[str, Boxes], class_index: dict[str, int], device: str,
                  dropped: dict[str, int], scale: float = 1.0, source: dict | None = None):
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+        from ultralytics.utils import IterableSimpleNamespace
+
         self.model, self.labels, self.class_index, self.device = model, labels, class_index, torch.device(device)
+        self.in_channels = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+        args = getattr(model, "args", None) or {}  # a dict (YOLO files), a namespace, or none (a bare DetectionModel)
+        model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **(args if isinstance(args, dict) else vars(args))})
         self.scale = scale  # resize factor applied to the fused batch before the detector
         self.dropped = dropped  # label class name → boxes the detector has no class for
         # where the detector and labels came from (recorded in model cards by stages.train)
@@ -119,13 +132,15 @@ class DetectionLoss:
                 "cls": torch.tensor(classes, dtype=torch.float32, device=self.device).view(-1, 1),
                 "bboxes": torch.tensor(boxes, dtype=torch.float32, device=self.device).view(-1, 4)}
 
-    def __call__(self, fused: torch.Tensor, ids: Sequence[str], affines: Sequence[np.ndarray] | None = None) -> torch.Tensor:
-        if fused.ndim != 4 or fused.shape[1] not in (1, 3):
-            raise ValueError(f"fused must be (B, 1|3, H, W), got {tuple(fused.shape)}")
-        if len(ids) != fused.shape[0] or (affines is not None and len(affines) != fused.shape[0]):
-            raise ValueError(f"{fused.shape[0]} images but {len(ids)} ids" + ("" if affines is None else f" and {len(affines)} affines"))
-        x = fused.to(self.device, torch.float32)
-        if x.shape[1] == 1:
+    def __call__(self, x: torch.Tensor, ids: Sequence[str], affines: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+        gray_for_rgb = self.in_channels == 3 and x.ndim == 4 and x.shape[1] == 1
+        if x.ndim != 4 or (x.shape[1] != self.in_channels and not gray_for_rgb):
+            shown = "1|3" if self.in_channels == 3 else str(self.in_channels)
+            raise ValueError(f"the detector takes (B, {shown}, H, W), got {tuple(x.shape)}")
+        if len(ids) != x.shape[0] or (affines is not None and len(affines) != x.shape[0]):
+            raise ValueError(f"{x.shape[0]} images but {len(ids)} ids" + ("" if affines is None else f" and {len(affines)} affines"))
+        x = x.to(self.device, torch.float32)
+        if gray_for_rgb:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
         if self.scale != 1.0:
@@ -161,9 +176,7 @@ def detection_loss_fn(det_model: str | Path | torch.nn.Module, labels_dir: str |
     >>> det_loss = detection_loss_fn("yolov8n.yaml", "msrs/labels", "cpu")   # doctest: +SKIP
     >>> det_loss(fused, ["00537D", "00004N"]).backward()                    # doctest: +SKIP
     """
-    from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.nn.tasks import BaseModel
-    from ultralytics.utils import IterableSimpleNamespace
 
     if isinstance(det_model, (str, Path)):
         from stages.detect import load_yolo
@@ -173,10 +186,22 @@ def detection_loss_fn(det_model: str | Path | torch.nn.Module, labels_dir: str |
         model = det_model if isinstance(det_model, BaseModel) else det_model.model  # a DetectionModel or a YOLO
     model = model.to(device).float().eval()
     model.requires_grad_(False)
-    args = model.args if isinstance(getattr(model, "args", None), dict) else vars(getattr(model, "args", None) or {})
-    model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **args})
     gt = load_ground_truth(labels_dir, classes_file=classes_file, class_map=class_map)
-    names = {int(k): str(v) for k, v in model.names.items()}
+    labels, class_index, dropped = match_classes(gt, model.names)
+    source = {"model": str(det_model) if isinstance(det_model, (str, Path)) else type(model).__name__,
+              "labels": str(labels_dir), "classes_file": None if classes_file is None else str(classes_file),
+              "class_map": dict(class_map or {}), "scale": scale, "classes": dict(sorted(class_index.items()))}
+    return DetectionLoss(model, labels, class_index, device, dropped, scale, source)
+
+
+def match_classes(gt: GroundTruth, names: dict[int, str]) -> tuple[dict[str, Boxes], dict[str, int], dict[str, int]]:
+    """Label classes → a detector's class indices: ``(normalised boxes by id, class_index, dropped)``.
+
+    A label class maps by name (case-insensitive) to ``names`` (the detector's
+    ``{index: name}``), else by its classes-file position when the detector's names
+    are bare numbers (a YAML model). ``dropped`` counts the boxes of other classes.
+    """
+    names = {int(k): str(v) for k, v in names.items()}
     by_name = {v.lower(): k for k, v in names.items()}
     class_index, dropped = {}, {}
     bare = all(v.isdigit() for v in names.values())
@@ -193,7 +218,4 @@ def detection_loss_fn(det_model: str | Path | torch.nn.Module, labels_dir: str |
             if name not in class_index:
                 dropped[name] = dropped.get(name, 0) + 1
         labels[pair] = boxes
-    source = {"model": str(det_model) if isinstance(det_model, (str, Path)) else type(model).__name__,
-              "labels": str(labels_dir), "classes_file": None if classes_file is None else str(classes_file),
-              "class_map": dict(class_map or {}), "scale": scale, "classes": dict(sorted(class_index.items()))}
-    return DetectionLoss(model, labels, class_index, device, dropped, scale, source)
+    return labels, class_index, dropped

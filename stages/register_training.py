@@ -89,7 +89,7 @@ def training_pairs(data: Path = DATA, exclude_set: str = "unaligned/roadscene") 
     return records, excluded
 
 
-def _preload(pairs: list[dict]) -> list[torch.Tensor]:
+def preload(pairs: list[dict]) -> list[torch.Tensor]:
     """Each pair as a ``(2, h, PRELOAD_WIDTH)`` tensor (IR, VIS luminance), at most that wide."""
     out = []
     for rec in pairs:
@@ -331,7 +331,7 @@ def train_register(
         init = init or ckpt.get("init")
         rng.setstate(ckpt["rng"])
         gen.set_state(ckpt["gen"])
-    data = _preload(pairs)
+    data = preload(pairs)
     opt = sched = None
     for epoch in range(start, epochs + fusion_epochs):
         fusion = epoch >= epochs

@@ -159,3 +159,27 @@ def test_train_cli_text_guided_networks_with_the_detector(tmp_path):
     assert card["detection"]["weight"] == 0.5 and card["detection"]["pairs_labelled"] == 2
     assert card["epochs"] == 1 and card["train_det_loss"][0] > 0
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+@needs_msrs
+def test_train_cli_tard_detection_head(tmp_path):
+    """``fuse train -m tard --labels`` trains the joint network's own head; it needs labels and no frozen detector."""
+    from typer.testing import CliRunner
+
+    from fuse_cli.app import app
+
+    records = tmp_path / "pairs.jsonl"
+    records.write_text("".join(json.dumps({"id": p, "ir": str(ir), "vis": str(vis)}) + "\n"
+                               for p, (ir, vis) in zip(PAIRS, _pairs())))
+    runner = CliRunner()
+    base = ["train", "-m", "tard", "-r", str(records), "-o", str(tmp_path / "out"), "--epochs", "1", "-b", "2",
+            "--device", "cpu", "-q"]
+    done = runner.invoke(app, base)
+    assert done.exit_code == 2 and "give --labels" in done.stderr
+    done = runner.invoke(app, [*base, "--labels", str(MSRS / "labels"), "--det-model", "yolov8n.yaml"])
+    assert done.exit_code == 2 and "--det-model" in done.stderr and "-m tard" in done.stderr
+    done = runner.invoke(app, [*base, "--labels", str(MSRS / "labels")])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "out" / "tard.safetensors").is_file() and (tmp_path / "out" / "tard_detector.safetensors").is_file()
+    card = json.loads((tmp_path / "out" / "tard_detector.json").read_text())
+    assert card["epochs"] == 1 and card["det_weight"] == 5.0

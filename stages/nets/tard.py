@@ -7,13 +7,14 @@ conv-BN-LeakyReLU layers, the last with Tanh, gives the fused image. Fusion loss
 (eqs. 9–11): ``l_f = l_b + gamma * l_g`` with ``l_b = mean|I_f - max(I_i, I_v)|`` and
 ``l_g = mean| |∇I_f| - max(|∇I_i|, |∇I_v|) |`` (Sobel), ``gamma = 2``.
 
-Not reproduced: the YOLOv5 detection head and its loss ``l_ob`` (no detector is
-trained here). The Tanh output ``t`` is mapped to ``(t + 1) / 2`` in [0, 1].
+The Tanh output ``t`` is mapped to ``(t + 1) / 2`` in [0, 1]. The detection head fed with
+the same ``F_f`` and its loss ``l_ob`` (eq. 8) are in :mod:`stages.nets.tard_detection`.
 
 The head is trained jointly with :class:`~stages.nets.registration.RegistrationNet`
-by :func:`stages.register_training.train_register`; ``stages/weights/tard.safetensors``
-holds the whole joint network. :func:`tard_factory` follows the fusion-method
-contract of :mod:`stages.registry`.
+by :func:`stages.register_training.train_register` (without ``l_ob``) and, with the
+detection head and ``l_ob``, by :func:`stages.tard_training.train_tard_detection`;
+``stages/weights/tard.safetensors`` holds the whole joint network (trained without
+``l_ob``). :func:`tard_factory` follows the fusion-method contract of :mod:`stages.registry`.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class ReconstructionHead(nn.Sequential):
 
 
 class TardNet(nn.Module):
-    """Joint registration + fusion network (without the detection head).
+    """Joint registration + fusion network (the detection head is :class:`~stages.nets.tard_detection.TardDetector`).
 
     >>> net = TardNet().eval()
     >>> net.fuse(torch.rand(1, 1, 100, 130), torch.rand(1, 1, 100, 130)).shape
@@ -76,13 +77,13 @@ class TardNet(nn.Module):
         """``(B, 4C, H, W)`` → fused image ``(B, 1, H, W)`` in [0, 1]."""
         return (self.head(fused_features) + 1.0) * 0.5
 
-    @torch.no_grad()
-    def fuse(self, ir: torch.Tensor, vis: torch.Tensor, register: bool = True) -> torch.Tensor:
-        """Fuse ``ir`` and ``vis`` ``(B, 1, H, W)`` in [0, 1], any size → ``(B, 1, H, W)`` in [0, 1].
+    def features(self, ir: torch.Tensor, vis: torch.Tensor, register: bool = True) -> torch.Tensor:
+        """``F_f`` of a pair ``(B, 1, H, W)`` in [0, 1], any size → ``(B, 4C, H, W)``.
 
         With ``register`` the deformation is estimated at the working size and the IR
-        features are warped onto the VI grid before reconstruction (the paper's joint
-        network); without it the pair is taken as aligned.
+        features are warped onto the VI grid (the paper's joint network); without it
+        the pair is taken as aligned. Differentiable (training calls it on the
+        deformed IR at the working size).
         """
         reg = self.registration
         feats = {
@@ -95,7 +96,12 @@ class TardNet(nn.Module):
         if register:
             small = [resize(x, reg.size) for x in (ir, vis)]
             flow = reg(*small)["flows"][-1]
-        return self.reconstruct(self.fused_features(feats, flow))
+        return self.fused_features(feats, flow)
+
+    @torch.no_grad()
+    def fuse(self, ir: torch.Tensor, vis: torch.Tensor, register: bool = True) -> torch.Tensor:
+        """Fuse ``ir`` and ``vis`` ``(B, 1, H, W)`` in [0, 1], any size → ``(B, 1, H, W)`` in [0, 1] (see :meth:`features`)."""
+        return self.reconstruct(self.features(ir, vis, register))
 
 
 def load_tard(weights: str | Path | None = None, device: str | torch.device = "cpu") -> TardNet:

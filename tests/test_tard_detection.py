@@ -110,7 +110,7 @@ def test_labelled_batch_boxes_follow_the_flip_and_the_ir_alone_is_deformed():
 
 def test_a_few_steps_reduce_l_ob_on_a_fixed_batch_and_the_saved_head_reloads(tmp_path):
     from stages.nets.registration import resize
-    from stages.register_training import _preload
+    from stages.register_training import preload
     from stages.tard_training import labelled_batch
 
     root = shared("msrs")
@@ -119,7 +119,7 @@ def test_a_few_steps_reduce_l_ob_on_a_fixed_batch_and_the_saved_head_reloads(tmp
     gt = load_ground_truth(root / "labels")
     head = TardDetector(gt.classes).train()
     loss_fn = object_loss_fn(head, gt)
-    data = [resize(p[None], net.registration.size)[0] for p in _preload(_pair_records(root, MSRS_PAIRS))]
+    data = [resize(p[None], net.registration.size)[0] for p in preload(_pair_records(root, MSRS_PAIRS))]
     _, vis, deformed, _, affines = labelled_batch(data, [0, 1], random.Random(0), torch.Generator().manual_seed(0))
     opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=1e-3)
     losses = []

@@ -33,11 +33,14 @@ DATA = ROOT.parent / "shared" / "data"
 PUBLISHED = " (published)"
 
 
-def fuse_method(records: list[dict], method: str, out_dir: Path, device: str,
-                overwrite: bool) -> tuple[list[dict], int] | None:
-    """Fused records of ``method`` (cached outputs reused) and how many were fused now; ``None`` without weights."""
+def fuse_method(records: list[dict], method: str, out_dir: Path, device: str, overwrite: bool,
+                options: dict | None = None) -> tuple[list[dict], int] | None:
+    """Fused records of ``method`` (cached outputs reused) and how many were fused now; ``None`` without weights.
+
+    ``options`` go to the method's factory (e.g. ``{"fixed_text": "..."}`` for the text-guided networks).
+    """
     try:
-        stage = FuseStage(out_dir, method, device)
+        stage = FuseStage(out_dir, method, device, method_options=options)
     except FileNotFoundError:
         return None
     fused: list[dict] = []
@@ -79,6 +82,19 @@ def markdown_table(means: list[dict], metrics: list[str], counts: dict[str, int]
     return "\n".join(lines)
 
 
+def score_table(fused: list[dict], metrics: list[str], workers: int, total: int) -> tuple[str, int]:
+    """Score fused records (``ScoreStage``, default convention): the markdown table of means per method, exit status."""
+    scored: list[dict] = []
+    opts = RunOptions(batch_size=4 * workers, workers=workers, quiet=True)
+    status = run_stage(ScoreStage(metrics), fused, opts, Reporter("score", quiet=True), emit=scored.append)
+    means = [row for row in score_rows(scored, metrics, DEFAULT_CONVENTION) if row["id"] == "mean"]
+    counts = {row["method"]: 0 for row in means}
+    for record in scored:
+        if "scores" in record:
+            counts[record["method"]] += 1
+    return markdown_table(means, metrics, counts, total), status
+
+
 def bench_set(name: str, args: argparse.Namespace, metrics: list[str]) -> int:
     """Fuse, score and print the table of one set; returns 1 when any pair failed."""
     root = args.data / name
@@ -93,16 +109,9 @@ def bench_set(name: str, args: argparse.Namespace, metrics: list[str]) -> int:
         fused_now.append(f"{method} {result[1]}")
     if name == "tno":
         fused += published_records(root, records)
-    scored: list[dict] = []
-    opts = RunOptions(batch_size=4 * args.workers, workers=args.workers, quiet=True)
-    status = run_stage(ScoreStage(metrics), fused, opts, Reporter("score", quiet=True), emit=scored.append)
-    means = [row for row in score_rows(scored, metrics, DEFAULT_CONVENTION) if row["id"] == "mean"]
-    counts = {row["method"]: 0 for row in means}
-    for record in scored:
-        if "scores" in record:
-            counts[record["method"]] += 1
     print(f"\n### {name.upper()}: {len(records)} pairs, {DEFAULT_CONVENTION} convention, mean over pairs\n")
-    print(markdown_table(means, metrics, counts, len(records)))
+    table, status = score_table(fused, metrics, args.workers, len(records))
+    print(table)
     cache = args.cache / name
     shown = cache.relative_to(ROOT) if cache.is_relative_to(ROOT) else cache
     print(f"\nFused now (the rest read from `{shown}`): {', '.join(fused_now)}.")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ("fuse", "metrics", "register", "masks", "quality", "detect")  # speed first, then quality
+ORDER = ("fuse", "metrics", "register", "masks", "quality", "text", "detect")  # speed first, then quality
 QUICK_LIMIT = 3
 
 

@@ -78,6 +78,7 @@ def train(
     class_map: Annotated[Optional[list[str]], typer.Option("--class-map", help="With --det-model: rename label classes to the detector's, FROM=TO (repeat, or comma-separate): People=person.", show_default=False)] = None,
     det_weight: Annotated[Optional[float], typer.Option("--det-weight", min=0.0, help="Weight (lambda) of the detection loss: with --det-model the frozen detector's (default 0.1); with -m tard its head's l_ob (default 5, the paper's lambda_3).", show_default=False)] = None,
     det_scale: Annotated[float, typer.Option("--det-scale", min=0.01, help="With --det-model: resize fused patches by this factor before the detector, to match the size it was trained at (imgsz 320 on 640-wide images: 0.5).")] = 1.0,
+    low_light: Annotated[float, typer.Option("--low-light", min=0.0, max=1.0, help="refinefuse, dfh-base: probability of darkening a sample's VIS (gain 0.15-0.6, gamma 1-1.8), so daylight training data also teaches night scenes.")] = 0.0,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
 ) -> None:
@@ -118,11 +119,12 @@ def train(
             raise usage_error(f"--det-model {det_model}: no such file")
     elif given := [name for name, value in detection_options.items() if value]:
         raise usage_error(f"{', '.join(given)} only apply with --det-model")
-    text_options = {"--base-weights": base_weights is not None and method != "textdfh",
+    method_options = {"--base-weights": base_weights is not None and method != "textdfh",
                     "--no-mask-guidance": not mask_guidance and method != "tesg",
                     "--fixed-text": fixed_text is not None and method not in TEXT_RECIPES,
                     "--cache": cache is not None and method not in TEXT_RECIPES}
-    if misplaced := [name for name, wrong in text_options.items() if wrong]:
+    method_options["--low-light"] = bool(low_light) and method not in NETWORKS
+    if misplaced := [name for name, wrong in method_options.items() if wrong]:
         raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m {method}")
     if base_weights is not None and not base_weights.is_file():
         raise usage_error(f"--base-weights {base_weights}: no such file")
@@ -172,7 +174,8 @@ def train(
         paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
         val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
-        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init, **detection, **common)
+        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init, low_light=low_light,
+                             **detection, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)
 

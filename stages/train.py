@@ -128,6 +128,26 @@ def random_crop_batch(images, crop, rng, *, with_crops=False):
     return (ir_batch, vis_batch, crops) if with_crops else (ir_batch, vis_batch)
 
 
+LOW_LIGHT_GAIN, LOW_LIGHT_GAMMA = (0.15, 0.6), (1.0, 1.8)
+
+
+def darken_visible(vis: torch.Tensor, rng: np.random.Generator, probability: float) -> torch.Tensor:
+    """Low-light augmentation: each sample's VIS becomes ``gain · vis^gamma`` with probability ``probability``.
+
+    Night scenes (MSRS, LLVIP) have a dark visible image beside a normally exposed IR
+    one; RoadScene is mostly daylight. ``gain`` is drawn from ``LOW_LIGHT_GAIN`` and
+    ``gamma`` from ``LOW_LIGHT_GAMMA``; the loss then targets the darkened VIS, so the
+    network learns to keep what little a dark VIS shows instead of lifting it to a
+    daylight range. ``vis``: ``(B, 1, H, W)``; draws three numbers per sample from ``rng``.
+    """
+    draws = rng.random((vis.shape[0], 3))
+    apply = torch.from_numpy(draws[:, 0] < probability)
+    gain = torch.from_numpy(LOW_LIGHT_GAIN[0] + draws[:, 1] * (LOW_LIGHT_GAIN[1] - LOW_LIGHT_GAIN[0])).float()
+    gamma = torch.from_numpy(LOW_LIGHT_GAMMA[0] + draws[:, 2] * (LOW_LIGHT_GAMMA[1] - LOW_LIGHT_GAMMA[0])).float()
+    dark = gain.view(-1, 1, 1, 1) * vis.clamp(0, 1) ** gamma.view(-1, 1, 1, 1)
+    return torch.where(apply.view(-1, 1, 1, 1), dark, vis)
+
+
 def _dataset_counts(pairs: Sequence[Pair]) -> dict[str, int]:
     """Pairs per dataset folder (the folder holding ``ir/``), e.g. ``{"roadscene": 200}``."""
     counts: dict[str, int] = {}
@@ -227,7 +247,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
           resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
           progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None,
           init: str | os.PathLike | None = None, det_loss: DetectionLoss | None = None,
-          det_weight: float = 0.0) -> Path:
+          det_weight: float = 0.0, low_light: float = 0.0) -> Path:
     """Train network ``method`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Args:
@@ -242,6 +262,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
             ids being the IR file stems and the affines following each sample's crop,
             flips and turn. Only the fusion network is optimised.
         det_weight: λ, the weight of ``det_loss``.
+        low_light: probability of darkening a sample's VIS (:func:`darken_visible`); 0 leaves
+            the paper's augmentation as it is (the crops drawn do not depend on it).
         val_pairs: pairs scored after every epoch (fused at full size).
         progress: show a tqdm bar with the running loss on stderr.
         log: called with one line per epoch.
@@ -298,7 +320,9 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         "crop": crop, "batch_size": batch_size, "lr": lr, "optimizer": optimizer_name,
         "momentum": momentum if optimizer_name == "sgd" else None, "schedule": schedule,
         "epochs_planned": epochs, "seed": seed, "device": str(device),
-        "augmentation": "random crop, horizontal/vertical flips, 90° rotations",
+        "augmentation": "random crop, horizontal/vertical flips, 90° rotations"
+                        + (f", low-light VIS (p={low_light:g}, gain {LOW_LIGHT_GAIN}, gamma {LOW_LIGHT_GAMMA})"
+                           if low_light else ""),
         "versions": _versions(),
     })
 
@@ -310,6 +334,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         for group in opt.param_groups:
             group["lr"] = epoch_lr
         rng = np.random.default_rng([seed, epoch])
+        light_rng = np.random.default_rng([seed, epoch, 1])
         order = rng.permutation(len(images))
         running, total, det_total, fusion_total = None, 0.0, 0.0, 0.0
         bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr,
@@ -317,6 +342,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         for step in bar:
             indices = order[step * batch_size:(step + 1) * batch_size]
             ir, vis, crops = random_crop_batch([images[i] for i in indices], crop, rng, with_crops=True)
+            if low_light:
+                vis = darken_visible(vis, light_rng, low_light)
             ir, vis = ir.to(device), vis.to(device)
             fused = model(ir, vis)
             loss = spec.loss(fused, ir, vis)

@@ -170,3 +170,23 @@ def test_shipped_weights_fuse_a_real_pair(name):
     fused = learned_methods.load_fuser(name, "cpu")(ir, vis)
     assert fused.shape == ir.shape
     assert 0.02 < float(fused.std()) and 0.05 < float(fused.mean()) < 0.95
+
+
+def test_low_light_darkens_only_the_chosen_visible_samples():
+    from stages.train import darken_visible
+
+    vis = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(darken_visible(vis, np.random.default_rng(0), 0.0), vis)
+    dark = darken_visible(vis, np.random.default_rng(0), 0.5)
+    changed = [not torch.equal(d, v) for d, v in zip(dark, vis)]
+    assert 16 < sum(changed) < 48  # about half the samples
+    assert all(float(d.max()) <= 0.6 * float(v.max()) + 1e-6 for d, v, c in zip(dark, vis, changed) if c)
+
+
+def test_low_light_training_changes_the_weights_and_is_recorded_in_the_card(tmp_path):
+    pairs = _write_pairs(tmp_path / "toy", 3)
+    plain = load_file(_train_quietly("dfh-base", pairs, tmp_path / "a", epochs=1))
+    night = train("dfh-base", pairs, tmp_path / "b", epochs=1, batch_size=2, lr=1e-3, seed=3, crop=32,
+                  progress=False, log=lambda line: None, low_light=1.0)
+    assert any(not torch.equal(v, load_file(night)[k]) for k, v in plain.items())
+    assert "low-light VIS (p=1" in (tmp_path / "b" / "dfh-base.json").read_text()

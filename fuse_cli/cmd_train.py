@@ -78,7 +78,7 @@ def train(
     class_map: Annotated[Optional[list[str]], typer.Option("--class-map", help="With --det-model: rename label classes to the detector's, FROM=TO (repeat, or comma-separate): People=person.", show_default=False)] = None,
     det_weight: Annotated[Optional[float], typer.Option("--det-weight", min=0.0, help="Weight (lambda) of the detection loss: with --det-model the frozen detector's (default 0.1); with -m tard its head's l_ob (default 5, the paper's lambda_3).", show_default=False)] = None,
     det_scale: Annotated[float, typer.Option("--det-scale", min=0.01, help="With --det-model: resize fused patches by this factor before the detector, to match the size it was trained at (imgsz 320 on 640-wide images: 0.5).")] = 1.0,
-    low_light: Annotated[float, typer.Option("--low-light", min=0.0, max=1.0, help="refinefuse, dfh-base: probability of darkening a sample's VIS (gain 0.15-0.6, gamma 1-1.8), so daylight training data also teaches night scenes.")] = 0.0,
+    low_light: Annotated[float, typer.Option("--low-light", min=0.0, max=1.0, help="refinefuse, dfh-base: probability of darkening a training sample as at night (VIS gain 0.15-0.6 and gamma 1-1.8, IR gain 0.2-1), so daylight pairs also teach night scenes.")] = 0.0,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
 ) -> None:
@@ -174,7 +174,7 @@ def train(
         paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
         val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
-        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init, low_light=low_light,
+        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init, night=low_light,
                              **detection, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)

@@ -128,24 +128,30 @@ def random_crop_batch(images, crop, rng, *, with_crops=False):
     return (ir_batch, vis_batch, crops) if with_crops else (ir_batch, vis_batch)
 
 
-LOW_LIGHT_GAIN, LOW_LIGHT_GAMMA = (0.15, 0.6), (1.0, 1.8)
+LOW_LIGHT_GAIN, LOW_LIGHT_GAMMA, LOW_LIGHT_IR_GAIN = (0.15, 0.6), (1.0, 1.8), (0.2, 1.0)
 
 
-def darken_visible(vis: torch.Tensor, rng: np.random.Generator, probability: float) -> torch.Tensor:
-    """Low-light augmentation: each sample's VIS becomes ``gain · vis^gamma`` with probability ``probability``.
+def _uniform(u: np.ndarray, bounds: tuple[float, float]) -> torch.Tensor:
+    return torch.from_numpy(bounds[0] + u * (bounds[1] - bounds[0])).float().view(-1, 1, 1, 1)
 
-    Night scenes (MSRS, LLVIP) have a dark visible image beside a normally exposed IR
-    one; RoadScene is mostly daylight. ``gain`` is drawn from ``LOW_LIGHT_GAIN`` and
-    ``gamma`` from ``LOW_LIGHT_GAMMA``; the loss then targets the darkened VIS, so the
-    network learns to keep what little a dark VIS shows instead of lifting it to a
-    daylight range. ``vis``: ``(B, 1, H, W)``; draws three numbers per sample from ``rng``.
+
+def low_light(ir: torch.Tensor, vis: torch.Tensor, rng: np.random.Generator,
+              probability: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Night-scene augmentation of a batch: each sample, with probability ``probability``,
+    gets ``vis → g · vis^gamma`` and ``ir → g_ir · ir``.
+
+    Night sets (MSRS, LLVIP) have a dark visible image and often a dim IR one (MSRS
+    IR averages 15/255); RoadScene is mostly daylight. ``g``, ``gamma`` and ``g_ir`` are
+    drawn from ``LOW_LIGHT_GAIN``, ``LOW_LIGHT_GAMMA`` and ``LOW_LIGHT_IR_GAIN``. The loss
+    then targets the darkened pair, so the network learns to keep a dark scene's
+    intensities and faint edges instead of pulling them to a daylight range.
+    ``ir``, ``vis``: ``(B, 1, H, W)``; draws four numbers per sample from ``rng``.
     """
-    draws = rng.random((vis.shape[0], 3))
-    apply = torch.from_numpy(draws[:, 0] < probability)
-    gain = torch.from_numpy(LOW_LIGHT_GAIN[0] + draws[:, 1] * (LOW_LIGHT_GAIN[1] - LOW_LIGHT_GAIN[0])).float()
-    gamma = torch.from_numpy(LOW_LIGHT_GAMMA[0] + draws[:, 2] * (LOW_LIGHT_GAMMA[1] - LOW_LIGHT_GAMMA[0])).float()
-    dark = gain.view(-1, 1, 1, 1) * vis.clamp(0, 1) ** gamma.view(-1, 1, 1, 1)
-    return torch.where(apply.view(-1, 1, 1, 1), dark, vis)
+    draws = rng.random((vis.shape[0], 4))
+    apply = torch.from_numpy(draws[:, 0] < probability).view(-1, 1, 1, 1)
+    dark_vis = _uniform(draws[:, 1], LOW_LIGHT_GAIN) * vis.clamp(0, 1) ** _uniform(draws[:, 2], LOW_LIGHT_GAMMA)
+    dark_ir = _uniform(draws[:, 3], LOW_LIGHT_IR_GAIN) * ir
+    return torch.where(apply, dark_ir, ir), torch.where(apply, dark_vis, vis)
 
 
 def _dataset_counts(pairs: Sequence[Pair]) -> dict[str, int]:
@@ -247,7 +253,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
           resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
           progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None,
           init: str | os.PathLike | None = None, det_loss: DetectionLoss | None = None,
-          det_weight: float = 0.0, low_light: float = 0.0) -> Path:
+          det_weight: float = 0.0, night: float = 0.0) -> Path:
     """Train network ``method`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Args:
@@ -262,7 +268,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
             ids being the IR file stems and the affines following each sample's crop,
             flips and turn. Only the fusion network is optimised.
         det_weight: λ, the weight of ``det_loss``.
-        low_light: probability of darkening a sample's VIS (:func:`darken_visible`); 0 leaves
+        night: probability of darkening a sample (:func:`low_light`); 0 leaves
             the paper's augmentation as it is (the crops drawn do not depend on it).
         val_pairs: pairs scored after every epoch (fused at full size).
         progress: show a tqdm bar with the running loss on stderr.
@@ -321,8 +327,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         "momentum": momentum if optimizer_name == "sgd" else None, "schedule": schedule,
         "epochs_planned": epochs, "seed": seed, "device": str(device),
         "augmentation": "random crop, horizontal/vertical flips, 90° rotations"
-                        + (f", low-light VIS (p={low_light:g}, gain {LOW_LIGHT_GAIN}, gamma {LOW_LIGHT_GAMMA})"
-                           if low_light else ""),
+                        + (f", low light (p={night:g}: VIS gain {LOW_LIGHT_GAIN}, gamma {LOW_LIGHT_GAMMA}; "
+                           f"IR gain {LOW_LIGHT_IR_GAIN})" if night else ""),
         "versions": _versions(),
     })
 
@@ -342,8 +348,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         for step in bar:
             indices = order[step * batch_size:(step + 1) * batch_size]
             ir, vis, crops = random_crop_batch([images[i] for i in indices], crop, rng, with_crops=True)
-            if low_light:
-                vis = darken_visible(vis, light_rng, low_light)
+            if night:
+                ir, vis = low_light(ir, vis, light_rng, night)
             ir, vis = ir.to(device), vis.to(device)
             fused = model(ir, vis)
             loss = spec.loss(fused, ir, vis)

@@ -4,7 +4,8 @@
                                       [--tard-epochs 20]
                                       [--work build/bench/detect] [--cache build/bench/fused] [--limit N]
 
-Everything goes through the commands a user types (``fuse detect export``, ``fuse detect train``,
+Trained models and fused images under ``--work`` are reused by a re-run (delete it to start
+over). Everything goes through the commands a user types (``fuse detect export``, ``fuse detect train``,
 ``fuse fuse``, ``fuse train``, ``fuse detect --labels``), run as subprocesses:
 
 1. Split the 26 MSRS pairs by id: every third pair (sorted) is held out for evaluation,
@@ -68,7 +69,10 @@ def split_pairs(root: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
 
 
 def train_detector(root: Path, train: list[dict], work: Path, epochs: int, imgsz: int) -> Path:
-    """YOLOv8n from scratch on the training pairs' IR and VIS images; returns ``best.pt``."""
+    """YOLOv8n from scratch on the training pairs' IR and VIS images; returns ``best.pt`` (reused when there)."""
+    best = work / "runs" / "ir_vis" / "weights" / "best.pt"
+    if best.is_file():
+        return best
     records = write_records(work / "train.jsonl", train)
     for modality in ("ir", "vis"):
         fuse("detect", "export", "-r", records, "--image", modality, "--labels", root / f"labels_{modality}",
@@ -77,10 +81,10 @@ def train_detector(root: Path, train: list[dict], work: Path, epochs: int, imgsz
     both = [str(work / f"dataset_{m}" / "images" / "train") for m in ("ir", "vis")]
     data = work / "data.yaml"
     data.write_text(yaml.safe_dump({"train": both, "val": both, "names": names}, sort_keys=False))
-    best = fuse("detect", "train", "--data", data, "--model", "yolov8n.yaml", "--epochs", epochs, "--imgsz", imgsz,
-                "--batch", 8, "--project", work / "runs", "--name", "ir_vis", "--exist-ok", "--device", "cpu",
-                stdout=subprocess.PIPE).stdout.strip().splitlines()[-1]
-    return Path(best)
+    trained = fuse("detect", "train", "--data", data, "--model", "yolov8n.yaml", "--epochs", epochs, "--imgsz", imgsz,
+                   "--batch", 8, "--project", work / "runs", "--name", "ir_vis", "--exist-ok", "--device", "cpu",
+                   stdout=subprocess.PIPE).stdout.strip().splitlines()[-1]
+    return Path(trained)
 
 
 def fused_records(held_out: list[dict], method: str, folder: Path, weights: Path | None = None) -> list[dict]:

@@ -225,7 +225,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         card["train_loss"].append(round(total / steps, 5))
         if "train_det_loss" in card:
             card["train_det_loss"].append(round(det_total / steps, 5) if det_loss is not None else None)
-        save_text_network(model, method, weights_path)
+        save_text_network(model, method, weights_path, fixed_text)
         _save_optimizer(opt, _optim_path(weights_path))
         _write_json(card, card_path)
         log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f} "

@@ -156,6 +156,15 @@ def test_train_cli_text_guided_networks_with_the_detector(tmp_path):
     assert card["detection"]["weight"] == 0.5 and card["detection"]["pairs_labelled"] == 2
     assert card["epochs"] == 1 and card["train_det_loss"][0] > 0
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    # fusing with these weights uses the text they were trained with, whatever caption a record carries
+    from stages.nets.textdfh import textdfh_factory
+
+    fuser = textdfh_factory("cpu", tmp_path / "out" / "textdfh.safetensors")
+    assert fuser.fixed_text == "enhance the pedestrians"
+    ir, vis = torch.rand(1, 1, 32, 48, generator=torch.Generator().manual_seed(0)), torch.rand(1, 1, 32, 48)
+    with_caption = fuser(ir, vis, records=[{"caption": "the visible image is dark; raise brightness"}])
+    assert torch.equal(with_caption, fuser(ir, vis, text="enhance the pedestrians"))
+    assert textdfh_factory("cpu").fixed_text is None  # the shipped weights read each pair's caption
 
 
 @needs_msrs

@@ -83,16 +83,16 @@ def _network_spec(method: str) -> NetworkSpec:
         raise KeyError(f"unknown network {method!r}; choose one of: {', '.join(sorted(NETWORKS))}") from None
 
 
-def save_weights(model: nn.Module, method: str, path: str | os.PathLike) -> Path:
+def save_weights(model: nn.Module, method: str, path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
     """Write ``model``'s state as ``path`` (safetensors), atomically; returns the path.
 
     The metadata records the method and ``model.config`` so :func:`load_network`
-    rebuilds the same architecture.
+    rebuilds the same architecture, plus any ``extra`` string entries.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    metadata = {"format": CHECKPOINT_FORMAT, "method": method, "config": json.dumps(model.config)}
+    metadata = {**(extra or {}), "format": CHECKPOINT_FORMAT, "method": method, "config": json.dumps(model.config)}
     tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)

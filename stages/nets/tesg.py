@@ -258,11 +258,13 @@ def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike 
     ``mask``: the record's mask (a path, list of paths, or tensor); ``None`` computes
     the ``salient`` mask. ``text``: the record's caption(s) (or precomputed text
     features of the trained width); ``None`` computes the ``advisor`` caption.
-    ``fixed_text`` replaces every caption (ablation). Weights: ``weights`` or the
-    shipped ``stages/weights/tesg.safetensors``.
+    ``fixed_text`` replaces every caption (ablation); by default, weights trained with
+    ``--fixed-text`` use their text. Weights: ``weights`` or the shipped
+    ``stages/weights/tesg.safetensors``.
     """
     model = load_text_network("tesg", TeSG, weights, device)
-    return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
+    return TextFusionCallable(model, device, uses_mask=model.mask_guidance,
+                              fixed_text=fixed_text if fixed_text is not None else model.trained_fixed_text)
 
 
 register_method("tesg", kind="learned", summary="TeSG: text-guided fusion with mask-guided cross-attention (MGCA) and text-driven fusion (TDAF)", reference="TeSG: textual semantic guidance for infrared and visible image fusion")(tesg_factory)

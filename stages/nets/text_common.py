@@ -26,14 +26,22 @@ from stages.nets.learned_methods import CHECKPOINT_FORMAT, WEIGHTS_DIR, pad_to_m
 __all__ = ["save_text_network", "load_text_network", "prepare_guidance", "TextFusionCallable", "WEIGHTS_DIR"]
 
 
-def save_text_network(model: nn.Module, method: str, path: str | os.PathLike) -> Path:
-    """Atomically write ``model`` (with ``model.config``) as a safetensors checkpoint of ``method``."""
-    return save_weights(model, method, path)
+def save_text_network(model: nn.Module, method: str, path: str | os.PathLike, fixed_text: str | None = None) -> Path:
+    """Atomically write ``model`` (with ``model.config``) as a safetensors checkpoint of ``method``.
+
+    ``fixed_text``: the one text the network was trained with (the fixed-text ablation);
+    stored in the metadata so fusing with these weights uses it too (:func:`load_text_network`).
+    """
+    return save_weights(model, method, path, extra={"fixed_text": fixed_text} if fixed_text is not None else None)
 
 
 def load_text_network(method: str, model_cls: type[nn.Module], weights: str | os.PathLike | None,
                       device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild ``model_cls(**config)`` from ``weights`` (default ``stages/weights/<method>.safetensors``), eval mode."""
+    """Rebuild ``model_cls(**config)`` from ``weights`` (default ``stages/weights/<method>.safetensors``), eval mode.
+
+    The model's ``trained_fixed_text`` is the fixed text it was trained with, or ``None``
+    (trained on each pair's caption).
+    """
     path = Path(weights) if weights is not None else WEIGHTS_DIR / f"{method}.safetensors"
     if not path.is_file():
         hint = "" if weights is not None else f": run `fuse train -m {method}` to train them, or pass --weights PATH"
@@ -45,6 +53,7 @@ def load_text_network(method: str, model_cls: type[nn.Module], weights: str | os
         raise ValueError(f"{path} holds weights for {metadata.get('method')!r}, not {method!r}")
     model = model_cls(**json.loads(metadata.get("config", "{}")))
     model.load_state_dict(state)
+    model.trained_fixed_text = metadata.get("fixed_text")
     return model.to(device).eval()
 
 
@@ -116,6 +125,8 @@ class TextFusionCallable:
     uses_records = True  # the fuse stage passes the pairs' records: their "caption" and "mask" guide the fusion
 
     def __call__(self, ir: torch.Tensor, vis: torch.Tensor, *, mask=None, text=None, records=None, vis_rgb=None) -> torch.Tensor:
+        if self.fixed_text is not None:  # the fixed-text ablation: one text replaces every caption
+            text = self.fixed_text
         if records is not None:
             if text is None and all(isinstance(r.get("caption"), str) for r in records):
                 text = [r["caption"] for r in records]
@@ -126,8 +137,6 @@ class TextFusionCallable:
                              f"{tuple(ir.shape)} and {tuple(vis.shape)}")
         source = ir.device
         ir, vis = ir.to(self.device, torch.float32), vis.to(self.device, torch.float32)
-        if self.fixed_text is not None and text is None:
-            text = self.fixed_text
         m, tokens = prepare_guidance(ir, vis, mask, text, need_mask=self.uses_mask, text_dim=self.text_dim,
                                      backend=self.backend)
         h, w = ir.shape[-2:]

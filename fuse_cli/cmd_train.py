@@ -174,8 +174,8 @@ def train(
         paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
         val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
-        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init, night=low_light,
-                             **detection, **common)
+        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init,
+                             low_light=low_light, **detection, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)
 

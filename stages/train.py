@@ -135,8 +135,8 @@ def _uniform(u: np.ndarray, bounds: tuple[float, float]) -> torch.Tensor:
     return torch.from_numpy(bounds[0] + u * (bounds[1] - bounds[0])).float().view(-1, 1, 1, 1)
 
 
-def low_light(ir: torch.Tensor, vis: torch.Tensor, rng: np.random.Generator,
-              probability: float) -> tuple[torch.Tensor, torch.Tensor]:
+def darken_as_night(ir: torch.Tensor, vis: torch.Tensor, rng: np.random.Generator,
+                    probability: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Night-scene augmentation of a batch: each sample, with probability ``probability``,
     gets ``vis → g · vis^gamma`` and ``ir → g_ir · ir``.
 
@@ -253,7 +253,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
           resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
           progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None,
           init: str | os.PathLike | None = None, det_loss: DetectionLoss | None = None,
-          det_weight: float = 0.0, night: float = 0.0) -> Path:
+          det_weight: float = 0.0, low_light: float = 0.0) -> Path:
     """Train network ``method`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Args:
@@ -268,7 +268,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
             ids being the IR file stems and the affines following each sample's crop,
             flips and turn. Only the fusion network is optimised.
         det_weight: λ, the weight of ``det_loss``.
-        night: probability of darkening a sample (:func:`low_light`); 0 leaves
+        low_light: probability of darkening a sample (:func:`darken_as_night`); 0 leaves
             the paper's augmentation as it is (the crops drawn do not depend on it).
         val_pairs: pairs scored after every epoch (fused at full size).
         progress: show a tqdm bar with the running loss on stderr.
@@ -327,8 +327,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         "momentum": momentum if optimizer_name == "sgd" else None, "schedule": schedule,
         "epochs_planned": epochs, "seed": seed, "device": str(device),
         "augmentation": "random crop, horizontal/vertical flips, 90° rotations"
-                        + (f", low light (p={night:g}: VIS gain {LOW_LIGHT_GAIN}, gamma {LOW_LIGHT_GAMMA}; "
-                           f"IR gain {LOW_LIGHT_IR_GAIN})" if night else ""),
+                        + (f", low light (p={low_light:g}: VIS gain {LOW_LIGHT_GAIN}, gamma {LOW_LIGHT_GAMMA}; "
+                           f"IR gain {LOW_LIGHT_IR_GAIN})" if low_light else ""),
         "versions": _versions(),
     })
 
@@ -348,8 +348,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         for step in bar:
             indices = order[step * batch_size:(step + 1) * batch_size]
             ir, vis, crops = random_crop_batch([images[i] for i in indices], crop, rng, with_crops=True)
-            if night:
-                ir, vis = low_light(ir, vis, light_rng, night)
+            if low_light:
+                ir, vis = darken_as_night(ir, vis, light_rng, low_light)
             ir, vis = ir.to(device), vis.to(device)
             fused = model(ir, vis)
             loss = spec.loss(fused, ir, vis)

@@ -173,13 +173,13 @@ def test_shipped_weights_fuse_a_real_pair(name):
 
 
 def test_low_light_darkens_only_the_chosen_samples():
-    from stages.train import low_light
+    from stages.train import darken_as_night
 
     gen = torch.Generator().manual_seed(0)
     ir, vis = torch.rand(64, 1, 8, 8, generator=gen), torch.rand(64, 1, 8, 8, generator=gen)
-    same = low_light(ir, vis, np.random.default_rng(0), 0.0)
+    same = darken_as_night(ir, vis, np.random.default_rng(0), 0.0)
     assert torch.equal(same[0], ir) and torch.equal(same[1], vis)
-    dark_ir, dark_vis = low_light(ir, vis, np.random.default_rng(0), 0.5)
+    dark_ir, dark_vis = darken_as_night(ir, vis, np.random.default_rng(0), 0.5)
     changed = [not torch.equal(d, v) for d, v in zip(dark_vis, vis)]
     assert 16 < sum(changed) < 48  # about half the samples
     for d, v, di, i, c in zip(dark_vis, vis, dark_ir, ir, changed):
@@ -191,6 +191,6 @@ def test_low_light_training_changes_the_weights_and_is_recorded_in_the_card(tmp_
     pairs = _write_pairs(tmp_path / "toy", 3)
     plain = load_file(_train_quietly("dfh-base", pairs, tmp_path / "a", epochs=1))
     night = train("dfh-base", pairs, tmp_path / "b", epochs=1, batch_size=2, lr=1e-3, seed=3, crop=32,
-                  progress=False, log=lambda line: None, night=1.0)
+                  progress=False, log=lambda line: None, low_light=1.0)
     assert any(not torch.equal(v, load_file(night)[k]) for k, v in plain.items())
     assert "low light (p=1" in (tmp_path / "b" / "dfh-base.json").read_text()

@@ -263,8 +263,7 @@ def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike 
     ``stages/weights/tesg.safetensors``.
     """
     model = load_text_network("tesg", TeSG, weights, device)
-    return TextFusionCallable(model, device, uses_mask=model.mask_guidance,
-                              fixed_text=fixed_text if fixed_text is not None else model.trained_fixed_text)
+    return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
 
 
 register_method("tesg", kind="learned", summary="TeSG: text-guided fusion with mask-guided cross-attention (MGCA) and text-driven fusion (TDAF)", reference="TeSG: textual semantic guidance for infrared and visible image fusion")(tesg_factory)

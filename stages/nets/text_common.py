@@ -117,7 +117,9 @@ class TextFusionCallable:
                  fixed_text: str | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.uses_mask, self.fixed_text = uses_mask, fixed_text
+        self.uses_mask = uses_mask
+        # the fixed-text ablation: the given text, else the one the weights were trained with, if any
+        self.fixed_text = fixed_text if fixed_text is not None else getattr(model, "trained_fixed_text", None)
         self.text_dim = int(model.config["text_dim"])
         self.backend = model.config.get("text_backend", "minilm")
         self.multiple = int(getattr(model, "multiple", 1))

@@ -153,8 +153,7 @@ def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLi
     weights trained with ``--fixed-text`` use their text.
     """
     model = load_text_network("textdfh", TextDFH, weights, device)
-    return TextFusionCallable(model, device, uses_mask=False,
-                              fixed_text=fixed_text if fixed_text is not None else model.trained_fixed_text)
+    return TextFusionCallable(model, device, uses_mask=False, fixed_text=fixed_text)
 
 
 register_method("textdfh", kind="learned", summary="Text-DFH: text-driven feature harmonisation on the frozen dfh-base network", reference="Infrared and visible image fusion driven by multimodal large language models (Sect. 3.3)")(textdfh_factory)

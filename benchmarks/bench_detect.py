@@ -1,11 +1,12 @@
 """Detection on MSRS: one detector trained here, mAP on IR, VIS and every fusion method, and detection-driven training.
 
-    python benchmarks/bench_detect.py [--data ../shared/data] [--epochs 60] [--imgsz 320] [--fuse-epochs 4]
+    python benchmarks/bench_detect.py [--data ../shared/data] [--epochs 150] [--imgsz 320] [--fuse-epochs 4]
                                       [--tard-epochs 20]
                                       [--work build/bench/detect] [--cache build/bench/fused] [--limit N]
 
-Trained models and fused images under ``--work`` are reused by a re-run (delete it to start
-over). Everything goes through the commands a user types (``fuse detect export``, ``fuse detect train``,
+Trained models and the images fused with them are reused by a re-run: each lives under
+``--work`` in a folder named by its settings (pairs, epochs, image size), so other settings
+train anew. Everything goes through the commands a user types (``fuse detect export``, ``fuse detect train``,
 ``fuse fuse``, ``fuse train``, ``fuse detect --labels``), run as subprocesses:
 
 1. Split the 26 MSRS pairs by id: every third pair (sorted) is held out for evaluation,
@@ -68,12 +69,12 @@ def split_pairs(root: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
     return [r for k, r in enumerate(records) if k % 3], records[::3]
 
 
-def train_detector(root: Path, train: list[dict], work: Path, epochs: int, imgsz: int) -> Path:
-    """YOLOv8n from scratch on the training pairs' IR and VIS images; returns ``best.pt`` (reused when there)."""
-    best = work / "runs" / "ir_vis" / "weights" / "best.pt"
+def train_detector(root: Path, records: Path, pairs: int, work: Path, epochs: int, imgsz: int) -> Path:
+    """YOLOv8n from scratch on the training pairs' IR and VIS images (``records``); returns ``best.pt``."""
+    run = f"ir_vis-{pairs}pairs-{epochs}ep-{imgsz}px"
+    best = work / "runs" / run / "weights" / "best.pt"
     if best.is_file():
         return best
-    records = write_records(work / "train.jsonl", train)
     for modality in ("ir", "vis"):
         fuse("detect", "export", "-r", records, "--image", modality, "--labels", root / f"labels_{modality}",
              "--label-classes", root / "classes.txt", "--split", "1", "-o", work / f"dataset_{modality}", "-q")
@@ -82,7 +83,7 @@ def train_detector(root: Path, train: list[dict], work: Path, epochs: int, imgsz
     data = work / "data.yaml"
     data.write_text(yaml.safe_dump({"train": both, "val": both, "names": names}, sort_keys=False))
     trained = fuse("detect", "train", "--data", data, "--model", "yolov8n.yaml", "--epochs", epochs, "--imgsz", imgsz,
-                   "--batch", 8, "--project", work / "runs", "--name", "ir_vis", "--exist-ok", "--device", "cpu",
+                   "--batch", 8, "--project", work / "runs", "--name", run, "--exist-ok", "--device", "cpu",
                    stdout=subprocess.PIPE).stdout.strip().splitlines()[-1]
     return Path(trained)
 
@@ -110,36 +111,35 @@ def yolo(detector: Path, image: str, imgsz: int) -> tuple:
     return ("--model", detector, "--image", image, "--imgsz", imgsz)
 
 
-def detection_driven(root: Path, train: list[dict], detector: Path, work: Path, epochs: int) -> dict[str, Path]:
-    """``dfh-base`` fine-tuned with and without the frozen detector's loss; returns their weights."""
-    records = write_records(work / "train.jsonl", train)
-    weights = {}
-    for name, extra in (("dfh-base + det loss", ["--det-model", detector, "--labels", root / "labels",
-                                                  "--label-classes", root / "classes.txt", "--det-weight", "0.1",
-                                                  "--det-scale", "0.5"]),
-                        ("dfh-base fine-tuned (control)", [])):
-        out = work / "fusion" / ("det" if extra else "control")
+def detection_driven(root: Path, records: Path, detector: Path, work: Path, epochs: int) -> dict[str, Path]:
+    """``dfh-base`` fine-tuned with and without the frozen detector's loss: ``{row name: run folder}``."""
+    runs = {}
+    for name, kind, extra in (("dfh-base + det loss", "det", ["--det-model", detector, "--labels", root / "labels",
+                                                              "--label-classes", root / "classes.txt",
+                                                              "--det-weight", "0.1", "--det-scale", "0.5"]),
+                              ("dfh-base fine-tuned (control)", "control", [])):
+        out = work / "fusion" / (f"{kind}-{epochs}ep" + (f"-{detector.parents[1].name}" if extra else ""))
         if not (out / "dfh-base.safetensors").exists():
             fuse("train", "-m", "dfh-base", "-r", records, "--init", ROOT / "stages/weights/dfh-base.safetensors",
                  "--epochs", epochs, "--seed", 0, "--device", "cpu", "-o", out, "-q", *extra)
-        weights[name] = out / "dfh-base.safetensors"
-    return weights
+        runs[name] = out
+    return runs
 
 
-def tard_head(root: Path, train: list[dict], held_out: list[dict], work: Path, epochs: int) -> dict:
-    """Train ``tard``'s detection head on the training pairs; evaluate it on the held-out pairs."""
-    out = work / "tard"
+def tard_head(root: Path, records: Path, held_out: list[dict], work: Path, epochs: int) -> dict:
+    """Train ``tard``'s detection head on the training pairs (``records``); evaluate it on the held-out pairs."""
+    out = work / f"tard-{epochs}ep"
     head = out / "tard_detector.safetensors"
     if not head.exists():
-        fuse("train", "-m", "tard", "-r", write_records(work / "train.jsonl", train), "--labels", root / "labels",
-             "--label-classes", root / "classes.txt", "--epochs", epochs, "--seed", 0, "--device", "cpu", "-o", out, "-q")
-    return evaluate(held_out, "tard_head", root, work, "--model", head)
+        fuse("train", "-m", "tard", "-r", records, "--labels", root / "labels", "--label-classes", root / "classes.txt",
+             "--epochs", epochs, "--seed", 0, "--device", "cpu", "-o", out, "-q")
+    return evaluate(held_out, out.name, root, work, "--model", head)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--epochs", type=int, default=60, help="detector training epochs")
+    parser.add_argument("--epochs", type=int, default=150, help="detector training epochs")
     parser.add_argument("--imgsz", type=int, default=320, help="detector image size")
     parser.add_argument("--fuse-epochs", type=int, default=4, help="epochs of the detection-driven fine-tune")
     parser.add_argument("--tard-epochs", type=int, default=20, help="epochs of tard's detection head")
@@ -151,21 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     if not (root / "labels").is_dir():
         sys.exit(f"bench_detect: {root / 'labels'} not found (needs ../shared/data)")
     train, held_out = split_pairs(root, args.limit)
-    epochs = 2 if args.limit else args.epochs
-    detector = train_detector(root, train, args.work, epochs, args.imgsz)
+    records = write_records(args.work / "train.jsonl", train)
+    epochs, tard_epochs, fuse_epochs = (2, 1, 1) if args.limit else (args.epochs, args.tard_epochs, args.fuse_epochs)
+    detector = train_detector(root, records, len(train), args.work, epochs, args.imgsz)
     rows = {name.upper(): evaluate(held_out, name, root, args.work, *yolo(detector, name, args.imgsz))
             for name in ("ir", "vis")}
     for method in FUSION_METHODS:
-        records = fused_records(held_out, method, args.cache / method)
-        rows[method] = evaluate(records, method, root, args.work, *yolo(detector, "fused", args.imgsz))
-    rows["tard (own head, ir + vis)"] = tard_head(root, train, held_out, args.work, 1 if args.limit else args.tard_epochs)
-    for name, weights in detection_driven(root, train, detector, args.work, 1 if args.limit else args.fuse_epochs).items():
-        folder = args.work / "fused" / name.split()[-1].strip("()")
-        records = fused_records(held_out, "dfh-base", folder, weights)
-        rows[name] = evaluate(records, folder.name, root, args.work, *yolo(detector, "fused", args.imgsz))
+        fused = fused_records(held_out, method, args.cache / method)
+        rows[method] = evaluate(fused, method, root, args.work, *yolo(detector, "fused", args.imgsz))
+    rows["tard (own head, ir + vis)"] = tard_head(root, records, held_out, args.work, tard_epochs)
+    for name, run in detection_driven(root, records, detector, args.work, fuse_epochs).items():
+        fused = fused_records(held_out, "dfh-base", args.work / "fused" / run.name, run / "dfh-base.safetensors")
+        rows[name] = evaluate(fused, run.name, root, args.work, *yolo(detector, "fused", args.imgsz))
     print(f"YOLOv8n from scratch, {epochs} epochs at imgsz {args.imgsz} on the IR and VIS images of {len(train)} MSRS "
           f"pairs; evaluated on {len(held_out)} held-out pairs against `labels/`, all classes "
-          f"(detection-driven rows: {1 if args.limit else args.fuse_epochs} fine-tuning epochs on the training pairs)\n")
+          f"(tard's head: {tard_epochs} epochs; detection-driven rows: {fuse_epochs} fine-tuning epochs on the training "
+          "pairs)\n")
     print("| input | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
     for name, row in rows.items():

@@ -120,10 +120,10 @@ def train(
     elif given := [name for name, value in detection_options.items() if value]:
         raise usage_error(f"{', '.join(given)} only apply with --det-model")
     method_options = {"--base-weights": base_weights is not None and method != "textdfh",
-                    "--no-mask-guidance": not mask_guidance and method != "tesg",
-                    "--fixed-text": fixed_text is not None and method not in TEXT_RECIPES,
-                    "--cache": cache is not None and method not in TEXT_RECIPES}
-    method_options["--low-light"] = bool(low_light) and method not in NETWORKS
+                      "--no-mask-guidance": not mask_guidance and method != "tesg",
+                      "--fixed-text": fixed_text is not None and method not in TEXT_RECIPES,
+                      "--cache": cache is not None and method not in TEXT_RECIPES,
+                      "--low-light": bool(low_light) and method not in NETWORKS}
     if misplaced := [name for name, wrong in method_options.items() if wrong]:
         raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m {method}")
     if base_weights is not None and not base_weights.is_file():

@@ -12,10 +12,18 @@ deformation ``grid/<id>.npy``:
   same two images (:func:`stages.metrics.registration.registration_metrics`);
 * pairs/s — grid estimation + warp, images already in memory, one thread.
 
-Prints a markdown table (and per-pair rows with ``--per-pair``)::
+Then what registration does to fusion (``--fusion METHOD``, default ``laplacian``;
+``--fusion none`` skips it): each method's registered IR is written by the
+register stage into ``CACHE/<method>/``, fused with VIS by the fuse stage (the
+unaligned IR as it is, and the aligned IR, as the two bounds), and scored by the
+score stage against the *aligned* IR and VIS — so a fused image that shows the IR
+in the wrong place scores lower, as it should (scored against the IR it was made
+from, misalignment would be invisible to the reference-based metrics).
+
+Prints markdown tables (and per-pair rows with ``--per-pair``)::
 
     python benchmarks/bench_register.py [--data ../shared/data] [--methods none ecc net net-ecc] [--per-pair]
-                                        [--limit N]
+                                        [--limit N] [--fusion laplacian|none] [--cache build/bench/register]
 
 Notes from building ``ecc`` (same pairs, mean EPE): affine ECC on gradient
 magnitude, single start, no padding mask: 8.1 px; with the black-padding mask and
@@ -39,7 +47,9 @@ from stages.metrics.registration import registration_metrics
 from stages.metrics.registration import residual_displacement
 from stages.register import RegisterStage, apply_grid
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+FUSION_METRICS = ["EN", "SF", "SSIM", "Qabf", "VIF", "MI"]
 
 
 def identity_grid(h: int, w: int) -> np.ndarray:
@@ -79,6 +89,33 @@ def evaluate(method: str, pairs: list[dict], weights: Path | None) -> tuple[list
     return rows, len(pairs) / seconds
 
 
+def fusion_table(root: Path, methods: list[str], fusion: str, cache: Path, weights: Path | None, limit: int | None) -> str:
+    """Markdown table: ``fusion`` of VIS with the unaligned, each method's registered, and the aligned IR.
+
+    Every fused image is scored against the aligned IR and VIS (``mmif`` convention).
+    """
+    from bench_quality import fuse_method, score_table
+    from fuse_cli.options import RunOptions
+    from fuse_cli.records import pair_directories
+    from fuse_cli.runner import Reporter, run_stage
+
+    records = pair_directories({"ir": root / "ir_warp", "vis": root / "vis"}).records[:limit]
+    aligned = {r["id"]: r["ir"] for r in pair_directories({"ir": root / "ir", "vis": root / "vis"}).records}
+    inputs = {"unaligned": records}  # what is fused with VIS, by the name of its row
+    for method in (m for m in methods if m != "none"):
+        stage = RegisterStage(cache / method, method=method, weights=weights)
+        registered: list[dict] = []
+        run_stage(stage, records, RunOptions(batch_size=1, overwrite=True, quiet=True), Reporter("register", quiet=True),
+                  emit=registered.append)
+        inputs[f"registered by {method}"] = registered
+    inputs["aligned (ground truth)"] = [{**r, "ir": aligned[r["id"]]} for r in records]
+    fused: list[dict] = []
+    for i, (name, recs) in enumerate(inputs.items()):
+        out, _ = fuse_method(recs, fusion, cache / "fused" / str(i), "cpu", overwrite=True)
+        fused += [{**r, "ir": aligned[r["id"]], "method": f"{fusion}, IR {name}"} for r in out]
+    return score_table(fused, FUSION_METRICS, workers=1, total=len(records))[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -86,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, help="net weights (default: packaged)")
     parser.add_argument("--per-pair", action="store_true")
     parser.add_argument("--limit", type=int, help="use only the first N pairs")
+    parser.add_argument("--fusion", default="laplacian", help="fusion method of the second table, or 'none'")
+    parser.add_argument("--cache", type=Path, default=ROOT / "build" / "bench" / "register")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     pairs = load_pairs(args.data / "unaligned" / "roadscene", args.limit)
@@ -105,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         for i, pair in enumerate(pairs):
             cells = " | ".join(f"{results[m][0][i]['epe']:.2f} / {results[m][0][i]['mae']:.1f}" for m in results)
             print(f"| {pair['id']} | {cells} |")
+    if args.fusion != "none":
+        print(f"\nFusion ({args.fusion}) of VIS with each IR, scored against the aligned IR and VIS (mmif convention)\n")
+        print(fusion_table(args.data / "unaligned" / "roadscene", args.methods, args.fusion, args.cache, args.weights, args.limit))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def train(
     clip_model: Annotated[str, typer.Option("--clip-model", help="mgfusion: open_clip model name.")] = "ViT-B-32",
     pretrained: Annotated[str, typer.Option("--pretrained", help="mgfusion: open_clip tag (downloaded by open_clip), a local checkpoint, or none.")] = "openai",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint to continue from.", show_default=False)] = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help="refinefuse, dfh-base: weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume).", show_default=False)] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="refinefuse, dfh-base, register (a tard.safetensors), tard: weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume).", show_default=False)] = None,
     base_weights: Annotated[Optional[Path], typer.Option("--base-weights", help="textdfh: the frozen dfh-base weights it refines (default: the shipped ones).", show_default=False)] = None,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="tesg: foreground/background mask guidance (MGCA); --no-mask-guidance trains the paper's ablation.")] = True,
     fixed_text: Annotated[Optional[str], typer.Option("--fixed-text", help="tesg, textdfh: one text for every pair instead of the advisor's captions (the fixed-text ablation).", show_default=False)] = None,
@@ -94,8 +94,8 @@ def train(
     if resume is not None and not resume.is_file():
         raise usage_error(f"--resume {resume}: no such checkpoint")
     if init is not None:
-        if method not in (*NETWORKS, "tard"):
-            raise usage_error(f"--init is for {', '.join(NETWORKS)}, tard, not -m {method}")
+        if method not in (*NETWORKS, "register", "tard"):
+            raise usage_error(f"--init is for {', '.join(NETWORKS)}, register, tard, not -m {method}")
         if resume is not None:
             raise usage_error("--init starts a new run and --resume continues one: give one of them")
         if not init.is_file():
@@ -140,7 +140,7 @@ def train(
     if method == "register":
         from stages.register_training import train_register
 
-        path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **{"epochs": 30, **settings}, **common)
+        path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **{"epochs": 30, **settings}, **common, init=init)
     elif method == "tard":
         from stages.detection_eval import parse_class_map
         from stages.tard_training import LAMBDA_DET, train_tard_detection

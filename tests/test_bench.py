@@ -67,3 +67,18 @@ def test_report_has_every_section_and_names_the_failure(tmp_path):
     assert "| gff | **7.2** | **0.64** |" in report
     assert "**Failed:** masks (exit 1)" in report and "OSError: boom" in report
     assert "![throughput and quality vs speed](report.png)" in report
+
+
+def test_bench_register_tables_show_registration_helping_fusion(tmp_path):
+    shared("unaligned/roadscene")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_register.py", "--methods", "none", "ecc", "--limit", "2", "--cache", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (_, registration), (_, fusion) = load_run_module().markdown_tables(result.stdout)
+    epe = {row["method"]: float(row["EPE px mean"]) for row in registration}
+    assert epe["ecc"] < 0.5 * epe["none"]
+    ssim = {row["method"]: float(row["SSIM ↑"]) for row in fusion}
+    assert list(ssim) == ["laplacian, IR unaligned", "laplacian, IR registered by ecc", "laplacian, IR aligned (ground truth)"]
+    assert ssim["laplacian, IR unaligned"] < ssim["laplacian, IR registered by ecc"] < ssim["laplacian, IR aligned (ground truth)"]

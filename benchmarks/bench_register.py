@@ -1,8 +1,8 @@
 """Registration quality and speed on the pairs of ``unaligned/roadscene`` (20).
 
-For each method (``none`` = the identity grid, ``ecc``, ``net``, ``net-ecc``) and pair the stage's
-grid is estimated from ``ir_warp`` and ``vis`` and scored against the known
-deformation ``grid/<id>.npy``:
+For each method (``none`` = the identity grid, ``ecc``, ``net``, ``net-single-pass`` =
+``net`` with ``--single-pass``, ``net-ecc``) and pair the stage's grid is estimated
+from ``ir_warp`` and ``vis`` and scored against the known deformation ``grid/<id>.npy``:
 
 * EPE — end-point error in pixels, :func:`stages.metrics.registration.residual_displacement`
   (the deformation composed with the estimate, against the identity), mean over
@@ -22,7 +22,7 @@ from, misalignment would be invisible to the reference-based metrics).
 
 Prints markdown tables (and per-pair rows with ``--per-pair``)::
 
-    python benchmarks/bench_register.py [--data ../shared/data] [--methods none ecc net net-ecc] [--per-pair]
+    python benchmarks/bench_register.py [--data ../shared/data] [--methods none ecc net net-single-pass net-ecc] [--per-pair]
                                         [--limit N] [--fusion laplacian|none] [--cache build/bench/register]
 
 Notes from building ``ecc`` (same pairs, mean EPE): affine ECC on gradient
@@ -74,9 +74,13 @@ def load_pairs(root: Path, limit: int | None = None) -> list[dict]:
     return pairs
 
 
+METHODS = {"none": None, "ecc": {"method": "ecc"}, "net": {"method": "net"},
+           "net-single-pass": {"method": "net", "single_pass": True}, "net-ecc": {"method": "net-ecc"}}
+
+
 def evaluate(method: str, pairs: list[dict], weights: Path | None) -> tuple[list[dict], float]:
-    """Per-pair ``{"id", "epe", "mae", "ncc"}`` and pairs per second for one method."""
-    stage = None if method == "none" else RegisterStage(Path("unused"), method=method, weights=weights)
+    """Per-pair ``{"id", "epe", "mae", "ncc"}`` and pairs per second for one method (a key of ``METHODS``)."""
+    stage = None if method == "none" else RegisterStage(Path("unused"), weights=weights, **METHODS[method])
     rows, seconds = [], 0.0
     for pair in pairs:
         t0 = time.perf_counter()
@@ -103,7 +107,7 @@ def fusion_table(root: Path, methods: list[str], fusion: str, cache: Path, weigh
     aligned = {r["id"]: r["ir"] for r in pair_directories({"ir": root / "ir", "vis": root / "vis"}).records}
     inputs = {"unaligned": records}  # what is fused with VIS, by the name of its row
     for method in (m for m in methods if m != "none"):
-        stage = RegisterStage(cache / method, method=method, weights=weights)
+        stage = RegisterStage(cache / method, weights=weights, **METHODS[method])
         registered: list[dict] = []
         run_stage(stage, records, RunOptions(batch_size=1, overwrite=True, quiet=True), Reporter("register", quiet=True),
                   emit=registered.append)
@@ -119,7 +123,7 @@ def fusion_table(root: Path, methods: list[str], fusion: str, cache: Path, weigh
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--methods", nargs="+", default=["none", "ecc", "net", "net-ecc"], choices=["none", "ecc", "net", "net-ecc"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--weights", type=Path, help="net weights (default: packaged)")
     parser.add_argument("--per-pair", action="store_true")
     parser.add_argument("--limit", type=int, help="use only the first N pairs")

@@ -24,6 +24,7 @@ def register_command(
     max_displacement: Annotated[Optional[float], typer.Option("--max-displacement", help="Fail a pair whose estimated field moves a pixel farther than this (VIS pixels).", show_default=False)] = None,
     mask_invalid: Annotated[bool, typer.Option("--mask-invalid", help="Write OUT/<id>.valid.png and zero pixels that fall outside the IR image instead of repeating its border.")] = False,
     save_overlay: Annotated[bool, typer.Option("--save-overlay", help="Write OUT/<id>.overlay.png: registered IR in red over VIS in cyan.")] = False,
+    single_pass: Annotated[bool, typer.Option("--single-pass", help="net, net-ecc: one pass of the network at its working size instead of the average of 6 (3 sizes x mirrored); faster, less accurate.")] = False,
     *,
     run: opt.RunOptions,
     device: str,
@@ -41,7 +42,7 @@ def register_command(
     source = gather_records(ir, vis, records, reporter)
     try:
         make_stage = functools.partial(RegisterStage, out, method, device, max_displacement, mask_invalid, save_overlay,
-                                       weights, ecc_model)
+                                       weights, ecc_model, single_pass)
         stage = make_stage()
     except ValueError as exc:
         raise usage_error(str(exc)) from None

@@ -298,6 +298,8 @@ class RegisterStage(Stage):
         save_overlay: write ``<id>.overlay.png`` (red/cyan).
         weights: network weights file (default: the packaged ``stages/weights/register.safetensors``).
         ecc_model: ``"affine"`` or ``"homography"`` for ``ecc``.
+        single_pass: ``net``, ``net-ecc``: one pass of the network at its working size
+            instead of the test-time ensemble (:meth:`RegistrationNet.estimate_field`).
     """
 
     name = "register"
@@ -312,11 +314,14 @@ class RegisterStage(Stage):
         save_overlay: bool = False,
         weights: Path | None = None,
         ecc_model: str = "affine",
+        single_pass: bool = False,
     ):
         if method not in METHODS:
             raise ValueError(f"registration method must be one of {', '.join(METHODS)}, not {method!r}")
         if ecc_model not in ECC_MODELS:
             raise ValueError(f"ECC motion model must be one of {', '.join(ECC_MODELS)}, not {ecc_model!r}")
+        if single_pass and method == "ecc":
+            raise ValueError("single_pass is for the network's methods, net and net-ecc, not ecc")
         if max_displacement is not None and max_displacement <= 0:
             raise ValueError(f"max_displacement must be positive pixels, not {max_displacement}")
         self.out_dir = Path(out_dir)
@@ -325,6 +330,7 @@ class RegisterStage(Stage):
         self.mask_invalid = mask_invalid
         self.save_overlay = save_overlay
         self.ecc_model = ecc_model
+        self.ensemble = not single_pass
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -371,7 +377,7 @@ class RegisterStage(Stage):
         ir_t, vis_t = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None].to(self.device) for a in (ir, vis))
         if ir.shape != vis.shape:  # normalised coordinates do not depend on the size
             ir_t = F.interpolate(ir_t, size=vis.shape, mode="bilinear", align_corners=False, antialias=True)
-        return self.net.estimate_grid(ir_t, vis_t)[0].cpu().numpy().astype(np.float32)
+        return self.net.estimate_grid(ir_t, vis_t, self.ensemble)[0].cpu().numpy().astype(np.float32)
 
     def process_one(self, record: dict) -> dict:
         """Register one pair; returns ``ir``, ``ir_unregistered``, ``grid`` (+ ``valid``, ``overlay``)."""

@@ -22,7 +22,7 @@ step, on a batch of labelled aligned pairs:
   cosine decay to 2 %, gradient-norm clip 10.
 * BatchNorm of the joint network keeps its trained statistics (eval mode: batches of
   4 are too small to re-estimate them); the head's BatchNorm trains, and before every
-  export its statistics are recomputed as plain averages over 12 fresh batches
+  export its statistics are recomputed as plain averages over 64 fresh batches
   (:func:`recalibrate_head_batchnorm`: the running averages lag behind the weights).
 
 Labels are looked up by IR file stem (as ``fuse train`` does). Files in ``out``:

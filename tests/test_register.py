@@ -19,7 +19,7 @@ from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import TardNet, load_tard, tard_factory
 from stages.metrics.registration import residual_displacement
 from stages.register import RegisterStage, apply_grid, ecc_grid, ecc_warp
-from stages.register_training import invert_grid, make_batch, random_correction, train_register
+from stages.register_training import invert_grid, load_init, make_batch, random_correction, train_register
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNALIGNED = DATA / "unaligned" / "roadscene"
@@ -191,11 +191,11 @@ def test_net_shapes_and_gradients():
     net = RegistrationNet(size=(64, 128))
     ir, vis = torch.rand(2, 1, 64, 128), torch.rand(2, 1, 64, 128)
     out = net(ir, vis, specific=True)
-    assert [tuple(f.shape) for f in out["flows"]] == [(2, 2, 1, 2), (2, 2, 2, 4), (2, 2, 4, 8), (2, 2, 8, 16), (2, 2, 16, 32)]
+    assert [tuple(f.shape) for f in out["flows"]] == [(2, 2, 1, 2), (2, 2, 2, 4), (2, 2, 4, 8), (2, 2, 8, 16), (2, 2, 16, 32), (2, 2, 32, 64)]
     assert out["grid"].shape == (2, 64, 128, 2)
     assert out["ir_specific"].shape == (2, 8, 64, 128) and out["ir_specific"].abs().max() <= 1
     # the zero-initialised field heads give no gradient to the layers below: perturb them first
-    for head in net.msrb.predict:
+    for head in (*net.msrb.predict, net.msrb.fine_predict):
         torch.nn.init.normal_(head.weight, std=0.01)
     out = net(ir, vis)
     loss = sum((f - 0.1).square().mean() for f in out["flows"]) + (out["ir_common"] - out["vis_common"]).abs().mean()
@@ -204,6 +204,57 @@ def test_net_shapes_and_gradients():
     assert all(net.get_parameter(n).grad is not None and torch.isfinite(net.get_parameter(n).grad).all() for n in trained)
     grid = net.eval().estimate_grid(torch.rand(1, 1, 50, 70), torch.rand(1, 1, 50, 70))
     assert grid.shape == (1, 50, 70, 2)
+
+
+def test_init_from_weights_without_the_fine_level_starts_as_those_weights(tmp_path):
+    """Fine-tuning weights saved before the MSRB's finest level existed: the level starts as "no correction"."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    old = TardNet(size=(64, 128))
+    for head in old.registration.msrb.predict:
+        torch.nn.init.normal_(head.weight, std=0.05)
+    state = {k: v for k, v in old.state_dict().items() if ".fine_" not in k}
+    save_file(state, str(tmp_path / "old.safetensors"))
+    new, said = TardNet(size=(64, 128)), []
+    load_init(new, tmp_path / "old.safetensors", said.append)
+    assert "registration.msrb.fine_decode" in said[0] and "registration.msrb.fine_predict" in said[0]
+    flows = new.registration.eval()(torch.rand(1, 1, 64, 128), torch.rand(1, 1, 64, 128))["flows"]
+    coarser = F.interpolate(flows[-2], size=flows[-1].shape[-2:], mode="bilinear", align_corners=False)
+    assert torch.equal(flows[-1], coarser) and flows[-1].abs().max() > 0
+    save_file({**state, "stray.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="other.safetensors: weights this network does not have: stray.weight"):
+        load_init(TardNet(size=(64, 128)), tmp_path / "other.safetensors")
+
+
+def test_ensemble_estimate_of_a_mirrored_pair_is_the_mirrored_estimate():
+    torch.manual_seed(3)
+    net = RegistrationNet(size=(64, 96))
+    for head in (*net.msrb.predict, net.msrb.fine_predict):
+        torch.nn.init.normal_(head.weight, std=0.05)
+    net.eval()
+    ir, vis = torch.rand(1, 1, 50, 80), torch.rand(1, 1, 50, 80)
+    field = net.estimate_field(ir, vis)
+    mirrored = net.estimate_field(ir.flip(-1), vis.flip(-1))
+    assert field.shape == (1, 2, 32, 48)
+    assert torch.allclose(mirrored, field.flip(-1) * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1), atol=1e-5)
+    single = net.estimate_field(ir, vis, ensemble=False)
+    assert single.shape == field.shape and not torch.allclose(single, field, atol=1e-4)
+
+
+def test_single_pass_is_refused_for_ecc(tmp_path):
+    from typer.testing import CliRunner
+
+    from fuse_cli.app import app
+
+    for folder in ("ir", "vis"):
+        (tmp_path / folder).mkdir()
+    rec = shifted_pair(tmp_path)
+    for folder in ("ir", "vis"):
+        Path(rec[folder]).rename(tmp_path / folder / "p1.png")
+    done = CliRunner().invoke(app, ["register", "-m", "ecc", "--single-pass", "--ir", str(tmp_path / "ir"),
+                                    "--vis", str(tmp_path / "vis"), "-o", str(tmp_path / "out")])
+    assert done.exit_code == 2 and "not ecc" in done.stderr and not (tmp_path / "out").exists()
 
 
 def test_tard_fuses_any_size_in_range():
@@ -215,7 +266,7 @@ def test_tard_fuses_any_size_in_range():
 def test_save_load_gives_identical_outputs(tmp_path):
     torch.manual_seed(1)
     net = TardNet(size=(64, 128))
-    for head in net.registration.msrb.predict:
+    for head in (*net.registration.msrb.predict, net.registration.msrb.fine_predict):
         torch.nn.init.normal_(head.weight, std=0.05)
     net.eval()
     save_state(net.registration, tmp_path / "r.safetensors", 8, (64, 128))
@@ -271,6 +322,31 @@ def test_training_deformation_is_undone_by_its_label():
     back = F.grid_sample(deformed, phi, align_corners=False)
     assert ir.shape == vis.shape == deformed.shape == (2, 1, 64, 96)
     assert (back - ir).abs()[back > 0].mean() < 0.03
+
+
+def test_train_register_exports_the_mean_of_the_last_epochs(tmp_path):
+    write_image(tmp_path / "ir.png", scene(80, 128, 3))
+    write_image(tmp_path / "vis.png", 1 - scene(80, 128, 3))
+    recs = [{"ir": str(tmp_path / "ir.png"), "vis": str(tmp_path / "vis.png")}] * 2
+    common = {"epochs": 2, "fusion_epochs": 0, "batch_size": 2, "crop": 128, "progress": False}
+    snapshots = []
+
+    def after_epoch(line):  # at epoch 2's line, the checkpoint on disk holds epoch 1's weights
+        if '"epoch": 2' in line:
+            snapshots.append(torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)["model"])
+
+    train_register(recs, tmp_path / "plain", log=after_epoch, **common)
+    snapshots.append(torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)["model"])
+    train_register(recs, tmp_path / "mean", log=lambda s: None, average_last=2, **common)
+    exported = load_registration_net(tmp_path / "mean" / "register.safetensors")
+    first, last = snapshots
+    for name, value in exported.named_parameters():
+        key = "registration." + name
+        assert torch.allclose(value, (first[key] + last[key]) / 2, atol=1e-6), name
+    assert not torch.allclose(first["registration.msrb.predict.0.weight"], last["registration.msrb.predict.0.weight"])
+    import json
+
+    assert json.loads((tmp_path / "mean" / "register.json").read_text())["averaged_epochs"] == 2
 
 
 def test_train_register_writes_weights_and_card(tmp_path):

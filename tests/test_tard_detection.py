@@ -123,7 +123,7 @@ def test_a_few_steps_reduce_l_ob_on_a_fixed_batch_and_the_saved_head_reloads(tmp
     _, vis, deformed, _, affines = labelled_batch(data, [0, 1], random.Random(0), torch.Generator().manual_seed(0))
     opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=1e-3)
     losses = []
-    for _ in range(6):
+    for _ in range(10):
         loss = loss_fn(net.features(deformed, vis), MSRS_PAIRS, affines)
         opt.zero_grad()
         loss.backward()
@@ -161,7 +161,7 @@ def test_joint_training_writes_both_networks_and_the_card(tard_run):
     assert set(row) >= {"epoch", "total", "reg", "c", "s", "fusion", "ob", "epe_px"} and np.isfinite(row["ob"])
     assert json.loads(lines[-1]) == row
     assert read_config(out / "tard_detector.safetensors")["names"] == CLASSES
-    assert load_tard(out / "tard.safetensors").registration.size == (160, 256)
+    assert load_tard(out / "tard.safetensors").registration.size == load_tard().registration.size  # from --init
 
 
 def test_detect_cli_runs_the_trained_head_and_evaluates(tard_run, tmp_path):

@@ -27,9 +27,18 @@ What the paper leaves open, chosen here (and in the model card):
   each enhanced feature (the two inputs of the U-Net), and a decoder that, coarse
   to fine, warps the IR skip features with the current field, correlates them with
   the VI skip features (radius 2, a PWC-Net-style cost volume — our addition) and
-  adds a residual field. The finest field is at a quarter of the working size
-  (40 x 64 by default) and is upsampled bilinearly: the deformations are smooth.
-  Every level's field is returned, so the registration loss can supervise each scale.
+  adds a residual field. A last, finer level does the same on the enhanced
+  features themselves, so the finest field is at half the working size (80 x 128 by
+  default; one cell is about 4 px of a 544-wide image) and is upsampled bilinearly:
+  the deformations are smooth. Every level's field is returned, so the registration
+  loss can supervise each scale.
+
+Inference (:meth:`RegistrationNet.estimate_grid`) is by default a test-time
+ensemble: the network runs at three working sizes (5/6, 1 and 7/6 of the trained
+size) on the pair and on its mirror image, and the six fields are averaged. The
+single-pass estimate changes by pixels with the working size (its errors at the
+three sizes are largely independent), so the average is far closer to the truth;
+numbers in ``benchmarks/bench_register.py``'s docstring.
 
 Field units: ``flows`` are displacements ``(dx, dy)`` in normalised units (the
 image spans 2), so they do not depend on the size; :func:`flow_to_grid` adds the
@@ -50,6 +59,8 @@ DEFAULT_SIZE = (160, 256)
 FEATURES = 8
 PYRAMID = (16, 24, 32, 48, 64)
 CORR_RADIUS = 2
+FINE_WIDTH = 16
+ENSEMBLE_SCALES = (5 / 6, 1.0, 7 / 6)
 
 
 def conv_block(cin: int, cout: int, stride: int = 1, act: nn.Module | None = None) -> nn.Sequential:
@@ -150,6 +161,12 @@ def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
     return grad.abs().sum(1, keepdim=True)
 
 
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit standard deviation per image: ``(B, 1, h, w)`` → same (zeros for a 1 x 1 map)."""
+    std = x.std((2, 3), keepdim=True) if x.shape[-2] * x.shape[-1] > 1 else torch.zeros_like(x)
+    return (x - x.mean((2, 3), keepdim=True)) / (std + 1e-6)
+
+
 def edge_pyramid(edges: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """Edge map ``(B, 1, h, w)`` → ``levels`` maps at ``h / 2^(l+1)``, each standardised per image.
 
@@ -159,9 +176,7 @@ def edge_pyramid(edges: torch.Tensor, levels: int) -> list[torch.Tensor]:
     out = []
     for _ in range(levels):
         edges = F.avg_pool2d(edges, 2, ceil_mode=True)
-        mean = edges.mean((2, 3), keepdim=True)
-        std = edges.std((2, 3), keepdim=True) + 1e-6
-        out.append((edges - mean) / std)
+        out.append(standardise(edges))
     return out
 
 
@@ -183,8 +198,9 @@ class MSRB(nn.Module):
     Input: the enhanced common features ``(B, C, h, w)`` of the moving (deformed IR)
     and fixed (VI) image, ``h, w`` multiples of 32. A shared pyramid encoder halves
     the size at every level (``h/2`` … ``h/32``); the decoder runs from the coarsest
-    level to ``h/2``. Output: the fields of every decoder level, coarsest first,
-    ``(B, 2, h / 2^l, w / 2^l)`` for ``l = 5 … 1``, normalised displacements.
+    level to ``h/2``, then once more on the input features at ``h`` (``fine_decode``).
+    Output: the fields of every decoder level, coarsest first,
+    ``(B, 2, h / 2^l, w / 2^l)`` for ``l = 5 … 0``, normalised displacements.
     """
 
     def __init__(self, channels: int = FEATURES, widths: tuple[int, ...] = PYRAMID, radius: int = CORR_RADIUS):
@@ -202,7 +218,10 @@ class MSRB(nn.Module):
             cin = 2 * width + 2 * ncorr + (coarser + 2 if coarser else 0)
             self.decode.append(nn.Sequential(conv_block(cin, width), conv_block(width, width)))
             self.predict.append(nn.Conv2d(width, 2, 3, 1, 1))
-        for head in self.predict:
+        cin = 2 * channels + 2 * ncorr + widths[0] + 2
+        self.fine_decode = nn.Sequential(conv_block(cin, FINE_WIDTH), conv_block(FINE_WIDTH, FINE_WIDTH))
+        self.fine_predict = nn.Conv2d(FINE_WIDTH, 2, 3, 1, 1)
+        for head in (*self.predict, self.fine_predict):  # every level starts as "no correction"
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
@@ -216,8 +235,10 @@ class MSRB(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, moving_edges: torch.Tensor, fixed_edges: torch.Tensor) -> list[torch.Tensor]:
         """Fields from features ``(B, C, h, w)`` and edge maps ``(B, 1, h, w)`` of the two images."""
-        pm, pf = self.pyramid(moving), self.pyramid(fixed)
-        em, ef = edge_pyramid(moving_edges, len(pm)), edge_pyramid(fixed_edges, len(pm))
+        pm, pf = [moving, *self.pyramid(moving)], [fixed, *self.pyramid(fixed)]
+        em = [standardise(moving_edges), *edge_pyramid(moving_edges, len(pm) - 1)]
+        ef = [standardise(fixed_edges), *edge_pyramid(fixed_edges, len(pm) - 1)]
+        decoders = [(self.fine_decode, self.fine_predict), *zip(self.decode, self.predict)]
         disps: list[torch.Tensor] = []
         disp = dec = None
         for level in reversed(range(len(pm))):
@@ -230,8 +251,9 @@ class MSRB(nn.Module):
                 dec = F.interpolate(dec, size=size, mode="bilinear", align_corners=False)
                 parts = [dec, to_pixels(disp, size)]
             x = torch.cat([m, f, correlation(m, f, self.radius), correlation(e, ef[level], self.radius), *parts], 1)
-            dec = self.decode[level](x)
-            step = self.predict[level](dec) * dec.new_tensor([2.0 / size[1], 2.0 / size[0]]).view(1, 2, 1, 1)
+            decode, predict = decoders[level]
+            dec = decode(x)
+            step = predict(dec) * dec.new_tensor([2.0 / size[1], 2.0 / size[0]]).view(1, 2, 1, 1)
             disp = step if disp is None else disp + step
             disps.append(disp)
         return disps
@@ -247,7 +269,7 @@ class RegistrationNet(nn.Module):
     >>> net = RegistrationNet().eval()
     >>> out = net(torch.rand(1, 1, 160, 256), torch.rand(1, 1, 160, 256))
     >>> out["flows"][-1].shape, out["grid"].shape
-    (torch.Size([1, 2, 40, 64]), torch.Size([1, 160, 256, 2]))
+    (torch.Size([1, 2, 80, 128]), torch.Size([1, 160, 256, 2]))
     """
 
     def __init__(self, channels: int = FEATURES, size: tuple[int, int] = DEFAULT_SIZE):
@@ -262,7 +284,7 @@ class RegistrationNet(nn.Module):
         self.msrb = MSRB(channels)
 
     def register(self, ir_common: torch.Tensor, vis_common: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> list[torch.Tensor]:
-        """Common features ``(B, C, H, W)`` → normalised fields, coarsest ``(H/64)`` first, finest ``(H/4)``."""
+        """Common features ``(B, C, H, W)`` → normalised fields, coarsest ``(H/64)`` first, finest ``(H/2)``."""
         moving = self.ir_cseb(F.avg_pool2d(ir_common, 2))
         fixed = self.vis_cseb(F.avg_pool2d(vis_common, 2))
         return self.msrb(moving, fixed, F.avg_pool2d(sobel_magnitude(ir), 2), F.avg_pool2d(sobel_magnitude(vis), 2))
@@ -271,7 +293,7 @@ class RegistrationNet(nn.Module):
         """Register a deformed IR ``ir`` to ``vis``, both ``(B, 1, H, W)`` in [0, 1].
 
         Returns a dict with ``flows`` (list of ``(B, 2, H/2^(l+1), W/2^(l+1))`` for
-        ``l = 5 … 1``, normalised displacements), ``grid`` ``(B, H, W, 2)``, the common
+        ``l = 5 … 0``, normalised displacements), ``grid`` ``(B, H, W, 2)``, the common
         features ``ir_common``/``vis_common`` ``(B, C, H, W)`` and, when ``specific``,
         ``ir_specific``/``vis_specific``.
         """
@@ -285,19 +307,50 @@ class RegistrationNet(nn.Module):
         return out
 
     @torch.no_grad()
-    def estimate_grid(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    def estimate_field(self, ir: torch.Tensor, vis: torch.Tensor, ensemble: bool = True) -> torch.Tensor:
+        """Normalised displacement ``(B, 2, H/2, W/2)`` (``H, W`` = :attr:`size`) bringing ``ir`` onto ``vis``.
+
+        Args:
+            ir, vis: ``(B, 1, h, w)`` in [0, 1], any size (resized to the working sizes).
+            ensemble: average the fields at the :func:`ensemble_sizes` and of the
+                mirrored pair (6 passes); ``False`` for one pass at :attr:`size`.
+        """
+        out_size = (self.size[0] // 2, self.size[1] // 2)
+        mirror = ir.new_tensor([-1.0, 1.0]).view(1, 2, 1, 1)  # a mirrored field's dx changes sign
+        fields = []
+        for size in ensemble_sizes(self.size) if ensemble else [self.size]:
+            small_ir, small_vis = resize(ir, size), resize(vis, size)
+            if ensemble:
+                small_ir, small_vis = torch.cat([small_ir, small_ir.flip(-1)]), torch.cat([small_vis, small_vis.flip(-1)])
+            field = F.interpolate(self(small_ir, small_vis)["flows"][-1], size=out_size, mode="bilinear", align_corners=False)
+            if ensemble:
+                plain, mirrored = field.chunk(2)
+                field = (plain + mirrored.flip(-1) * mirror) / 2
+            fields.append(field)
+        return torch.stack(fields).mean(0)
+
+    def estimate_grid(self, ir: torch.Tensor, vis: torch.Tensor, ensemble: bool = True) -> torch.Tensor:
         """Sampling grid that brings ``ir`` onto ``vis``'s pixel grid, for any image size.
 
         Args:
             ir: ``(B, 1, H, W)`` moving image in [0, 1].
             vis: ``(B, 1, H, W)`` fixed image (luminance) in [0, 1].
+            ensemble: see :meth:`estimate_field`.
 
         Returns:
             ``(B, H, W, 2)`` normalised grid, ``align_corners=False``;
             ``registered = grid_sample(ir, grid)``.
         """
-        small = [resize(x, self.size) for x in (ir, vis)]
-        return flow_to_grid(self(*small)["flows"][-1], ir.shape[-2:])
+        return flow_to_grid(self.estimate_field(ir, vis, ensemble), ir.shape[-2:])
+
+
+def ensemble_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Working sizes of the test-time ensemble: ``size`` scaled by ``ENSEMBLE_SCALES``, nearest multiples of 32.
+
+    >>> ensemble_sizes((192, 320))
+    [(160, 256), (192, 320), (224, 384)]
+    """
+    return [tuple(max(32, round(n * scale / 32) * 32) for n in size) for scale in ENSEMBLE_SCALES]
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -77,13 +77,14 @@ class TardNet(nn.Module):
         """``(B, 4C, H, W)`` → fused image ``(B, 1, H, W)`` in [0, 1]."""
         return (self.head(fused_features) + 1.0) * 0.5
 
-    def features(self, ir: torch.Tensor, vis: torch.Tensor, register: bool = True) -> torch.Tensor:
+    def features(self, ir: torch.Tensor, vis: torch.Tensor, register: bool = True, ensemble: bool = False) -> torch.Tensor:
         """``F_f`` of a pair ``(B, 1, H, W)`` in [0, 1], any size → ``(B, 4C, H, W)``.
 
         With ``register`` the deformation is estimated at the working size and the IR
         features are warped onto the VI grid (the paper's joint network); without it
         the pair is taken as aligned. Differentiable (training calls it on the
-        deformed IR at the working size).
+        deformed IR at the working size), except with ``ensemble``: then the field is
+        the registration's test-time ensemble (inference only).
         """
         reg = self.registration
         feats = {
@@ -93,15 +94,21 @@ class TardNet(nn.Module):
             "vis_specific": reg.vis_specific(vis),
         }
         flow = None
-        if register:
+        if register and ensemble:
+            flow = reg.estimate_field(ir, vis)
+        elif register:
             small = [resize(x, reg.size) for x in (ir, vis)]
             flow = reg(*small)["flows"][-1]
         return self.fused_features(feats, flow)
 
     @torch.no_grad()
     def fuse(self, ir: torch.Tensor, vis: torch.Tensor, register: bool = True) -> torch.Tensor:
-        """Fuse ``ir`` and ``vis`` ``(B, 1, H, W)`` in [0, 1], any size → ``(B, 1, H, W)`` in [0, 1] (see :meth:`features`)."""
-        return self.reconstruct(self.features(ir, vis, register))
+        """Fuse ``ir`` and ``vis`` ``(B, 1, H, W)`` in [0, 1], any size → ``(B, 1, H, W)`` in [0, 1].
+
+        The registration is the test-time ensemble of ``fuse register -m net``
+        (:meth:`~stages.nets.registration.RegistrationNet.estimate_field`); see :meth:`features`.
+        """
+        return self.reconstruct(self.features(ir, vis, register, ensemble=True))
 
 
 def load_tard(weights: str | Path | None = None, device: str | torch.device = "cpu") -> TardNet:

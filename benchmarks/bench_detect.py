@@ -43,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+from bench_quality import made_with_other_weights, stamp_weights, weights_stamp
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 FUSE = str(Path(sys.executable).with_name("fuse"))
@@ -89,9 +91,12 @@ def train_detector(root: Path, records: Path, pairs: int, work: Path, epochs: in
 
 
 def fused_records(held_out: list[dict], method: str, folder: Path, weights: Path | None = None) -> list[dict]:
-    """Held-out records with ``fused`` from ``folder`` (fused now where missing)."""
+    """Held-out records with ``fused`` from ``folder`` (fused now where missing, or all when made with other weights)."""
     args = ["fuse", "-m", method, "-o", folder, "-r", write_records(folder / "pairs.jsonl", held_out), "-q"]
-    fuse(*args, *(["--weights", weights] if weights else []))
+    stale = weights is None and made_with_other_weights(method, folder)
+    fuse(*args, *(["--weights", weights] if weights else []), *(["--overwrite"] if stale else []))
+    if weights is None:
+        stamp_weights(method, folder)
     return [{**r, "fused": str(folder / f"{r['id']}.png")} for r in held_out]
 
 
@@ -127,8 +132,11 @@ def detection_driven(root: Path, records: Path, detector: Path, work: Path, epoc
 
 
 def tard_head(root: Path, records: Path, held_out: list[dict], work: Path, epochs: int) -> dict:
-    """Train ``tard``'s detection head on the training pairs (``records``); evaluate it on the held-out pairs."""
-    out = work / f"tard-{epochs}ep"
+    """Train ``tard``'s detection head on the training pairs (``records``); evaluate it on the held-out pairs.
+
+    The head trains on the packaged ``tard`` network, so its folder is named by those weights too.
+    """
+    out = work / f"tard-{epochs}ep-{weights_stamp('tard')}"
     head = out / "tard_detector.safetensors"
     if not head.exists():
         fuse("train", "-m", "tard", "-r", records, "--labels", root / "labels", "--label-classes", root / "classes.txt",

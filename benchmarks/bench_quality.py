@@ -5,7 +5,9 @@
 
 Each registered method fuses the pairs through the real stage (``FuseStage`` under the
 batch runner) into ``CACHE/<set>/<method>/<id>.png``; pairs already there are reused,
-so a re-run only fuses what is missing (``--overwrite`` fuses them again). A learned
+so a re-run only fuses what is missing (``--overwrite`` fuses them again); a folder
+made with other packaged weights than the current ones (its ``.weights`` stamp) is
+fused again. A learned
 method without weights is skipped with a note. The fused images are scored by the
 score stage (``ScoreStage``, ``mmif`` convention); the table holds the mean over pairs,
 the best value of each column in bold. On TNO the published methods' own outputs
@@ -14,6 +16,7 @@ the best value of each column in bold. On TNO the published methods' own outputs
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -33,20 +36,42 @@ DATA = ROOT.parent / "shared" / "data"
 PUBLISHED = " (published)"
 
 
+def weights_stamp(method: str) -> str | None:
+    """The first 16 hex digits of the SHA-256 of ``method``'s packaged weights; ``None`` when it has none."""
+    path = ROOT / "stages" / "weights" / f"{method}.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def made_with_other_weights(method: str, out_dir: Path) -> bool:
+    """Whether ``out_dir`` was fused with packaged weights other than the current ones (its ``.weights`` stamp)."""
+    stamp, stamp_file = weights_stamp(method), out_dir / ".weights"
+    return stamp is not None and stamp_file.is_file() and stamp_file.read_text() != stamp
+
+
+def stamp_weights(method: str, out_dir: Path) -> None:
+    """Record in ``out_dir/.weights`` which packaged weights of ``method`` made its images."""
+    if (stamp := weights_stamp(method)) is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ".weights").write_text(stamp)
+
+
 def fuse_method(records: list[dict], method: str, out_dir: Path, device: str, overwrite: bool,
                 options: dict | None = None) -> tuple[list[dict], int] | None:
     """Fused records of ``method`` (cached outputs reused) and how many were fused now; ``None`` without weights.
 
     ``options`` go to the method's factory (e.g. ``{"fixed_text": "..."}`` for the text-guided networks).
+    Cached outputs of other packaged weights (``out_dir/.weights`` differs) are fused again.
     """
     try:
         stage = FuseStage(out_dir, method, device, method_options=options)
     except FileNotFoundError:
         return None
+    overwrite = overwrite or made_with_other_weights(method, out_dir)
     fused: list[dict] = []
     todo = len(records) if overwrite else sum(not stage.output_path(r).exists() for r in records)
     run_stage(stage, records, RunOptions(overwrite=overwrite, batch_size=1, quiet=True),
               Reporter("fuse", quiet=True), emit=fused.append)
+    stamp_weights(method, out_dir)
     return fused, todo
 
 

@@ -24,20 +24,15 @@ Choices the paper leaves open (also written to the model card):
   0.02); 10 % of views are left undeformed. The deformed IR is
   ``grid_sample(ir, phi_gt^-1)`` with zero padding, ``phi_gt^-1`` found by fixed-point
   iteration.
-* Views: a random crop (60–100 % of the width, aspect 0.5–0.75) of a pair, random
-  horizontal flip, random gamma per modality, resized to ``crop`` wide and
-  ``crop * 5 / 8`` high (the working size stored in the weights).
+* Views: a random crop (60–100 % of the width, aspect 0.5–0.75) of a pair (held at
+  most 384 wide), random horizontal flip, random gamma per modality, resized to
+  ``crop`` wide and ``crop * 5 / 8`` high (the working size stored in the weights).
 * The fusion head sees a random half-size window of the fused features (a 4x
   cheaper step; the head is fully convolutional).
 * ``l_s`` and ``l_c`` compare the aligned IR's features with the VI features.
 * BatchNorm statistics are recomputed as plain averages over 64 fresh training-size
   batches before every export (:func:`recalibrate_batchnorm`; with 12, the benchmark
   EPE of one set of weights moved between 5.0 and 6.7 px with the recalibration seed).
-* With ``average_last`` N, the registration weights exported are the mean of the
-  weights at the end of the last N registration epochs (stochastic weight averaging,
-  Izmailov et al. 2018), BatchNorm re-estimated for the mean; the fusion phase
-  trains on that mean. Single checkpoints of one run differ by up to 2 px of
-  benchmark EPE from epoch to epoch; the mean does not depend on which epoch ends it.
 * The data: RoadScene and LLVIP pairs; RoadScene scenes that are also in
   ``unaligned/roadscene`` (the benchmark) are found by content and left out.
 
@@ -46,7 +41,6 @@ Run it in the background: ``python -m stages.register_training --epochs 50 --out
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
@@ -292,7 +286,6 @@ def train_register(
     log=print,
     fusion_epochs: int = 2,
     init: str | Path | None = None,
-    average_last: int = 0,
 ) -> Path:
     """Train the registration network, then (``fusion_epochs`` > 0) the ``tard`` fusion head.
 
@@ -310,8 +303,6 @@ def train_register(
         crop: working width in pixels; views are ``crop * 5 / 8`` x ``crop`` (multiples of 32).
         init: a ``tard.safetensors`` to start from (fine-tuning: a fresh optimiser and
             schedule; the model card records the file).
-        average_last: export the mean of the registration weights of the last this
-            many registration epochs (0: the last weights; see the module docstring).
         resume: a ``checkpoint.pt`` to continue from; ``epochs`` and ``fusion_epochs``
             count the totals and may be larger than in the first run (the cosine
             schedule then follows the longer run from where it is).
@@ -332,12 +323,10 @@ def train_register(
         load_init(net, init, log)
     steps = max(1, len(pairs) // batch_size)
     history, start, seconds = [], 0, 0.0
-    average, averaged = None, 0  # running mean of the registration weights, and of how many epochs
     ckpt = torch.load(resume, map_location=device, weights_only=False) if resume else None
     if ckpt:
         net.load_state_dict(ckpt["model"])
         history, start, seconds = ckpt["history"], ckpt["epoch"], ckpt["seconds"]
-        average, averaged = ckpt.get("average"), ckpt.get("averaged", 0)
         init = init or ckpt.get("init")
         rng.setstate(ckpt["rng"])
         gen.set_state(ckpt["gen"])
@@ -370,33 +359,19 @@ def train_register(
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if not fusion:
                 bar.set_postfix(epe=f"{float(losses['epe_px']):.2f}")
-        export = net
-        if not fusion and epoch >= epochs - average_last:
-            average, averaged = running_mean(average, net.registration, averaged), averaged + 1
-            export = net if epoch + 1 == epochs else copy.deepcopy(net)  # the fusion phase starts from the mean
-            export.registration.load_state_dict(average, strict=False)
-        recalibrate_batchnorm(export, data, size, fusion, seed=seed + 7919 * (epoch + 1), batch_size=batch_size)
+        recalibrate_batchnorm(net, data, size, fusion, seed=seed + 7919 * (epoch + 1), batch_size=batch_size)
         seconds += time.time() - t0
         row = {"epoch": epoch + 1, "phase": phase, "seconds": round(seconds, 1), **{k: round(v / steps, 4) for k, v in sums.items()}}
         history.append(row)
         log(json.dumps(row))
         state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
                  "history": history, "epoch": epoch + 1, "seconds": seconds, "rng": rng.getstate(), "gen": gen.get_state(),
-                 "init": Path(init).name if init else None, "average": average, "averaged": averaged}
+                 "init": Path(init).name if init else None}
         with atomic_file(out / "checkpoint.pt") as tmp:
             torch.save(state, tmp)
-        _export(export, out, size, pairs, history, seconds, epochs=min(epoch + 1, epochs), fusion_epochs=max(0, epoch + 1 - epochs),
-                batch_size=batch_size, lr=lr, seed=seed, crop=crop, **({"init": Path(init).name} if init else {}),
-                **({"averaged_epochs": averaged} if averaged else {}))
+        _export(net, out, size, pairs, history, seconds, epochs=min(epoch + 1, epochs), fusion_epochs=max(0, epoch + 1 - epochs),
+                batch_size=batch_size, lr=lr, seed=seed, crop=crop, **({"init": Path(init).name} if init else {}))
     return out / "register.safetensors"
-
-
-def running_mean(average: dict[str, torch.Tensor] | None, module: torch.nn.Module, count: int) -> dict[str, torch.Tensor]:
-    """``module``'s parameters added to ``average``, the mean of ``count`` earlier snapshots (``None`` when 0)."""
-    params = {k: v.detach().clone() for k, v in module.named_parameters()}
-    if average is None:
-        return params
-    return {k: average[k] + (v - average[k]) / (count + 1) for k, v in params.items()}
 
 
 def load_init(net: TardNet, init: str | Path, log=print) -> None:
@@ -447,6 +422,7 @@ def _export(net: TardNet, out: Path, size, pairs, history, seconds, **settings) 
         "parameters": {"registration": sum(p.numel() for p in net.registration.parameters()),
                        "fusion_head": sum(p.numel() for p in net.head.parameters())},
         "working_size_hw": list(size),
+        "pairs_held_at_most_px_wide": PRELOAD_WIDTH,
         "data": {"sets": sets, "pairs": len(pairs),
                  "excluded": "RoadScene scenes of unaligned/roadscene (benchmark); msrs, tno and all evaluation sets unused"},
         "deformation": {"rotation_deg": MAX_ROTATION_DEG, "anisotropy": MAX_ANISOTROPY, "scale": [1 - SCALE_RANGE, 1 + SCALE_RANGE],
@@ -479,7 +455,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", type=Path)
     parser.add_argument("--init", type=Path, help="tard.safetensors to fine-tune")
-    parser.add_argument("--average-last", type=int, default=0, help="export the mean weights of the last N epochs")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -487,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(pairs)} training pairs; left out {len(excluded)} benchmark scenes: {' '.join(excluded)}", flush=True)
     train_register(pairs, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    crop=args.crop, resume=args.resume, progress=not args.no_progress, log=lambda s: print(s, flush=True),
-                   fusion_epochs=args.fusion_epochs, init=args.init, average_last=args.average_last)
+                   fusion_epochs=args.fusion_epochs, init=args.init)
 
 
 if __name__ == "__main__":

@@ -324,31 +324,6 @@ def test_training_deformation_is_undone_by_its_label():
     assert (back - ir).abs()[back > 0].mean() < 0.03
 
 
-def test_train_register_exports_the_mean_of_the_last_epochs(tmp_path):
-    write_image(tmp_path / "ir.png", scene(80, 128, 3))
-    write_image(tmp_path / "vis.png", 1 - scene(80, 128, 3))
-    recs = [{"ir": str(tmp_path / "ir.png"), "vis": str(tmp_path / "vis.png")}] * 2
-    common = {"epochs": 2, "fusion_epochs": 0, "batch_size": 2, "crop": 128, "progress": False}
-    snapshots = []
-
-    def after_epoch(line):  # at epoch 2's line, the checkpoint on disk holds epoch 1's weights
-        if '"epoch": 2' in line:
-            snapshots.append(torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)["model"])
-
-    train_register(recs, tmp_path / "plain", log=after_epoch, **common)
-    snapshots.append(torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)["model"])
-    train_register(recs, tmp_path / "mean", log=lambda s: None, average_last=2, **common)
-    exported = load_registration_net(tmp_path / "mean" / "register.safetensors")
-    first, last = snapshots
-    for name, value in exported.named_parameters():
-        key = "registration." + name
-        assert torch.allclose(value, (first[key] + last[key]) / 2, atol=1e-6), name
-    assert not torch.allclose(first["registration.msrb.predict.0.weight"], last["registration.msrb.predict.0.weight"])
-    import json
-
-    assert json.loads((tmp_path / "mean" / "register.json").read_text())["averaged_epochs"] == 2
-
-
 def test_train_register_writes_weights_and_card(tmp_path):
     recs = []
     for i in range(2):

@@ -30,6 +30,23 @@ magnitude, single start, no padding mask: 8.1 px; with the black-padding mask an
 six coarse starts: 5.6 px. A dense refinement after it (Farneback flow between the
 gradient images, Gaussian-smoothed with sigma 15 or 31 px, composed with the ECC
 grid) raised the error to 7.2 / 6.8 px, so ``ecc`` has none.
+
+Notes from building ``net`` (same pairs, mean EPE, single pass unless said):
+the first network (finest field at a quarter of its 160 x 256 working size, 30
+epochs) 7.51 px. Applying it again to its own output: 7.90 px (two passes), 8.85
+(three). With a finer MSRB level (field at half the working size) and a 60-epoch
+fine-tune at 192 x 320: 5.76 px, and 4.68 px as the mean of six passes (3 working
+sizes x mirrored; the shipped weights). Checkpoints of that run at epochs 17, 30
+and 45 gave 5.1, 7.4 and 5.4 px single pass: with BatchNorm re-estimated over 12
+batches, the recalibration seed alone moved one checkpoint between 5.0 and 6.7 px
+(over 60 batches 5.4–5.6), hence 64. Tried, not shipped: the mean weights of 20
+more epochs at a lower rate (4.74 px ensemble, 5.65 single); l_reg weighting each
+scale in its own pixels (4.46 / 5.65); training at 256 x 448 from the shipped
+weights (6.09 / 7.01 after 11 of 22 epochs, stopped); five ensemble sizes
+(4/6 … 8/6 of the working size) 4.43 px for 10 passes. On MSRS + M3FD pairs
+deformed like the training views (night scenes, larger motion) the network is
+far weaker: 30.6 px unregistered, 19.6 single pass, 17.6 ensemble (ECC diverges
+there: 92 px).
 """
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ What the paper leaves open, chosen here (and in the model card):
   instead of LeakyReLU (the reconstruction head swaps its last activation the same
   way), so ``W^s`` and ``W^c`` are weights in (0, 1).
 * Resolution: the network sees the pair resized to a fixed working size
-  (``size``, default 160 x 256, H x W, a multiple of 32); the common features are
-  average-pooled 2x before the CSEBs, so registration runs at half the working size.
+  (``size``, H x W, multiples of 32: default 160 x 256, the shipped weights 192 x 320);
+  the common features are average-pooled 2x before the CSEBs, so registration runs
+  at half the working size.
   The field is smooth, so it is upsampled bilinearly to any image size; it is stored
   in normalised coordinates, which do not depend on the size.
 * MSRB: a shared 5-level pyramid encoder (each level halves the size) applied to

@@ -14,7 +14,12 @@ Bit depths and the normalisation rule (documented in ``fuse --help`` too):
   wrote reads back exactly); otherwise it is treated as radiometric IR (raw
   counts crowded into a narrow band) and stretched linearly so that its 0.1th
   and 99.9th percentiles map to 0 and 1, clipped.
-* float TIFF: min–max stretched to [0, 1].
+* float TIFF: min–max stretched to [0, 1]; a NaN or infinite pixel is an error
+  naming the file (no-data is not guessed).
+
+An image larger than ``FUSE_MAX_PIXELS`` pixels (environment variable, default
+:data:`DEFAULT_MAX_PIXELS`) is refused from its header, before any pixel is
+decoded, whatever the format.
 
 PNG, JPG, BMP and friends go through imageio (Pillow); TIFF through tifffile,
 which reads 16-bit and float radiometric files that Pillow does not.
@@ -23,15 +28,26 @@ place, so an interrupted run never leaves a partial image.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
+import re
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import tifffile
+from PIL import Image
+
+# Our limit (max_pixels, checked from the header for every format) replaces Pillow's,
+# which covers only Pillow's formats and would refuse before ours speaks.
+Image.MAX_IMAGE_PIXELS = None
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own refusal threshold (2 × Image.MAX_IMAGE_PIXELS), for every format
+MAX_PIXELS_ENV = "FUSE_MAX_PIXELS"
 FULL_SCALE_SPAN = 0.5  # 16-bit images spanning at least this fraction of 0..65535 are not stretched
 RADIOMETRIC_PERCENTILES = (0.1, 99.9)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as kornia's rgb_to_ycbcr
@@ -66,8 +82,46 @@ def _check_signature(path: Path) -> None:
         raise ImageError(f"{path}: unreadable image (not a PNG, JPEG, BMP or TIFF file: it starts {head[:4]!r})")
 
 
+def max_pixels() -> int:
+    """The pixel limit: ``$FUSE_MAX_PIXELS`` when set, else :data:`DEFAULT_MAX_PIXELS`."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise ImageError(f"{MAX_PIXELS_ENV}={text!r}: not a number of pixels") from None
+    if value < 1:
+        raise ImageError(f"{MAX_PIXELS_ENV}={text!r}: must be at least 1")
+    return value
+
+
+def _header_shape(path: Path) -> tuple[int, ...]:
+    """The array shape the file declares, read from its header only (no pixel data)."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(tif.series[0].shape)
+    with Image.open(path) as im:
+        return (getattr(im, "n_frames", 1), im.size[1], im.size[0])
+
+
+def _check_pixels(path: Path) -> None:
+    """Refuse an image declaring more than :func:`max_pixels` pixels, before decoding it."""
+    shape = [int(n) for n in _header_shape(path)]
+    if len(shape) >= 3 and shape[-1] <= 4:
+        shape = shape[:-1]  # interleaved channels
+    elif len(shape) >= 3 and shape[0] <= 4:
+        shape = shape[1:]  # planar channels, or a single frame
+    pixels, limit = int(np.prod(shape, dtype=object)), max_pixels()
+    if pixels > limit:
+        size = "x".join(str(n) for n in reversed(shape))
+        raise ImageError(f"{path}: image of {size} = {pixels:,} pixels exceeds the limit of {limit:,} "
+                         f"(raise it with {MAX_PIXELS_ENV}=N)")
+
+
 def _decode(path: Path) -> np.ndarray:
     _check_signature(path)
+    _check_pixels(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return tifffile.imread(path)
     return iio.imread(path)
@@ -87,7 +141,10 @@ def _normalise(raw: np.ndarray, path: Path) -> np.ndarray:
         return raw.astype(np.float32)
     if np.issubdtype(raw.dtype, np.floating):
         data = raw.astype(np.float32)
-        return _stretch(data, float(np.nanmin(data)), float(np.nanmax(data)))
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise ImageError(f"{path}: {bad} of {data.size} pixel values are NaN or infinite")
+        return _stretch(data, float(data.min()), float(data.max()))
     raise ImageError(f"{path}: unsupported pixel type {raw.dtype}")
 
 
@@ -151,16 +208,23 @@ def luminance(img: np.ndarray) -> np.ndarray:
     return img @ LUMA_WEIGHTS.astype(img.dtype)
 
 
+#: Temporary names: ``.<stem>.part-<host>-<pid>-<n><suffix>`` beside the target, unique
+#: per write (``n`` counts this process's writes, so threads never share one).
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.part-(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9]+(?P<suffix>\.[^.]*)?$")
+_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
+_writes = itertools.count()
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+    """Yield a temporary path beside ``path``, unique to this write; rename it to ``path`` only on success.
 
     >>> with atomic_file("out/x.npy") as tmp:   # doctest: +SKIP
     ...     np.save(tmp, grid)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part-{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.part-{_HOST}-{os.getpid()}-{next(_writes)}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -168,12 +232,46 @@ def atomic_file(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
-def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8) -> None:
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of :func:`atomic_file` in ``folder`` that a killed process left; return them.
+
+    Only names of our own pattern, made on this host by a process that no
+    longer runs, are removed: a concurrent run (another shard, another host
+    writing to shared storage) keeps its files.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no folder yet: nothing to clean
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match and match["host"] == _HOST and not _running(int(match["pid"])) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, recipe: dict | None = None) -> None:
     """Write ``(H, W)`` or ``(H, W, 3)`` float [0, 1] as an 8- or 16-bit file, atomically.
 
     The format follows the suffix (``.png``, ``.tif``, ``.jpg``, ``.bmp``). JPEG and
-    BMP are 8-bit only.
+    BMP are 8-bit only. ``recipe`` (what made the image, :mod:`fuse_cli.provenance`)
+    goes into the PNG text chunk ``fuse-recipe``, the TIFF ImageDescription tag or
+    the JPEG comment; BMP cannot carry it.
     """
+    from fuse_cli.provenance import RECIPE_KEY, recipe_text
+
     path = Path(path)
     suffix = path.suffix.lower()
     if bit_depth not in (8, 16):
@@ -182,10 +280,18 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8) ->
         raise ImageError(f"{path}: 16-bit output needs PNG or TIFF, not {suffix}")
     scale, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
     data = np.clip(np.rint(np.asarray(img, dtype=np.float64) * scale), 0, scale).astype(dtype)
+    text = recipe_text(recipe) if recipe is not None else None
     with atomic_file(path) as tmp:
         if suffix in TIFF_SUFFIXES:
-            tifffile.imwrite(tmp, data, photometric="rgb" if data.ndim == 3 else "minisblack")
+            tags = {"description": text, "metadata": None} if text else {}
+            tifffile.imwrite(tmp, data, photometric="rgb" if data.ndim == 3 else "minisblack", **tags)
         elif suffix in (".jpg", ".jpeg"):
-            iio.imwrite(tmp, data, extension=suffix, quality=95)
+            iio.imwrite(tmp, data, extension=suffix, quality=95, **({"comment": text.encode()} if text else {}))
+        elif suffix == ".png" and text:
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_itxt(RECIPE_KEY, text)
+            iio.imwrite(tmp, data, extension=suffix, pnginfo=info)
         else:
             iio.imwrite(tmp, data, extension=suffix)

@@ -73,6 +73,11 @@ def main_page(group: click.Group) -> str:
     lines += [
         ".SH EXIT STATUS",
         "0 on success, 1 when any pair failed (its record carries \"error\"), 2 for usage errors.",
+        ".SH ENVIRONMENT",
+        ".TP",
+        "\\fBFUSE_MAX_PIXELS\\fR",
+        "The largest image (height x width, any format) a stage reads, checked from the file's header before "
+        "decoding; larger images fail their pair. Default 178956970, Pillow's own limit.",
         ".SH SEE ALSO",
         ", ".join(f"\\fBfuse\\-{name}\\fR(1)" for name in group.commands),
     ]

@@ -206,6 +206,10 @@ def read_yolo_txt(path: str | Path, names: Sequence[str] | None = None, size=Non
             score = float(fields[5]) if len(fields) == 6 else None
         except ValueError:
             raise AnnotationError(f"{path} line {number}: not numbers: {line.strip()!r}") from None
+        if not all(math.isfinite(v) for v in (cx, cy, w, h, 0.0 if score is None else score)):
+            raise AnnotationError(f"{path} line {number}: NaN or infinite value: {line.strip()!r}")
+        if w <= 0 or h <= 0:
+            raise AnnotationError(f"{path} line {number}: box width and height must be positive: {line.strip()!r}")
         if names is not None and not 0 <= index < len(names):
             raise AnnotationError(f"{path} line {number}: class {index} is not in the classes file ({len(names)} classes)")
         classes.append(names[index] if names is not None else str(index))

@@ -8,6 +8,7 @@ metric definitions and the colour handling of each convention live in
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -92,22 +93,49 @@ class ScoreStage(Stage):
         h, w = registered.shape
         valid = np.ones((h, w), bool)
         if isinstance(record.get("valid"), str):
-            valid &= read_image(record["valid"]) > 0.5
+            valid = luminance(read_image(record["valid"])) > 0.5
+            if valid.shape != (h, w):
+                raise StageError(f"pair {pair}: {record['valid']}: valid mask is {valid.shape[1]}x{valid.shape[0]}, "
+                                 f"the registered IR {record['ir']} is {w}x{h}")
         scores = {}
         if self.grid_gt:
             gt_path = self.grid_gt / f"{pair}.npy"
             if not gt_path.is_file():
                 raise StageError(f"pair {pair}: {gt_path}: no ground-truth grid")
-            grid = np.load(record["grid"]) if isinstance(record.get("grid"), str) else _identity_grid(h, w)
-            error, inside = residual_displacement(grid, np.load(gt_path))
-            scores["EPE"] = float(error[inside & valid].mean())
+            deformation = _load_grid(gt_path, (h, w), pair)
+            grid = _load_grid(Path(record["grid"]), (h, w), pair) if isinstance(record.get("grid"), str) else _identity_grid(h, w)
+            error, inside = residual_displacement(grid, deformation)
+            inside &= valid
+            if not inside.any():
+                raise StageError(f"pair {pair}: {gt_path}: no pixel of the grid falls inside both images; EPE undefined")
+            scores["EPE"] = float(error[inside].mean())
         if self.aligned:
-            matches = sorted(p for p in self.aligned.glob(f"{pair}.*") if not p.name.startswith("."))
+            matches = sorted(p for p in self.aligned.glob(f"{glob.escape(pair)}.*")
+                             if p.stem == pair and not p.name.startswith("."))
             if not matches:
                 raise StageError(f"pair {pair}: no aligned image {self.aligned}/{pair}.*")
             aligned = luminance(read_image(matches[0])) * 255.0
-            scores.update(registration_metrics(registered=registered, aligned=aligned, valid=valid))
+            try:
+                scores.update(registration_metrics(registered=registered, aligned=aligned, valid=valid))
+            except ValueError as exc:
+                raise StageError(f"pair {pair}: {matches[0]}: {exc}") from None
         return scores
+
+
+def _load_grid(path: Path, size: tuple[int, int], pair: str) -> np.ndarray:
+    """A sampling grid ``(H, W, 2)`` from ``path``; :class:`StageError` unless it fits ``size`` and is finite."""
+    try:
+        grid = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"pair {pair}: {path}: not a readable .npy grid ({exc})") from None
+    h, w = size
+    if grid.shape != (h, w, 2) or not np.issubdtype(grid.dtype, np.floating):
+        raise StageError(f"pair {pair}: {path}: grid of shape {grid.shape} ({grid.dtype}) does not fit the "
+                         f"{w}x{h} pair (expected float ({h}, {w}, 2))")
+    bad = int(np.count_nonzero(~np.isfinite(grid)))
+    if bad:
+        raise StageError(f"pair {pair}: {path}: {bad} of {grid.size} grid values are NaN or infinite")
+    return grid
 
 
 def _identity_grid(h: int, w: int) -> np.ndarray:
@@ -139,8 +167,8 @@ def _nanmean(values: list[float]) -> float:
 def format_rows(rows: list[dict], metrics: list[str], fmt: str) -> str:
     """Render rows as ``csv``, ``json`` (JSON Lines), ``table`` (aligned text) or ``markdown``."""
     columns = ["id", "method", "convention", *metrics]
-    if fmt == "json":
-        return "".join(json.dumps({c: row.get(c) for c in columns}) + "\n" for row in rows)
+    if fmt == "json":  # strict JSON: a missing number (NaN) is null
+        return "".join(json.dumps({c: _json_value(row.get(c)) for c in columns}, allow_nan=False) + "\n" for row in rows)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
@@ -154,6 +182,10 @@ def format_rows(rows: list[dict], metrics: list[str], fmt: str) -> str:
         return "\n".join(lines) + "\n"
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return "".join("  ".join(v.rjust(w) if i >= 3 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) + "\n" for r in cells)
+
+
+def _json_value(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _cell(value) -> str:

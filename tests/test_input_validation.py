@@ -1,0 +1,160 @@
+"""Inputs that do not fit (issue 15, items 3, 4, 5, 7, 8, 11): one clear line naming the file, never a wrong number.
+
+Images with NaN pixels or more pixels than the limit, ground truth that does not fit the
+pair, weights files that are not the method's, checkpoints that would run code.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import fuse_cli, records_of
+from fuse_cli.images import ImageError, read_image, write_image
+
+
+def _pair(root, name="a", size=(48, 64), ir=None):
+    """Write ``root/ir/<name>.png`` and ``root/vis/<name>.png`` (random texture) and return their record."""
+    rng = np.random.default_rng(0)
+    (root / "ir").mkdir(parents=True, exist_ok=True)
+    (root / "vis").mkdir(parents=True, exist_ok=True)
+    write_image(root / "vis" / f"{name}.png", rng.random(size).astype(np.float32))
+    ir_path = root / "ir" / f"{name}.png"
+    write_image(ir_path, rng.random(size).astype(np.float32) if ir is None else ir)
+    return {"id": name, "ir": str(ir_path), "vis": str(root / "vis" / f"{name}.png")}
+
+
+# ---------------------------------------------------------------- item 3: NaN pixels
+
+
+def test_nan_pixel_in_a_float_tiff_fails_that_pair_naming_the_file(tmp_path):
+    good = _pair(tmp_path, "good")
+    bad = _pair(tmp_path, "bad")
+    data = np.random.default_rng(1).random((48, 64)).astype(np.float32) * 300.0
+    data[10, 10] = np.nan
+    tifffile.imwrite(tmp_path / "ir" / "bad.tif", data)
+    bad["ir"] = str(tmp_path / "ir" / "bad.tif")
+    lines = "".join(json.dumps(r) + "\n" for r in (bad, good))
+    result = fuse_cli("fuse", "-m", "laplacian", "-o", tmp_path / "out", input=lines)
+    assert result.returncode == 1
+    assert "bad.tif" in result.stderr and "NaN" in result.stderr
+    assert "RuntimeWarning" not in result.stderr
+    assert not (tmp_path / "out" / "bad.png").exists()
+    assert (tmp_path / "out" / "good.png").is_file()
+    with pytest.raises(ImageError, match=r"bad\.tif: 1 of 3072 pixel values are NaN or infinite"):
+        read_image(tmp_path / "ir" / "bad.tif")
+
+
+# ---------------------------------------------------------------- item 7: one pixel limit for every format
+
+
+def test_a_tiff_declaring_huge_dimensions_is_refused_from_its_header(tmp_path):
+    """10^10 declared pixels: refused before allocating (the data are never read)."""
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+    with tifffile.TiffFile(path, mode="r+b") as tif:  # the header now declares 100000 x 100000
+        for tag in ("ImageWidth", "ImageLength", "RowsPerStrip"):
+            tif.pages[0].tags[tag].overwrite(100_000)
+    with pytest.raises(ImageError, match=r"huge\.tif: image of 100000x100000 = 10,000,000,000 pixels exceeds the limit"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg", ".bmp"])
+def test_the_same_limit_for_every_format_and_the_env_var_raises_it(tmp_path, monkeypatch, suffix):
+    path = tmp_path / f"img{suffix}"
+    write_image(path, np.zeros((30, 40), np.float32))
+    monkeypatch.setenv("FUSE_MAX_PIXELS", "1000")
+    with pytest.raises(ImageError, match=rf"img\{suffix}: image of 40x30 = 1,200 pixels exceeds the limit of 1,000 "
+                                         r"\(raise it with FUSE_MAX_PIXELS=N\)"):
+        read_image(path)
+    monkeypatch.setenv("FUSE_MAX_PIXELS", "1200")
+    assert read_image(path).shape == (30, 40)
+
+
+def test_the_limit_through_the_cli_fails_only_the_large_pair(tmp_path):
+    small = _pair(tmp_path, "small", size=(20, 20))
+    large = _pair(tmp_path, "large", size=(40, 40))
+    import os
+    import subprocess
+    import sys
+
+    lines = "".join(json.dumps(r) + "\n" for r in (large, small))
+    env = {**os.environ, "FUSE_MAX_PIXELS": "1000"}
+    result = subprocess.run([sys.executable, "-m", "fuse_cli", "fuse", "-m", "mean", "-o", str(tmp_path / "out")],
+                            input=lines, capture_output=True, text=True, env=env)
+    assert result.returncode == 1, result.stderr
+    assert "large.png: image of 40x40 = 1,600 pixels exceeds the limit of 1,000" in result.stderr
+    assert (tmp_path / "out" / "small.png").is_file() and not (tmp_path / "out" / "large.png").exists()
+
+
+# ---------------------------------------------------------------- item 4: ground truth that does not fit
+
+
+def _registration_setup(tmp_path):
+    """Two registered pairs (identity), ground-truth grids folder and aligned folder; returns records."""
+    records = [_pair(tmp_path, name, size=(32, 40)) for name in ("p1", "p2")]
+    for folder in ("grid", "aligned"):
+        (tmp_path / folder).mkdir()
+    xs, ys = (np.arange(40) + 0.5) * 2 / 40 - 1, (np.arange(32) + 0.5) * 2 / 32 - 1
+    identity = np.stack(np.meshgrid(xs, ys), -1).astype(np.float32)
+    for record in records:
+        np.save(tmp_path / "grid" / f"{record['id']}.npy", identity)
+        write_image(tmp_path / "aligned" / f"{record['id']}.png", read_image(record["ir"]))
+    return records
+
+
+def _score(tmp_path, records, *options):
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    options = options or ("--grid-gt", tmp_path / "grid", "--aligned", tmp_path / "aligned")
+    return fuse_cli("score", "-f", "json", *options, input=lines)
+
+
+def test_a_ground_truth_grid_of_the_wrong_size_fails_that_pair(tmp_path):
+    records = _registration_setup(tmp_path)
+    np.save(tmp_path / "grid" / "p1.npy", np.zeros((10, 10, 2), np.float32))
+    result = _score(tmp_path, records)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "p1" in line]
+    assert len(errors) == 1 and "p1.npy: grid of shape (10, 10, 2)" in errors[0] and "40x32" in errors[0]
+    rows = records_of(result.stdout)
+    assert [r["id"] for r in rows] == ["p2", "mean"] and rows[0]["EPE"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_an_all_nan_grid_fails_and_json_has_no_bare_nan(tmp_path):
+    records = _registration_setup(tmp_path)
+    np.save(tmp_path / "grid" / "p1.npy", np.full((32, 40, 2), np.nan, np.float32))
+    result = _score(tmp_path, records)
+    assert result.returncode == 1
+    assert "p1.npy: 2560 of 2560 grid values are NaN or infinite" in result.stderr
+    assert "RuntimeWarning" not in result.stderr and "NaN" not in result.stdout
+    for line in result.stdout.splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON output"))
+
+
+def test_json_rows_write_null_for_a_missing_number():
+    from stages.score import format_rows
+
+    text = format_rows([{"id": "mean", "method": "m", "convention": "mmif", "EN": math.nan}], ["EN"], "json")
+    assert json.loads(text)["EN"] is None and "NaN" not in text
+
+
+def test_an_id_is_matched_literally_not_as_a_glob_pattern(tmp_path):
+    records = _registration_setup(tmp_path)
+    star = _pair(tmp_path, "*", size=(32, 40))  # no aligned image for '*': must not pick p1's or p2's
+    result = _score(tmp_path, [star, *records], "--aligned", tmp_path / "aligned")
+    assert result.returncode == 1
+    assert "pair *: no aligned image" in result.stderr
+    assert [r["id"] for r in records_of(result.stdout)] == ["p1", "p2", "mean"]
+
+
+@pytest.mark.parametrize("line", ["0 0.5 0.5 -0.1 0.2", "0 0.5 0.5 0.1 nan", "0 nan 0.5 0.1 0.1", "0 0.5 0.5 0 0.1"])
+def test_yolo_labels_with_negative_zero_or_nan_sizes_are_rejected(tmp_path, line):
+    from stages.detection_eval import AnnotationError, read_yolo_txt
+
+    path = tmp_path / "x.txt"
+    path.write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
+    with pytest.raises(AnnotationError, match=r"x\.txt line 2: "):
+        read_yolo_txt(path, ["person"])

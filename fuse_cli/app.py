@@ -25,6 +25,7 @@ from fuse_cli.inputs import gather_records, report_unmatched, usage_error
 from fuse_cli.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
 from stages.metrics import CONVENTION_HELP
+from stages.nets.checkpoint import WeightsError
 
 app = typer.Typer(
     name="fuse",
@@ -226,4 +227,8 @@ def run() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     # A closed pipe (`fuse pairs ... | head`) ends the command quietly, as it does any Unix filter.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    app()
+    try:
+        app()
+    except WeightsError as exc:  # a model file a command reads outside per-pair work (train --resume/--init)
+        typer.echo(f"fuse: error: {exc}", err=True)
+        sys.exit(1)

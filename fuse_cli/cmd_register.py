@@ -36,6 +36,7 @@ def register_command(
     to [-1, 1] with align_corners=False (registered = grid_sample(ir, grid)). The record
     keeps the original as "ir_unregistered" and gains "grid".
     """
+    from stages.nets.checkpoint import WeightsError
     from stages.register import RegisterStage
 
     reporter = Reporter("register", run.quiet, run.verbose)
@@ -44,11 +45,11 @@ def register_command(
         make_stage = functools.partial(RegisterStage, out, method, device, max_displacement, mask_invalid, save_overlay,
                                        weights, ecc_model, single_pass)
         stage = make_stage()
-    except ValueError as exc:
-        raise usage_error(str(exc)) from None
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, WeightsError) as exc:
         typer.echo(f"fuse register: error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 

@@ -323,7 +323,7 @@ def train_register(
         load_init(net, init, log)
     steps = max(1, len(pairs) // batch_size)
     history, start, seconds = [], 0, 0.0
-    ckpt = torch.load(resume, map_location=device, weights_only=False) if resume else None
+    ckpt = load_checkpoint(resume, device) if resume else None
     if ckpt:
         net.load_state_dict(ckpt["model"])
         history, start, seconds = ckpt["history"], ckpt["epoch"], ckpt["seconds"]
@@ -372,6 +372,32 @@ def train_register(
         _export(net, out, size, pairs, history, seconds, epochs=min(epoch + 1, epochs), fusion_epochs=max(0, epoch + 1 - epochs),
                 batch_size=batch_size, lr=lr, seed=seed, crop=crop, **({"init": Path(init).name} if init else {}))
     return out / "register.safetensors"
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The training state :func:`train_register` saves as ``checkpoint.pt``, read without running code.
+
+    ``torch.load(weights_only=True)`` unpickles only tensors and plain containers; a
+    file that needs more (a crafted pickle) or is not such a checkpoint raises
+    :class:`~stages.nets.checkpoint.WeightsError`.
+    """
+    import pickle
+
+    from stages.nets.checkpoint import invalid
+
+    kind = "register training"
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise invalid(path, kind, "it holds objects other than tensors and plain values; "
+                                  "not loaded, as unpickling them would run code") from None
+    except Exception as exc:  # not a torch.save file at all: truncated, empty, another format
+        raise invalid(path, kind, f"{type(exc).__name__}: {str(exc).strip()[:120]}") from None
+    keys = {"model", "optimizer", "history", "epoch", "seconds", "rng", "gen"}
+    found = set(ckpt) if isinstance(ckpt, dict) else set()
+    if not keys <= found:
+        raise invalid(path, kind, f"not a checkpoint.pt of fuse train -m register (it lacks {sorted(keys - found)})")
+    return ckpt
 
 
 def load_init(net: TardNet, init: str | Path, log=print) -> None:

@@ -158,3 +158,162 @@ def test_yolo_labels_with_negative_zero_or_nan_sizes_are_rejected(tmp_path, line
     path.write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
     with pytest.raises(AnnotationError, match=r"x\.txt line 2: "):
         read_yolo_txt(path, ["person"])
+
+
+# ---------------------------------------------------------------- item 8: weights files that are not the method's
+
+
+def _refinefuse_state():
+    from stages.nets.refinefuse import RefineFuse
+
+    return {k: v.contiguous() for k, v in RefineFuse().state_dict().items()}
+
+
+def _bad_weights(tmp_path, kind):
+    """A weights file of the given kind of wrongness, and the reason the loader must give."""
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    from stages.nets.learned_methods import WEIGHTS_DIR
+
+    path = tmp_path / f"{kind}.safetensors"
+    shipped = WEIGHTS_DIR / "refinefuse.safetensors"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, "the file is empty"
+    if kind == "truncated":
+        path.write_bytes(shipped.read_bytes()[:100_000])
+        return path, "truncated: tensor"
+    if kind == "pickle":
+        torch.save({"w": torch.zeros(2)}, path)
+        return path, "a pickle (torch.save) file, not safetensors"
+    if kind == "bare-pickle":
+        path.write_bytes(pickle.dumps({"w": 1}))
+        return path, "a pickle (torch.save) file, not safetensors"
+    if kind == "text":
+        path.write_text("hello, not weights\n")
+        return path, "not a safetensors file"
+    if kind == "metadata-not-json":
+        save_file(_refinefuse_state(), str(path), metadata={"method": "refinefuse", "config": "{widths: oops"})
+        return path, "its 'config' metadata is not JSON"
+    if kind == "another-network":
+        return WEIGHTS_DIR / "dfh-base.safetensors", "the file holds 'dfh-base' weights"
+    if kind == "registration-file":
+        return WEIGHTS_DIR / "register.safetensors", "tensors missing"
+    if kind == "wrong-shapes":
+        state = _refinefuse_state()
+        name = next(iter(state))
+        state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)
+        save_file(state, str(path), metadata={"method": "refinefuse"})
+        return path, f"tensor {name!r} has shape"
+    if kind == "huge-widths":  # a 1.2 MB file whose metadata asks for a 1024-wide network
+        save_file(_refinefuse_state(), str(path), metadata={"method": "refinefuse", "config": '{"widths": [1024, 1024, 1024, 1024]}'})
+        return path, "the network needs [1024"
+    if kind == "unknown-config":
+        save_file(_refinefuse_state(), str(path), metadata={"method": "refinefuse", "config": '{"depth": 3}'})
+        return path, "its config does not build the network: TypeError"
+    raise AssertionError(kind)
+
+
+BAD_WEIGHTS = ["empty", "truncated", "pickle", "bare-pickle", "text", "metadata-not-json", "another-network",
+               "registration-file", "wrong-shapes", "huge-widths", "unknown-config"]
+
+
+@pytest.mark.parametrize("kind", BAD_WEIGHTS)
+def test_invalid_weights_give_one_reason_and_build_nothing_for_real(tmp_path, monkeypatch, kind):
+    import torch
+
+    from stages.nets import learned_methods
+    from stages.nets.checkpoint import WeightsError
+
+    path, reason = _bad_weights(tmp_path, kind)
+    spec = learned_methods.NETWORKS["refinefuse"]
+    devices = []
+
+    def spy(**config):  # where the network is built: only ever on the meta device before the checks pass
+        devices.append(torch.empty(0).device.type)
+        return spec.model(**config)
+
+    monkeypatch.setitem(learned_methods.NETWORKS, "refinefuse", spec._replace(model=spy))
+    with pytest.raises(WeightsError) as caught:
+        learned_methods.load_network("refinefuse", path)
+    assert str(caught.value).startswith(f"{path}: not valid refinefuse weights (")
+    assert reason in str(caught.value)
+    assert set(devices) <= {"meta"}
+
+
+def test_invalid_weights_through_the_cli_one_line_exit_1(tmp_path):
+    record = _pair(tmp_path, "a")
+    path, _ = _bad_weights(tmp_path, "pickle")
+    result = fuse_cli("fuse", "-m", "refinefuse", "--weights", path, "-o", tmp_path / "out", input=json.dumps(record) + "\n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"fuse fuse: error: {path}: not valid refinefuse weights (a pickle (torch.save) file, not safetensors; "
+        "it is not loaded, as unpickling runs code)"]
+
+
+@pytest.mark.parametrize("loader", ["tesg", "textdfh", "register", "tard"])
+def test_every_network_loader_checks_its_file(tmp_path, loader):
+    from stages.nets.checkpoint import WeightsError
+    from stages.nets.learned_methods import WEIGHTS_DIR
+
+    other = WEIGHTS_DIR / "refinefuse.safetensors"
+    if loader in ("tesg", "textdfh"):
+        from stages.nets.text_common import load_text_network
+        from stages.nets.tesg import TeSG
+        from stages.nets.textdfh import TextDFH
+
+        load = lambda p: load_text_network(loader, TeSG if loader == "tesg" else TextDFH, p)  # noqa: E731
+    elif loader == "register":
+        from stages.nets.registration import load_registration_net as load
+    else:
+        from stages.nets.tard import load_tard as load
+    with pytest.raises(WeightsError, match=rf"not valid {loader} weights \("):
+        load(other)
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes((WEIGHTS_DIR / f"{loader}.safetensors").read_bytes()[:50_000])
+    with pytest.raises(WeightsError, match=rf"t\.safetensors: not valid {loader} weights \(truncated"):
+        load(truncated)
+    load(WEIGHTS_DIR / f"{loader}.safetensors")  # the shipped file still loads
+
+
+def test_register_with_invalid_weights_exits_1_with_one_line(tmp_path):
+    record = _pair(tmp_path, "a")
+    path, _ = _bad_weights(tmp_path, "empty")
+    result = fuse_cli("register", "-m", "net", "--weights", path, "-o", tmp_path / "out", input=json.dumps(record) + "\n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"fuse register: error: {path}: not valid register weights (the file is empty)"]
+
+
+# ---------------------------------------------------------------- item 11: no file a user passes is unpickled
+
+
+class _RunsCode:
+    """Unpickling this object creates the file it names: the proof that a loader ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_register_resume_does_not_run_a_crafted_checkpoint(tmp_path):
+    import torch
+
+    from stages.nets.checkpoint import WeightsError
+    from stages.register_training import load_checkpoint
+
+    marker, evil = tmp_path / "pwned", tmp_path / "checkpoint.pt"
+    torch.save({"model": _RunsCode(marker)}, evil)
+    with pytest.raises(WeightsError, match=r"checkpoint\.pt: not valid register training weights \(it holds objects other"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    records = [_pair(tmp_path, f"p{i}", size=(96, 128)) for i in range(2)]
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    result = fuse_cli("train", "-m", "register", "-o", tmp_path / "run", "--resume", evil, "--epochs", "1", input=lines)
+    assert result.returncode == 1 and not marker.exists()
+    assert f"fuse: error: {evil}: not valid register training weights (" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -32,10 +32,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from stages.nets.checkpoint import check_method, config_of, load_checked
 from stages.nets.dfh_base import DFHBase, dfh_loss
 from stages.nets.refinefuse import RefineFuse, refinefuse_loss
 from stages.registry import register_method
@@ -124,18 +124,20 @@ def resolve_weights(method: str, weights: str | os.PathLike | None, no_weights_m
 
 
 def load_network(method: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """Build network ``method`` from a checkpoint (see :func:`resolve_weights`), in eval mode on ``device``."""
+    """Build network ``method`` from a checkpoint (see :func:`resolve_weights`), in eval mode on ``device``.
+
+    The file is checked against the network before anything is allocated
+    (:func:`stages.nets.checkpoint.load_checked`); a file that does not fit raises
+    :class:`~stages.nets.checkpoint.WeightsError` (a ``ValueError``).
+    """
     spec = _network_spec(method)
     path = resolve_weights(method, weights)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    saved_method = metadata.get("method", method)
-    if saved_method != method:
-        raise ValueError(f"{path} holds weights for {saved_method!r}, not {method!r}")
-    model = spec.model(**json.loads(metadata.get("config", "{}")))
-    model.load_state_dict(state)
-    return model.to(device).eval()
+
+    def build(metadata: dict[str, str]) -> nn.Module:
+        check_method(path, method, metadata)
+        return spec.model(**config_of(path, method, metadata))
+
+    return load_checked(path, method, build).to(device).eval()
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

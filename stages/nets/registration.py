@@ -52,8 +52,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from stages.nets.checkpoint import invalid, load_checked, read_header
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "register.safetensors"
 DEFAULT_SIZE = (160, 256)
@@ -367,20 +369,23 @@ def save_state(module: nn.Module, path: str | Path, channels: int, size: tuple[i
     save_file(state, str(path), metadata={"channels": str(channels), "size": f"{size[0]},{size[1]}"})
 
 
-def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a file written by :func:`save_state`: ``(state_dict, {"channels", "size"})``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    config = {"channels": int(meta.get("channels", FEATURES)), "size": tuple(int(v) for v in meta.get("size", "160,256").split(","))}
+def state_config(path: str | Path, kind: str, meta: dict[str, str]) -> dict:
+    """The constructor arguments :func:`save_state` recorded: ``{"channels", "size"}``; ``WeightsError`` if unreadable."""
+    try:
+        return {"channels": int(meta.get("channels", FEATURES)),
+                "size": tuple(int(v) for v in meta.get("size", "160,256").split(","))}
+    except ValueError:
+        raise invalid(path, kind, f"metadata channels={meta.get('channels')!r} size={meta.get('size')!r}") from None
+
+
+def load_state(path: str | Path, kind: str = "register") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`save_state`: ``(state_dict, {"channels", "size"})``, header checked first."""
+    config = state_config(path, kind, read_header(path, kind)[1])
     return load_file(str(path)), config
 
 
 def load_registration_net(weights: str | Path | None = None, device: str | torch.device = "cpu") -> RegistrationNet:
-    """A :class:`RegistrationNet` in eval mode with ``weights`` (default: the packaged file)."""
-    state, config = load_state(weights or WEIGHTS)
-    net = RegistrationNet(**config)
-    net.load_state_dict(state)
+    """A :class:`RegistrationNet` in eval mode with ``weights`` (default: the packaged file), checked before loading."""
+    path = Path(weights or WEIGHTS)
+    net = load_checked(path, "register", lambda meta: RegistrationNet(**state_config(path, "register", meta)))
     return net.to(device).eval()

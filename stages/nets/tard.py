@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.nets.registration import FEATURES, RegistrationNet, conv_block, load_state, resize, sobel_magnitude, warp
+from stages.nets.checkpoint import load_checked
+from stages.nets.registration import FEATURES, RegistrationNet, conv_block, resize, sobel_magnitude, state_config, warp
 from stages.registry import register_method
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tard.safetensors"
@@ -113,9 +114,8 @@ class TardNet(nn.Module):
 
 def load_tard(weights: str | Path | None = None, device: str | torch.device = "cpu") -> TardNet:
     """A :class:`TardNet` in eval mode with ``weights`` (default: the packaged file)."""
-    state, config = load_state(weights or WEIGHTS)
-    net = TardNet(**config)
-    net.load_state_dict(state)
+    path = Path(weights or WEIGHTS)
+    net = load_checked(path, "tard", lambda meta: TardNet(**state_config(path, "tard", meta)))
     return net.to(device).eval()
 
 

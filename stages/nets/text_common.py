@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
 
+from stages.nets.checkpoint import check_method, config_of, load_checked
 from stages.nets.learned_methods import CHECKPOINT_FORMAT, WEIGHTS_DIR, pad_to_multiple, save_weights
 
 __all__ = ["save_text_network", "load_text_network", "prepare_guidance", "TextFusionCallable", "WEIGHTS_DIR"]
@@ -46,15 +45,14 @@ def load_text_network(method: str, model_cls: type[nn.Module], weights: str | os
     if not path.is_file():
         hint = "" if weights is not None else f": run `fuse train -m {method}` to train them, or pass --weights PATH"
         raise FileNotFoundError(f"no weights for fusion method {method!r} (looked for {path}){hint}")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        state = {name: f.get_tensor(name) for name in f.keys()}
-    if metadata.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT or metadata.get("method", method) != method:
-        raise ValueError(f"{path} holds weights for {metadata.get('method')!r}, not {method!r}")
-    model = model_cls(**json.loads(metadata.get("config", "{}")))
-    model.load_state_dict(state)
-    model.trained_fixed_text = metadata.get("fixed_text")
-    return model.to(device).eval()
+
+    def build(metadata: dict[str, str]) -> nn.Module:
+        check_method(path, method, metadata, CHECKPOINT_FORMAT)
+        model = model_cls(**config_of(path, method, metadata))
+        model.trained_fixed_text = metadata.get("fixed_text")
+        return model
+
+    return load_checked(path, method, build).to(device).eval()
 
 
 def _mask_tensor(mask, ir: torch.Tensor) -> torch.Tensor:

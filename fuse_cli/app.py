@@ -185,9 +185,11 @@ def score(
     else:
         source = gather_records(ir, vis, records, reporter)
     scored: list[dict] = []
-    run_opts = opt.RunOptions(batch_size=max(workers, 1), workers=workers, shard=opt.parse_shard(shard), quiet=quiet,
+    # --workers N scores pairs in N processes (the stage's own pool); batches give each several pairs.
+    run_opts = opt.RunOptions(batch_size=8 * workers, workers=1, shard=opt.parse_shard(shard), quiet=quiet,
                               verbose=verbose, engine=engine, concurrency=concurrency, num_gpus=num_gpus)
-    make_stage = functools.partial(ScoreStage, names, convention, grid_gt, aligned)
+    make_stage = functools.partial(ScoreStage, names, convention, grid_gt, aligned,
+                                   workers if engine == "local" else 1)
     status = run_stage(make_stage(), source, run_opts, reporter, emit=scored.append, make_stage=make_stage)
     rows = score_rows(scored, names, convention)
     sys.stdout.write(format_rows(rows, names, fmt))
@@ -199,7 +201,8 @@ def score(
 score.__doc__ = f"""Fusion metrics per image and a mean row per method.
 
 Reads records with ir, vis and fused (from `fuse fuse`), or --ir/--vis with one
-or more --fused folders to compare methods side by side.
+or more --fused folders to compare methods side by side. --workers N scores
+N pairs at a time in N processes; the values and the row order do not change.
 
 {CONVENTION_HELP}
 """

@@ -12,6 +12,7 @@ import glob
 import io
 import json
 import math
+from concurrent.futures import ProcessPoolExecutor
 
 from pathlib import Path
 
@@ -63,9 +64,22 @@ class ScoreStage(Stage):
     name = "score"
 
     def __init__(self, metrics: list[str], convention: str = DEFAULT_CONVENTION,
-                 grid_gt: Path | None = None, aligned: Path | None = None):
+                 grid_gt: Path | None = None, aligned: Path | None = None, workers: int = 1):
         self.metrics, self.convention = metrics, convention
         self.grid_gt, self.aligned = grid_gt, aligned
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}  # a copy sent to a worker or actor starts its own pool
+
+    def process(self, records: list[dict]) -> list[dict | Exception]:
+        """Score the records, over ``workers`` processes when there are more than one (results in input order)."""
+        if self.workers <= 1 or len(records) <= 1:
+            return super().process(records)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, initializer=_start_worker, initargs=(self,))
+        return list(self._pool.map(_score_in_worker, records))
 
     def process_one(self, record: dict) -> dict:
         pair = record.get("id", "?")
@@ -136,6 +150,22 @@ def _load_grid(path: Path, size: tuple[int, int], pair: str) -> np.ndarray:
     if bad:
         raise StageError(f"pair {pair}: {path}: {bad} of {grid.size} grid values are NaN or infinite")
     return grid
+
+
+_WORKER_STAGE: ScoreStage | None = None
+
+
+def _start_worker(stage: ScoreStage) -> None:
+    """Process-pool initializer: keep this worker's copy of the stage; one OpenCV thread per process."""
+    import cv2
+
+    global _WORKER_STAGE
+    cv2.setNumThreads(1)
+    _WORKER_STAGE = stage
+
+
+def _score_in_worker(record: dict) -> dict | Exception:
+    return Stage.process(_WORKER_STAGE, [record])[0]
 
 
 def _identity_grid(h: int, w: int) -> np.ndarray:

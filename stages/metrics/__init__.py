@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from . import gradient, intensity, perceptual, structural
-from ._filters import cv2_gray, matlab_gray
+from ._filters import cv2_gray, matlab_gray, shared, sharing
 from .registration import registration_metrics
 
 CONVENTIONS: tuple[str, ...] = ("mmif", "vifb")
@@ -107,14 +107,16 @@ def _check(ir, vis, fused) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images[0], images[1], images[2]
 
 
+@shared
 def _channel(img: np.ndarray, k: int) -> np.ndarray:
+    """Channel ``k`` of a colour image (a gray image for every ``k``) as float64, once per scoring."""
     return (img if img.ndim == 2 else img[..., k]).astype(np.float64)
 
 
 def _score_vifb(info: MetricInfo, ir, vis, fused) -> float:
     if fused.ndim == 2:  # VIFB's single-band path: each metric collapses colour sources itself
         rounded = not info.vifb_unrounded_gray
-        return info.vifb(matlab_gray(ir, rounded), matlab_gray(vis, rounded), fused.astype(np.float64))
+        return info.vifb(matlab_gray(ir, rounded), matlab_gray(vis, rounded), _channel(fused, 0))
     if info.vifb_whole_colour:
         return info.vifb(None, None, fused.astype(np.float64))
     return float(np.mean([info.vifb(_channel(ir, k), _channel(vis, k), _channel(fused, k)) for k in range(3)]))
@@ -138,10 +140,11 @@ def compute_metrics(ir, vis, fused, names=None, convention: str = DEFAULT_CONVEN
         raise ValueError(f"unknown convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
     selected = _resolve(names)
     ir, vis, fused = _check(ir, vis, fused)
-    if convention == "mmif":
-        a, b, f = cv2_gray(ir), cv2_gray(vis), cv2_gray(fused)
-        return {name: float(METRICS[name].mmif(a, b, f)) for name in selected}
-    return {name: float(_score_vifb(METRICS[name], ir, vis, fused)) for name in selected}
+    with sharing():  # intermediate results several metrics need are computed once (see _filters.shared)
+        if convention == "mmif":
+            a, b, f = cv2_gray(ir), cv2_gray(vis), cv2_gray(fused)
+            return {name: float(METRICS[name].mmif(a, b, f)) for name in selected}
+        return {name: float(_score_vifb(METRICS[name], ir, vis, fused)) for name in selected}
 
 
 __all__ = ["CONVENTIONS", "CONVENTION_HELP", "DEFAULT_CONVENTION", "METRICS", "MetricInfo",

@@ -4,10 +4,10 @@ Every function takes ``(a, b, f)``: IR, VIS and fused, 2-D float arrays on the 0
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
-from ._filters import safe_divide
+from ._filters import safe_divide, sobel
 
 _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _SOBEL_Y = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
@@ -15,8 +15,9 @@ _SOBEL_Y = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
 
 def _qabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Strength and orientation from ``conv2(img, sobel, 'same')`` (zero padding); orientation π/2 where the x response is 0."""
-    sx = ndimage.convolve(img, _SOBEL_X, mode="constant")
-    sy = ndimage.convolve(img, _SOBEL_Y, mode="constant")
+    # conv2 flips its kernel: conv2 with _SOBEL_X is minus OpenCV's dx correlation, with _SOBEL_Y its dy correlation.
+    sx = -sobel(img, 1, 0, cv2.BORDER_CONSTANT)
+    sy = sobel(img, 0, 1, cv2.BORDER_CONSTANT)
     angle = np.full(img.shape, np.pi / 2)
     np.arctan(sy / np.where(sx == 0, 1.0, sx), out=angle, where=sx != 0)
     return np.sqrt(sx * sx + sy * sy), angle
@@ -99,8 +100,8 @@ def qabf_vifb(a, b, f) -> float:
 
 def _nabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shreyamsha Kumar's ``sobel_fn``: Sobel/8 correlation over a reflect-101 border; strength and orientation."""
-    gv = ndimage.correlate(img, _SOBEL_X / 8, mode="mirror")
-    gh = ndimage.correlate(img, -_SOBEL_Y / 8, mode="mirror")
+    gv = sobel(img, 1, 0, cv2.BORDER_REFLECT_101) / 8
+    gh = sobel(img, 0, 1, cv2.BORDER_REFLECT_101) / 8
     angle = np.sign(gv) * (np.pi / 2)  # atan(±x/0) = ±π/2, and 0 where both are 0
     np.arctan(gv / np.where(gh == 0, 1.0, gh), out=angle, where=gh != 0)
     return np.sqrt(gh * gh + gv * gv), angle

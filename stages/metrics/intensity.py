@@ -5,10 +5,10 @@ Every function takes ``(a, b, f)``: IR, VIS and fused as 2-D float arrays on the
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
-from ._filters import round_half_away, safe_divide
+from ._filters import round_half_away, safe_divide, shared, sobel
 
 PSNR_RANGE_DB = (0.0, 100.0)  # degenerate images (zero error, all-black fusion) are clipped here instead of ±inf
 
@@ -71,17 +71,15 @@ def ag_vifb(a, b, f) -> float:
     return float(_gradient_magnitude(f).sum() / max((r - 1) * (c - 1), 1))
 
 
-_SOBEL = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])  # MATLAB fspecial('sobel')
-
-
 def ei(a, b, f) -> float:
     """Edge intensity: mean Sobel magnitude of F, ``imfilter(F, fspecial('sobel'), 'replicate')`` (VIFB).
 
     The CDDFuse evaluator and Tang's code have no EI; the ``mmif`` convention applies
     VIFB's definition to the MMIF gray image.
     """
-    gx = ndimage.correlate(f, _SOBEL, mode="nearest")
-    gy = ndimage.correlate(f, _SOBEL.T, mode="nearest")
+    # fspecial('sobel') is minus OpenCV's dy kernel; the sign does not reach the magnitude.
+    gx = sobel(f, 0, 1, cv2.BORDER_REPLICATE)
+    gy = sobel(f, 1, 0, cv2.BORDER_REPLICATE)
     return float(np.sqrt(gx * gx + gy * gy).mean())
 
 
@@ -167,9 +165,16 @@ def psnr_vifb(a, b, f) -> float:
     return _clip_psnr(20 * np.log10(255 / np.sqrt(err)))
 
 
+@shared
+def _centered(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``x`` minus its mean and its sum of squares (CC and SCD share those of A, B and F)."""
+    d = x - x.mean()
+    return d, float((d * d).sum())
+
+
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
-    dx, dy = x - x.mean(), y - y.mean()
-    return safe_divide((dx * dy).sum(), np.sqrt((dx * dx).sum() * (dy * dy).sum()), 0.0)
+    (dx, xx), (dy, yy) = _centered(x), _centered(y)
+    return safe_divide((dx * dy).sum(), np.sqrt(xx * yy), 0.0)
 
 
 def cc(a, b, f) -> float:

@@ -7,22 +7,25 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._filters import box_sum_valid, filter_valid, gaussian_1d
+from ._filters import box_sum_valid, filter_valid, gaussian_1d, local_mean, product, shared
 
 
-def _ssim_skimage(x: np.ndarray, y: np.ndarray) -> float:
-    """scikit-image 0.19 ``structural_similarity(x, y)`` defaults for float32 data, operation for operation."""
-    x, y = x.astype(np.float32), y.astype(np.float32)
-    if min(x.shape) < 7:
-        return float("nan")
+def _mean7(img: np.ndarray) -> np.ndarray:
+    return ndimage.uniform_filter(img, size=7)
+
+
+def _ssim_skimage(x: np.ndarray, ux: np.ndarray, uxx: np.ndarray, y: np.ndarray) -> float:
+    """scikit-image 0.19 ``structural_similarity(x, y)`` defaults for float32 data, operation for operation.
+
+    ``ux`` and ``uxx`` are the 7×7 means of ``x`` and ``x * x``, shared by the two calls of ``ssim_mmif``.
+    scipy's running-sum uniform filter is kept: in flat windows the float32 variances are
+    rounding noise that the near-zero constants amplify, so another filter moves the score.
+    """
+    y = y.astype(np.float32)
     c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2  # data_range = 2: the float dtype range, not the data's
     cov_norm = 49 / 48
-
-    def mean7(img):
-        return ndimage.uniform_filter(img, size=7)
-
-    ux, uy = mean7(x), mean7(y)
-    uxx, uyy, uxy = mean7(x * x), mean7(y * y), mean7(x * y)
+    uy = _mean7(y)
+    uyy, uxy = _mean7(y * y), _mean7(x * y)
     vx = cov_norm * (uxx - ux * ux)
     vy = cov_norm * (uyy - uy * uy)
     vxy = cov_norm * (uxy - ux * uy)
@@ -38,7 +41,11 @@ def ssim_mmif(a, b, f) -> float:
     and flat regions score erratically; float32 arithmetic; mean over the map minus a
     3-pixel border. Identical images give 2. NaN when a side is below 7 pixels.
     """
-    return _ssim_skimage(f, a) + _ssim_skimage(f, b)
+    if min(f.shape) < 7:
+        return float("nan")
+    f = f.astype(np.float32)
+    uf, uff = _mean7(f), _mean7(f * f)
+    return _ssim_skimage(f, uf, uff, a) + _ssim_skimage(f, uf, uff, b)
 
 
 _WANG = gaussian_1d(11, 1.5)
@@ -48,10 +55,10 @@ def _ssim_wang(x: np.ndarray, y: np.ndarray) -> float:
     if min(x.shape) < 11:
         return float("nan")
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    ux, uy = filter_valid(x, _WANG), filter_valid(y, _WANG)
-    vx = filter_valid(x * x, _WANG) - ux * ux
-    vy = filter_valid(y * y, _WANG) - uy * uy
-    vxy = filter_valid(x * y, _WANG) - ux * uy
+    ux, uy = local_mean(x, _WANG), local_mean(y, _WANG)
+    vx = local_mean(product(x, x), _WANG) - ux * ux
+    vy = local_mean(product(y, y), _WANG) - uy * uy
+    vxy = local_mean(product(x, y), _WANG) - ux * uy
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return float(s.mean())
 
@@ -68,12 +75,13 @@ def _mef_ssim(seq: list[np.ndarray], f: np.ndarray) -> float:
     """Ma et al.'s MEF-SSIM of ``f`` against the source sequence, one scale (Tang's ``mef_ssim.m`` vectorised).
 
     Window statistics of the sources are box sums, exact for grey levels and their 2×2
-    averages, so a flat window is recognised exactly as the per-pixel loop does.
+    averages, so a flat window is recognised exactly as the per-pixel loop does. The
+    Gaussian window statistics of the first scale are shared with ``ssim_vifb``.
     """
     n, k = 11, len(seq)
     area = n * n
     s1 = [box_sum_valid(x, n) for x in seq]
-    cov = {(i, j): (area * box_sum_valid(seq[i] * seq[j], n) - s1[i] * s1[j]) / area
+    cov = {(i, j): (area * box_sum_valid(product(seq[i], seq[j]), n) - s1[i] * s1[j]) / area
            for i in range(k) for j in range(i, k)}
     spread = [np.sqrt(np.maximum(cov[i, i], 0)) for i in range(k)]  # norm of the window minus its mean
     ed = [s + 0.001 for s in spread]
@@ -89,16 +97,16 @@ def _mef_ssim(seq: list[np.ndarray], f: np.ndarray) -> float:
     max_ed = np.maximum.reduce(ed)
 
     g = _WANG
-    gf, gff = filter_valid(f, g), filter_valid(f * f, g)
-    gx = [filter_valid(x, g) for x in seq]
-    gxf = [filter_valid(x * f, g) for x in seq]
+    gf, gff = local_mean(f, g), local_mean(product(f, f), g)
+    gx = [local_mean(x, g) for x in seq]
+    gxf = [local_mean(product(x, f), g) for x in seq]
     norm2 = sum(c[i] * c[j] * cov[i, j] * (1 if i == j else 2) for (i, j) in cov)
     scale = np.zeros_like(norm2)
     np.divide(max_ed, np.sqrt(norm2), out=scale, where=norm2 > 0)
     mu1 = scale * sum(c[i] * (gx[i] - mu[i]) for i in range(k))
     second = 0.0
     for (i, j) in cov:
-        gxx = filter_valid(seq[i] * seq[j], g)
+        gxx = local_mean(product(seq[i], seq[j]), g)
         term = gxx - mu[j] * gx[i] - mu[i] * gx[j] + mu[i] * mu[j]
         second = second + c[i] * c[j] * term * (1 if i == j else 2)
     sigma1 = scale * scale * second - mu1 * mu1
@@ -127,8 +135,8 @@ def ms_ssim(a, b, f) -> float:
     """
     if min(f.shape) / 4 < 11:
         return float("nan")
-    seq = [a.astype(np.float64), b.astype(np.float64)]
-    f = f.astype(np.float64)
+    seq = [np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)]
+    f = np.asarray(f, dtype=np.float64)
     scores = []
     for level in range(3):
         if level:
@@ -137,19 +145,28 @@ def ms_ssim(a, b, f) -> float:
     return float(np.prod(np.asarray(scores) ** _MS_WEIGHTS))
 
 
+_VIF_WINDOWS = tuple(gaussian_1d(n, n / 5.0) for n in (17, 9, 5, 3))
+
+
+@shared
+def _vif_pyramid(img: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The image at VIF's four scales: from the second on, the previous one filtered 'valid' with
+    this scale's window and decimated by 2 (the fused image's pyramid serves both VIF terms)."""
+    levels = [np.asarray(img, dtype=np.float64)]
+    for g in _VIF_WINDOWS[1:]:
+        levels.append(np.ascontiguousarray(filter_valid(levels[-1], g)[::2, ::2]))
+    return tuple(levels)
+
+
 def _vif_single(ref: np.ndarray, dist: np.ndarray) -> float:
     sigma_nsq, eps = 2.0, 1e-10
     num = den = 0.0
-    for scale in range(1, 5):
-        size = 2 ** (5 - scale) + 1
-        g = gaussian_1d(size, size / 5.0)
-        if scale > 1:
-            ref, dist = filter_valid(ref, g)[::2, ::2], filter_valid(dist, g)[::2, ::2]
-        if min(ref.shape) < size:
+    for ref, dist, g in zip(_vif_pyramid(ref), _vif_pyramid(dist), _VIF_WINDOWS):
+        if min(ref.shape) < len(g):
             break
-        mu1, mu2 = filter_valid(ref, g), filter_valid(dist, g)
+        mu1, mu2 = filter_valid(ref, g), local_mean(dist, g)
         s1 = np.maximum(filter_valid(ref * ref, g) - mu1 * mu1, 0)
-        s2 = np.maximum(filter_valid(dist * dist, g) - mu2 * mu2, 0)
+        s2 = np.maximum(local_mean(product(dist, dist), g) - mu2 * mu2, 0)
         s12 = filter_valid(ref * dist, g) - mu1 * mu2
         gain = s12 / (s1 + eps)
         sv = s2 - gain * s12
@@ -163,8 +180,9 @@ def _vif_single(ref: np.ndarray, dist: np.ndarray) -> float:
         sv[neg] = s2[neg]
         gain[neg] = 0
         sv = np.maximum(sv, eps)
-        num += np.log10(1 + gain * gain * s1 / (sv + sigma_nsq)).sum()
-        den += np.log10(1 + s1 / sigma_nsq).sum()
+        # The references sum log10 terms; their ratio is the same in natural logarithms.
+        num += np.log1p(gain * gain * s1 / (sv + sigma_nsq)).sum()
+        den += np.log1p(s1 / sigma_nsq).sum()
     return float(num / den) if den > 0 else 1.0
 
 
@@ -176,4 +194,4 @@ def vif(a, b, f) -> float:
     reference (0/0) scores 1 per term, as the evaluator's NaN fallback does. VIFB has no
     VIF; its convention uses this definition too.
     """
-    return _vif_single(a.astype(np.float64), f.astype(np.float64)) + _vif_single(b.astype(np.float64), f.astype(np.float64))
+    return _vif_single(a, f) + _vif_single(b, f)

@@ -21,7 +21,7 @@ import typer
 
 from fuse_cli import __version__
 from fuse_cli import options as opt
-from fuse_cli.inputs import gather_records, report_unmatched, usage_error
+from fuse_cli.inputs import gather_compared, gather_records, report_unmatched, usage_error
 from fuse_cli.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
 from stages.metrics import CONVENTION_HELP
@@ -150,7 +150,10 @@ def score(
     records: opt.RecordsFile = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).", show_default=False)] = None,
     convention: Annotated[str, typer.Option("--convention", help="Reference implementation to reproduce; see below.")] = "mmif",
-    fmt: Annotated[str, typer.Option("--format", "-f", help="csv, json (JSON Lines), table or markdown.")] = "csv",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="csv, json (JSON Lines) or table: every image and the mean rows; markdown or latex (booktabs): the table of means, one row per method, best bold, second underlined, arrows for each metric's direction.")] = "csv",
+    precision: Annotated[int, typer.Option("--precision", min=0, max=10, help="markdown, latex: decimals shown (marks compare the shown values, so equal cells tie).")] = 3,
+    group_by: Annotated[Optional[str], typer.Option("--group-by", help="markdown, latex: 'dataset' gives each dataset its own means: the record's dataset key, else the folder holding its IR folder (tno/ir/x.png: tno).", show_default=False)] = None,
+    group_layout: Annotated[str, typer.Option("--group-layout", help="With --group-by: 'columns' (datasets side by side as column groups) or 'tables' (one table each).")] = "columns",
     grid_gt: Annotated[Optional[Path], typer.Option("--grid-gt", help="Registration: folder of ground-truth deformations <id>.npy (the dataset convention); adds EPE.", show_default=False)] = None,
     aligned: Annotated[Optional[Path], typer.Option("--aligned", help="Registration: folder of aligned IR images; adds MAE and NCC of the record's ir.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw a bar chart per metric (one bar per method) to this PNG.", show_default=False)] = None,
@@ -165,8 +168,12 @@ def score(
     from stages.metrics import CONVENTIONS
     from stages.score import ScoreStage, format_rows, parse_metric_names, plot_means, score_rows
 
-    if fmt not in ("csv", "json", "table", "markdown"):
-        raise usage_error(f"--format {fmt!r}: use csv, json, table or markdown")
+    if fmt not in ("csv", "json", "table", "markdown", "latex"):
+        raise usage_error(f"--format {fmt!r}: use csv, json, table, markdown or latex")
+    if group_by not in (None, "dataset") or group_layout not in ("columns", "tables"):
+        raise usage_error("--group-by takes dataset; --group-layout columns or tables")
+    if group_by and fmt not in ("markdown", "latex"):
+        raise usage_error("--group-by needs --format markdown or latex")
     if convention not in CONVENTIONS:
         raise usage_error(f"--convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
     opt.check_engine(engine)
@@ -175,15 +182,7 @@ def score(
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     reporter = Reporter("score", quiet, verbose)
-    if fused:
-        if ir is None or vis is None:
-            raise usage_error("--fused needs --ir and --vis")
-        source = []
-        for folder in fused:
-            for record in gather_records(ir, vis, None, reporter, fused=folder):
-                source.append({**record, "method": folder.name})
-    else:
-        source = gather_records(ir, vis, records, reporter)
+    source = gather_compared(ir, vis, fused, records, reporter)
     scored: list[dict] = []
     # --workers N scores pairs in N processes (the stage's own pool); batches give each several pairs.
     run_opts = opt.RunOptions(batch_size=8 * workers, workers=1, shard=opt.parse_shard(shard), quiet=quiet,
@@ -192,7 +191,13 @@ def score(
                                    workers if engine == "local" else 1)
     status = run_stage(make_stage(), source, run_opts, reporter, emit=scored.append, make_stage=make_stage)
     rows = score_rows(scored, names, convention)
-    sys.stdout.write(format_rows(rows, names, fmt))
+    if fmt in ("markdown", "latex"):
+        from stages.report.table import MeanTable, latex_table, markdown_table
+
+        to_text = latex_table if fmt == "latex" else markdown_table
+        sys.stdout.write(to_text(MeanTable.from_records(scored, names, group_by), convention, precision, group_layout))
+    else:
+        sys.stdout.write(format_rows(rows, names, fmt))
     if plot is not None:
         plot_means(rows, names, plot)
     raise typer.Exit(status)

@@ -47,3 +47,15 @@ def report_unmatched(pairing, reporter: Reporter) -> None:
         reporter.warn(f"{path}: no file with the same stem in the other folder; not paired")
     for path in pairing.duplicates:
         reporter.warn(f"{path}: another file in this folder has the same stem; ignored")
+
+
+def gather_compared(
+    ir: Path | None, vis: Path | None, fused: list[Path] | None, records: Path | None, reporter: Reporter
+) -> Iterator[dict] | list[dict]:
+    """Records of several methods: one per pair and ``--fused`` folder (``method`` = folder name), else as above."""
+    if not fused:
+        return gather_records(ir, vis, records, reporter)
+    if ir is None or vis is None:
+        raise usage_error("--fused needs --ir and --vis")
+    return [{**record, "method": folder.name}
+            for folder in fused for record in gather_records(ir, vis, None, reporter, fused=folder)]

@@ -40,8 +40,8 @@ def test_formats_json_table_markdown(two_methods):
     base = ("score", "--ir", pairs / "ir", "--vis", pairs / "vis", "--fused", fused / "max", "--metrics", "EN,SSIM")
     lines = [json.loads(line) for line in fuse_cli(*base, "--format", "json").stdout.splitlines()]
     assert len(lines) == 5 and set(lines[0]) == {"id", "method", "convention", "EN", "SSIM"}
-    markdown = fuse_cli(*base, "--format", "markdown").stdout.splitlines()
-    assert markdown[0] == "| id | method | convention | EN | SSIM |" and markdown[1].startswith("|---")
+    markdown = fuse_cli(*base, "--format", "markdown").stdout.splitlines()  # the table of means (tests/test_report.py)
+    assert markdown[:2] == ["| method | EN ↑ | SSIM ↑ |", "|---|---:|---:|"] and markdown[2].startswith("| max | **")
     table = fuse_cli(*base, "--format", "table").stdout.splitlines()
     assert table[0].split() == ["id", "method", "convention", "EN", "SSIM"] and len(table) == 6
 

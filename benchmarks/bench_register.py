@@ -124,7 +124,7 @@ def fusion_table(root: Path, methods: list[str], fusion: str, cache: Path, weigh
     aligned = {r["id"]: r["ir"] for r in pair_directories({"ir": root / "ir", "vis": root / "vis"}).records}
     inputs = {"unaligned": records}  # what is fused with VIS, by the name of its row
     for method in (m for m in methods if m != "none"):
-        stage = RegisterStage(cache / method, weights=weights, **METHODS[method])
+        stage = RegisterStage(cache / method, weights=weights, min_confidence=0, **METHODS[method])  # score every pair
         registered: list[dict] = []
         run_stage(stage, records, RunOptions(batch_size=1, overwrite=True, quiet=True), Reporter("register", quiet=True),
                   emit=registered.append)

@@ -28,7 +28,7 @@ from fuse_cli.runner import Reporter, print_record, run_stage
 FORMATS = ("table", "markdown", "csv", "json")
 EVAL_CONF = 0.001  # the confidence floor detectors are evaluated at (ultralytics val, YOLOv5 val)
 
-Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .pt path, a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: tard, or a tard_detector.safetensors (from fuse train -m tard --labels) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
+Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .pt path (a pickle: loading it runs any code it carries, so give only files you trust), a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: tard, or a tard_detector.safetensors (from fuse train -m tard --labels) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
 Labels = Annotated[
     Path | None,
     typer.Option("--labels", help="Ground truth: a folder of YOLO txt (with classes.txt) or VOC xml, or a COCO json. Prints the evaluation table.", show_default=False),
@@ -315,7 +315,7 @@ def export(
 @detect_app.command("train")
 def train(
     data: Annotated[Path, typer.Option("--data", help="The dataset's data.yaml (from fuse detect export).")],
-    model: Annotated[str, typer.Option("--model", help="Start from: a model YAML (yolov8n.yaml: from scratch) or .pt weights (fine-tune; yolov8n.pt downloads where there is internet).")] = "yolov8n.pt",
+    model: Annotated[str, typer.Option("--model", help="Start from: a model YAML (yolov8n.yaml: from scratch) or .pt weights (fine-tune; yolov8n.pt downloads where there is internet; a .pt is a pickle that runs any code it carries: trusted files only).")] = "yolov8n.pt",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs.")] = 100,
     imgsz: Annotated[int, typer.Option("--imgsz", min=32, help="Training image size (pixels).")] = 640,
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Batch size.")] = 16,

@@ -25,6 +25,7 @@ def register_command(
     mask_invalid: Annotated[bool, typer.Option("--mask-invalid", help="Write OUT/<id>.valid.png and zero pixels that fall outside the IR image instead of repeating its border.")] = False,
     save_overlay: Annotated[bool, typer.Option("--save-overlay", help="Write OUT/<id>.overlay.png: registered IR in red over VIS in cyan.")] = False,
     single_pass: Annotated[bool, typer.Option("--single-pass", help="net, net-ecc: one pass of the network at its working size instead of the average of 6 (3 sizes x mirrored); faster, less accurate.")] = False,
+    min_confidence: Annotated[float, typer.Option("--min-confidence", min=0.0, max=1.0, help="Fail a pair whose registration confidence (the correlation of the registered IR's and the VIS image's edge strengths, in the record as registration.confidence; an IR of pure noise scores 0.04 at most, most real pairs 0.1 to 0.7) is below this. 0 keeps every result.")] = 0.06,
     *,
     run: opt.RunOptions,
     device: str,
@@ -34,7 +35,9 @@ def register_command(
     Writes OUT/<id>.png (the registered IR, VIS size) and OUT/<id>.grid.npy: float32
     (H, W, 2), for each VIS pixel the (x, y) to sample in the original IR, normalised
     to [-1, 1] with align_corners=False (registered = grid_sample(ir, grid)). The record
-    keeps the original as "ir_unregistered" and gains "grid".
+    keeps the original as "ir_unregistered" and gains "grid" and "registration":
+    {"path": what made the grid (ecc, translation, identity, net, net+ecc, net-affine),
+    "confidence": see --min-confidence}.
     """
     from stages.nets.checkpoint import WeightsError
     from stages.register import RegisterStage
@@ -43,7 +46,7 @@ def register_command(
     source = gather_records(ir, vis, records, reporter)
     try:
         make_stage = functools.partial(RegisterStage, out, method, device, max_displacement, mask_invalid, save_overlay,
-                                       weights, ecc_model, single_pass)
+                                       weights, ecc_model, single_pass, min_confidence)
         stage = make_stage()
     except (FileNotFoundError, WeightsError) as exc:
         typer.echo(f"fuse register: error: {exc}", err=True)

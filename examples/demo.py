@@ -5,8 +5,11 @@
 1. writes synthetic IR/VIS pairs to OUT_DIR/pairs/{ir,vis}/ (fuse_cli.synthetic);
 2. runs `fuse fuse` once per available method (classical, and learned ones whose
    weights are shipped) into OUT_DIR/fused/<method>/;
-3. runs `fuse score` on all of them side by side and prints the table;
-4. writes OUT_DIR/contact_sheet.png: one row per pair — IR, VIS, then each method.
+3. runs `fuse score` on all of them side by side and prints the table of means
+   (markdown: best bold, second underlined);
+4. runs `fuse figure`: OUT_DIR/figure.png, one row per pair — IR, VIS, then each
+   method — with the two regions where the methods differ most boxed and enlarged;
+5. runs `fuse report`: OUT_DIR/report/index.html, to browse every pair at full size.
 """
 from __future__ import annotations
 
@@ -14,10 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from fuse_cli.images import read_image, to_uint8, write_image
 from fuse_cli.synthetic import write_pairs
 from stages.registry import list_methods
 
@@ -37,27 +36,6 @@ def available_methods() -> list[str]:
     return names
 
 
-def labelled_tile(img: np.ndarray, label: str) -> np.ndarray:
-    """uint8 RGB tile with ``label`` written in its top-left corner (OpenCV's built-in font)."""
-    rgb = to_uint8(img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2))
-    rgb = np.ascontiguousarray(rgb)
-    cv2.putText(rgb, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(rgb, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    return rgb
-
-
-def contact_sheet(root: Path, ids: list[str], methods: list[str]) -> np.ndarray:
-    rows = []
-    for pair_id in ids:
-        tiles = [
-            labelled_tile(read_image(root / "pairs" / "ir" / f"{pair_id}.png"), "IR"),
-            labelled_tile(read_image(root / "pairs" / "vis" / f"{pair_id}.png"), "VIS"),
-        ]
-        tiles += [labelled_tile(read_image(root / "fused" / m / f"{pair_id}.png"), m) for m in methods]
-        rows.append(np.concatenate(tiles, axis=1))
-    return np.concatenate(rows, axis=0)
-
-
 def main(root: Path) -> None:
     ids = write_pairs(root / "pairs", count=4)
     methods = available_methods()
@@ -71,18 +49,18 @@ def main(root: Path) -> None:
         )
     fused = [arg for m in methods for arg in ("--fused", str(root / "fused" / m))]
     table = subprocess.run(
-        [*FUSE, "score", *pairs, *fused, "--metrics", METRICS, "--format", "table"],
+        [*FUSE, "score", *pairs, *fused, "--metrics", METRICS, "--format", "markdown"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    mean_rows = [line for line in table.splitlines()[1:] if line.startswith("mean")]
-    print(table.splitlines()[0])
-    print("\n".join(mean_rows))
-    (root / "scores.txt").write_text(table)
-    sheet_path = root / "contact_sheet.png"
-    write_image(sheet_path, contact_sheet(root, ids, methods) / 255.0)
-    print(f"\nper-image scores: {root / 'scores.txt'}\ncontact sheet:    {sheet_path}")
+    print(table)
+    (root / "scores.md").write_text(table)
+    figure, report = root / "figure.png", root / "report"
+    subprocess.run([*FUSE, "figure", *pairs, *fused, "--zoom", "auto", "--zoom", "auto", "--dpi", "200", "-o", str(figure), "-q"],
+                   check=True)
+    subprocess.run([*FUSE, "report", *pairs, *fused, "--metrics", METRICS, "-o", str(report), "-q"], check=True)
+    print(f"mean scores: {root / 'scores.md'}\nfigure:      {figure}\nreport:      {report / 'index.html'}")
 
 
 if __name__ == "__main__":

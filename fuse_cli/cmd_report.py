@@ -70,8 +70,9 @@ def report(
         raise usage_error("no pairs in the input")
 
     scored: list[dict] = []
-    run_opts = opt.RunOptions(batch_size=workers, workers=workers, quiet=quiet, verbose=verbose)
-    make_stage = functools.partial(ScoreStage, names, convention)
+    # As fuse score: --workers N scores in N processes (the stage's pool), batches give each several pairs.
+    run_opts = opt.RunOptions(batch_size=8 * workers, workers=1, quiet=quiet, verbose=verbose)
+    make_stage = functools.partial(ScoreStage, names, convention, None, None, workers)
     status = run_stage(make_stage(), [r for r in source if r.get("fused")], run_opts, reporter,
                        emit=scored.append, make_stage=make_stage)
     scored = [r for r in scored if "scores" in r]

@@ -138,7 +138,7 @@ section.pair{margin:2em 0;border-top:2px solid #ccc}
 .stage img.layer:not(.base){position:absolute;left:0;top:0;width:100%;height:100%;display:none}
 .stage img.base{visibility:hidden;position:relative}
 .viewer.fit .stage img.base{max-width:calc(100vw - 5em)}
-.stage .divider{position:absolute;top:0;bottom:0;width:2px;background:#ff0;display:none;pointer-events:none}
+.stage .divider{position:absolute;top:0;bottom:0;width:2px;margin-left:-1px;background:#ff0;box-shadow:0 0 0 1px #000;z-index:3;display:none;pointer-events:none}
 img.broken{outline:3px solid red}
 </style></head><body>"""
 

@@ -195,7 +195,10 @@ def _nanmean(values: list[float]) -> float:
 
 
 def format_rows(rows: list[dict], metrics: list[str], fmt: str) -> str:
-    """Render rows as ``csv``, ``json`` (JSON Lines), ``table`` (aligned text) or ``markdown``."""
+    """Render rows as ``csv``, ``json`` (JSON Lines) or ``table`` (aligned text).
+
+    The paper table of means (markdown, LaTeX) is :mod:`stages.report.table`.
+    """
     columns = ["id", "method", "convention", *metrics]
     if fmt == "json":  # strict JSON: a missing number (NaN) is null
         return "".join(json.dumps({c: _json_value(row.get(c)) for c in columns}, allow_nan=False) + "\n" for row in rows)
@@ -206,10 +209,6 @@ def format_rows(rows: list[dict], metrics: list[str], fmt: str) -> str:
         writer.writerows({c: _cell(row.get(c)) for c in columns} for row in rows)
         return buffer.getvalue()
     cells = [columns] + [[_cell(row.get(c)) for c in columns] for row in rows]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(r) + " |" for r in cells]
-        lines.insert(1, "|" + "|".join("---" for _ in columns) + "|")
-        return "\n".join(lines) + "\n"
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return "".join("  ".join(v.rjust(w) if i >= 3 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) + "\n" for r in cells)
 

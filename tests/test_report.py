@@ -19,6 +19,7 @@ from conftest import fuse_cli
 from fuse_cli.app import app
 from fuse_cli.images import luminance, read_image, write_image
 from stages.report.figure import FigureRow, Zoom, auto_boxes, disagreement, draw_figure, plan_zooms
+from stages.report.pairs import group_by_pair
 from stages.report.table import MeanTable, latex_table, markdown_table, rank_marks, record_dataset
 
 METHODS = ("mean", "max", "weighted")
@@ -192,6 +193,22 @@ def test_figure_command(compared, tmp_path):
     assert bad.exit_code == 2 and "x,y,w,h" in bad.stderr
     outside = cli("figure", *compare_args(compared), "--zoom", "300,200,50,50", "-o", tmp_path / "x.png")
     assert outside.exit_code == 1 and len(outside.stderr.splitlines()) == 1 and "leaves the 320x240 image" in outside.stderr
+
+
+def test_figure_from_fuse_records_of_several_methods(compared, tmp_path):
+    pairs, fused = compared
+    records = [{"id": f"scene_0{i}", "ir": str(pairs / "ir" / f"scene_0{i}.png"), "vis": str(pairs / "vis" / f"scene_0{i}.png"),
+                "fused": str(fused[m] / f"scene_0{i}.png"), "method": m} for m in ("max", "mean") for i in range(3)]
+    records.append({**records[0], "method": "broken", "error": "earlier stage failed"})
+    pairs_out, methods = group_by_pair(records)
+    assert [p.pair_id for p in pairs_out] == ["scene_00", "scene_01", "scene_02"] and methods == ["max", "mean"]
+    assert pairs_out[1].fused == {"max": records[1]["fused"], "mean": records[4]["fused"]}
+    stdin = "".join(json.dumps(r) + "\n" for r in records)
+    done = cli("figure", "--ids", "scene_02", "-o", tmp_path / "f.svg", "-q", input=stdin)
+    assert done.exit_code == 0, done.stderr
+    assert ">max<" in (tmp_path / "f.svg").read_text()
+    lacking = cli("figure", "-o", tmp_path / "g.png", input="".join(json.dumps(r) + "\n" for r in records[:4]))
+    assert lacking.exit_code == 1 and "pair scene_01: no fused image of mean" in lacking.stderr
 
 
 # --- report ------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ The checkpoint is ``OUT/<name>.safetensors`` with a JSON model card beside it;
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,6 +63,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (default: the paper's).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: the paper's).", show_default=False)] = None,
     crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Random crop size (default: the paper's).", show_default=False)] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="refinefuse, dfh-base: sgd or adam (default: the paper's).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; runs on CPU are deterministic.")] = 0,
     clip_model: Annotated[str, typer.Option("--clip-model", help="mgfusion: open_clip model name.")] = "ViT-B-32",
     pretrained: Annotated[str, typer.Option("--pretrained", help="mgfusion: open_clip tag (downloaded by open_clip), a local checkpoint, or none.")] = "openai",
@@ -123,11 +125,14 @@ def train(
                       "--no-mask-guidance": not mask_guidance and method != "tesg",
                       "--fixed-text": fixed_text is not None and method not in TEXT_RECIPES,
                       "--cache": cache is not None and method not in TEXT_RECIPES,
-                      "--low-light": bool(low_light) and method not in NETWORKS}
+                      "--low-light": bool(low_light) and method not in NETWORKS,
+                      "--optimizer": optimizer is not None and method not in NETWORKS}
     if misplaced := [name for name, wrong in method_options.items() if wrong]:
         raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m {method}")
     if base_weights is not None and not base_weights.is_file():
         raise usage_error(f"--base-weights {base_weights}: no such file")
+    if optimizer not in (None, "sgd", "adam"):
+        raise usage_error(f"--optimizer {optimizer!r}: choose sgd or adam")
     if text_encoder not in ("minilm", "clip"):
         raise usage_error(f"--text-encoder {text_encoder!r}: choose minilm or clip")
     reporter = Reporter("train", quiet)
@@ -136,7 +141,7 @@ def train(
         raise usage_error("no training pairs")
     log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
     settings = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop}.items() if v is not None}
-    common = {"seed": seed, "device": opt.resolve_device(device), "resume": resume, "progress": not quiet, "log": log}
+    common = {"seed": seed, "device": opt.resolve_device(device), "resume": resume, "progress": not quiet and sys.stderr.isatty(), "log": log}
     if method == "register":
         from stages.register_training import train_register
 
@@ -175,7 +180,7 @@ def train(
         val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
         path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init,
-                             low_light=low_light, **detection, **common)
+                             optimizer=optimizer, low_light=low_light, **detection, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)
 

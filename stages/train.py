@@ -33,9 +33,11 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple, overload
+from queue import Queue
+from threading import Thread
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +47,7 @@ from tqdm import tqdm
 
 from fuse_cli.images import luminance, read_image, to_uint8
 from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
+from stages.nets.losses import salient_mask
 
 if TYPE_CHECKING:
     from stages.detection_loss import DetectionLoss
@@ -63,6 +66,29 @@ def load_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike) -> tuple[
         raise ValueError(f"pair {Path(ir_path).stem}: IR is {ir.shape[1]}×{ir.shape[0]} but VIS is "
                          f"{vis.shape[1]}×{vis.shape[0]}")
     return ir, vis
+
+
+# MSRS segmentation classes that are thermal targets (RefineFuse's salient objects): 1 car, 2 person, 3 bike.
+SALIENT_CLASSES = (1, 2, 3)
+
+
+def segmentation_path(ir_path: str | os.PathLike) -> Path:
+    """Where a pair's segmentation labels sit by the dataset convention: ``<set>/segmentation/<id>.png``."""
+    ir_path = Path(ir_path)
+    return ir_path.parent.parent / "segmentation" / f"{ir_path.stem}.png"
+
+
+def load_training_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike) -> tuple[np.ndarray, ...]:
+    """A pair as held in memory for training: ``(ir, vis)`` uint8 ``(H, W)`` luminance, plus a third uint8
+    ``(H, W)`` {0, 1} salient-target mask when the pair has segmentation labels (:func:`segmentation_path`)."""
+    ir, vis = (to_uint8(image) for image in load_pair(ir_path, vis_path))
+    labels_path = segmentation_path(ir_path)
+    if not labels_path.is_file():
+        return ir, vis
+    labels = read_image(labels_path)
+    if labels.shape != ir.shape:
+        raise ValueError(f"pair {Path(ir_path).stem}: segmentation {labels_path} is not the pair's size")
+    return ir, vis, np.isin(to_uint8(labels), SALIENT_CLASSES).astype(np.uint8)
 
 
 class Crop(NamedTuple):
@@ -84,34 +110,32 @@ class Crop(NamedTuple):
         return patch_affine(self.full_size, self.x, self.y, self.crop, self.hflip, self.vflip, self.rot90)
 
 
-@overload
-def random_crop_batch(images: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, rng: np.random.Generator,
-                      *, with_crops: Literal[False] = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
-@overload
-def random_crop_batch(images: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, rng: np.random.Generator,
-                      *, with_crops: Literal[True]) -> tuple[torch.Tensor, torch.Tensor, list[Crop]]: ...
-def random_crop_batch(images, crop, rng, *, with_crops=False):
+def random_crop_batch(images: Sequence[tuple[np.ndarray, ...]], crop: int, rng: np.random.Generator, *,
+                      with_crops: bool = False) -> tuple:
     """One augmented ``crop × crop`` patch per pair: ``(B, 1, crop, crop)`` IR and VIS tensors.
 
-    Images smaller than ``crop`` are reflect-padded first (at the bottom and
+    Each item of ``images`` is ``(ir, vis)`` or more same-size ``(H, W)`` arrays
+    (e.g. a mask); the result has one tensor per array of the first item, of
+    the arrays' dtype. Images smaller than ``crop`` are reflect-padded first (at the bottom and
     right, so full-image coordinates still hold). The same position, flips and
-    quarter-turn rotation apply to both modalities. Draws from ``rng``, per
+    quarter-turn rotation apply to all arrays of a pair. Draws from ``rng``, per
     pair: row, column, horizontal flip, vertical flip, quarter turns.
 
-    With ``with_crops`` a third item lists each sample's :class:`Crop` (what a
+    With ``with_crops`` a last item lists each sample's :class:`Crop` (what a
     detection loss needs to move boxes into the patch); the draws are the same.
     """
-    irs, viss, crops = [], [], []
-    for ir, vis in images:
+    patches, crops = [], []
+    for arrays in images:
+        ir = arrays[0]
         full_size = (int(ir.shape[1]), int(ir.shape[0]))
         pad_h, pad_w = max(0, crop - ir.shape[0]), max(0, crop - ir.shape[1])
+        patch = np.stack(arrays)
         if pad_h or pad_w:
             mode = "reflect" if pad_h < ir.shape[0] and pad_w < ir.shape[1] else "edge"
-            ir = np.pad(ir, ((0, pad_h), (0, pad_w)), mode=mode)
-            vis = np.pad(vis, ((0, pad_h), (0, pad_w)), mode=mode)
-        y = int(rng.integers(0, ir.shape[0] - crop + 1))
-        x = int(rng.integers(0, ir.shape[1] - crop + 1))
-        patch = np.stack([ir[y:y + crop, x:x + crop], vis[y:y + crop, x:x + crop]])
+            patch = np.pad(patch, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+        y = int(rng.integers(0, patch.shape[1] - crop + 1))
+        x = int(rng.integers(0, patch.shape[2] - crop + 1))
+        patch = patch[:, y:y + crop, x:x + crop]
         hflip = bool(rng.random() < 0.5)
         if hflip:
             patch = patch[:, :, ::-1]
@@ -119,13 +143,43 @@ def random_crop_batch(images, crop, rng, *, with_crops=False):
         if vflip:
             patch = patch[:, ::-1, :]
         turns = int(rng.integers(0, 4))
-        patch = np.rot90(patch, k=turns, axes=(1, 2))
-        irs.append(patch[0])
-        viss.append(patch[1])
+        patches.append(np.rot90(patch, k=turns, axes=(1, 2)))
         crops.append(Crop(full_size, x, y, crop, hflip, vflip, turns))
-    ir_batch = torch.from_numpy(np.ascontiguousarray(np.stack(irs)[:, None]))
-    vis_batch = torch.from_numpy(np.ascontiguousarray(np.stack(viss)[:, None]))
-    return (ir_batch, vis_batch, crops) if with_crops else (ir_batch, vis_batch)
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(patches)))  # (B, arrays, crop, crop)
+    tensors = tuple(batch[:, i:i + 1] for i in range(batch.shape[1]))
+    return (*tensors, crops) if with_crops else tensors
+
+
+UNLABELLED = 255  # mask value of pixels whose salient targets are unknown (no segmentation labels)
+
+
+def salient_targets(ir: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """RefineFuse's salient-target mask of a batch: the labels where known, estimated from the IR elsewhere.
+
+    ``ir``: ``(B, 1, H, W)`` float; ``labels``: ``(B, 1, H, W)`` uint8, 0/1 or :data:`UNLABELLED`.
+    Returns ``(B, 1, H, W)`` float in {0, 1}.
+    """
+    return torch.where(labels == UNLABELLED, salient_mask(ir), labels.to(ir.dtype))
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``items`` in a background thread, ``depth`` ahead (batches are cropped while the network trains)."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(item)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put(exc)
+        queue.put(done)
+
+    Thread(target=produce, daemon=True).start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 LOW_LIGHT_GAIN, LOW_LIGHT_GAMMA, LOW_LIGHT_IR_GAIN = (0.15, 0.6), (1.0, 1.8), (0.2, 1.0)
@@ -287,9 +341,14 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         raise ValueError("give resume or init, not both")
 
     torch.manual_seed(seed)
-    images = [load_pair(ir, vis) for ir, vis in pairs]
+    images = [load_training_pair(ir, vis) for ir, vis in pairs]
+    labelled_pairs = sum(len(arrays) == 3 for arrays in images)
+    if spec.salient_targets:  # every pair carries a mask; UNLABELLED where it has no segmentation labels
+        images = [arrays if len(arrays) == 3 else (*arrays, np.full_like(arrays[0], UNLABELLED)) for arrays in images]
+    else:
+        images = [arrays[:2] for arrays in images]
     ids = [Path(ir).stem for ir, _ in pairs]
-    val_images = [load_pair(ir, vis) for ir, vis in (val_pairs or [])]
+    val_images = [load_pair(ir, vis) for ir, vis in (val_pairs or [])]  # scored at full size, float
 
     if resume is not None:
         resume = Path(resume)
@@ -326,6 +385,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         "crop": crop, "batch_size": batch_size, "lr": lr, "optimizer": optimizer_name,
         "momentum": momentum if optimizer_name == "sgd" else None, "schedule": schedule,
         "epochs_planned": epochs, "seed": seed, "device": str(device),
+        "salient_targets": (f"segmentation labels (classes {list(SALIENT_CLASSES)}) for {labelled_pairs} pairs, "
+                            "estimated from the IR for the others") if spec.salient_targets else None,
         "augmentation": "random crop, horizontal/vertical flips, 90° rotations"
                         + (f", low light (p={low_light:g}: VIS gain {LOW_LIGHT_GAIN}, gamma {LOW_LIGHT_GAMMA}; "
                            f"IR gain {LOW_LIGHT_IR_GAIN})" if low_light else ""),
@@ -345,14 +406,19 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         running, total, det_total, fusion_total = None, 0.0, 0.0, 0.0
         bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr,
                    disable=not progress, leave=False)
-        for step in bar:
+        batches = prefetch(random_crop_batch([images[i] for i in order[step * batch_size:(step + 1) * batch_size]],
+                                             crop, rng, with_crops=True) for step in range(steps))
+        for step, (*arrays, crops) in zip(bar, batches):
             indices = order[step * batch_size:(step + 1) * batch_size]
-            ir, vis, crops = random_crop_batch([images[i] for i in indices], crop, rng, with_crops=True)
+            ir, vis = (a.float().div_(255.0) for a in arrays[:2])
             if low_light:
                 ir, vis = darken_as_night(ir, vis, light_rng, low_light)
             ir, vis = ir.to(device), vis.to(device)
+            extra = {}
+            if spec.salient_targets:
+                extra["salient"] = salient_targets(ir, arrays[2].to(device))
             fused = model(ir, vis)
-            loss = spec.loss(fused, ir, vis)
+            loss = spec.loss(fused, ir, vis, **extra)
             if det_loss is not None:
                 detection = det_loss(fused, [ids[i] for i in indices], [c.affine() for c in crops])
                 fusion_total += float(loss.detach())

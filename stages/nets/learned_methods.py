@@ -48,8 +48,9 @@ class NetworkSpec(NamedTuple):
     """What training needs to know about one network."""
 
     model: type[nn.Module]
-    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: Callable[..., torch.Tensor]
     defaults: dict
+    salient_targets: bool = False  # the loss takes ``salient=`` (B, 1, H, W) target masks
 
 
 NETWORKS: dict[str, NetworkSpec] = {
@@ -63,6 +64,7 @@ NETWORKS: dict[str, NetworkSpec] = {
         refinefuse_loss,
         {"epochs": 300, "batch_size": 8, "lr": 1e-3, "crop": 256,
          "optimizer": "sgd", "momentum": 0.9, "schedule": "cosine"},
+        salient_targets=True,
     ),
     # Text-DFH, Sect. 4.2: Adam, lr 1e-3, batch 16, 100 epochs (first stage), random
     # flipping, rotation and cropping; no schedule is given, so the rate is constant.

@@ -27,7 +27,7 @@ def figure(
     ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated pair ids, one row each, in this order (default: the first 4 pairs).", show_default=False)] = None,
     zoom: Annotated[
         Optional[list[str]],
-        typer.Option("--zoom", help="A region to box and enlarge: x,y,w,h in pixels, or auto (where the methods differ most; with one method, where it and the sources differ). Repeat for more regions.", show_default=False),
+        typer.Option("--zoom", help="A region to box and enlarge: x,y,w,h in pixels, or auto (where the methods' edges and texture differ most; with one method, where it and the sources differ). Repeat for more regions.", show_default=False),
     ] = None,
     zoom_size: Annotated[Optional[int], typer.Option("--zoom-size", min=8, help="Side of an auto region in pixels (default: a fifth of the shorter image side).", show_default=False)] = None,
     inset: Annotated[float, typer.Option("--inset", min=0.1, max=0.6, help="Inset side as a fraction of the image's shorter side.")] = 0.42,

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from fuse_cli.images import atomic_file, luminance
+
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels of the pair
 Rect = tuple[float, float, float, float]  # left, bottom, width, height in figure fractions
 
@@ -81,13 +83,9 @@ def disagreement(images: list[np.ndarray], methods: int) -> np.ndarray:
     chosen = images[2:] if methods >= 2 else images
     gradients = []
     for img in chosen:
-        gy, gx = np.gradient(_luma(img).astype(np.float64))
+        gy, gx = np.gradient(luminance(img).astype(np.float64))
         gradients.append(np.hypot(gx, gy))
     return np.std(np.stack(gradients), axis=0)
-
-
-def _luma(img: np.ndarray) -> np.ndarray:
-    return img if img.ndim == 2 else img @ np.array([0.299, 0.587, 0.114], img.dtype)
 
 
 def auto_boxes(score: np.ndarray, count: int, size: int, avoid: list[Box] = ()) -> list[Box]:
@@ -115,7 +113,7 @@ def auto_boxes(score: np.ndarray, count: int, size: int, avoid: list[Box] = ()) 
 
 def salient_mask(ir: np.ndarray) -> np.ndarray:
     """Warm targets: IR luminance above the midpoint of its median and its 99.5th percentile."""
-    luma = _luma(ir)
+    luma = luminance(ir)
     median, top = np.percentile(luma, [50, 99.5])
     return luma > (median + top) / 2 if top > median else np.zeros(luma.shape, bool)
 
@@ -195,8 +193,6 @@ def draw_figure(rows: list[FigureRow], labels: list[str], zooms: list[list[Zoom]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from fuse_cli.images import atomic_file
 
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:

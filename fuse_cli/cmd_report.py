@@ -69,12 +69,17 @@ def report(
     if not pairs:
         raise usage_error("no pairs in the input")
 
+    missing = sorted({p for r in source for p in (r.get("ir"), r.get("vis"), r.get("fused"))
+                      if isinstance(p, str) and not Path(p).is_file()})
+    for path in missing:
+        reporter.error(f"{path}: no such image; left out of the report")
     scored: list[dict] = []
     # As fuse score: --workers N scores in N processes (the stage's pool), batches give each several pairs.
     run_opts = opt.RunOptions(batch_size=8 * workers, workers=1, quiet=quiet, verbose=verbose)
     make_stage = functools.partial(ScoreStage, names, convention, None, None, workers)
-    status = run_stage(make_stage(), [r for r in source if r.get("fused")], run_opts, reporter,
-                       emit=scored.append, make_stage=make_stage)
+    complete = [r for r in source if r.get("fused") and not {r.get("ir"), r.get("vis"), r["fused"]} & set(missing)]
+    status = run_stage(make_stage(), complete, run_opts, reporter, emit=scored.append, make_stage=make_stage)
+    status = max(status, int(bool(missing)))
     scored = [r for r in scored if "scores" in r]
     table = MeanTable.from_records(scored, names) if scored else None
     pair_scores = {(r["id"], str(r.get("method") or "fused")): r["scores"] for r in scored}
@@ -83,11 +88,13 @@ def report(
     urls = {}
     for pair in pairs:
         for key, path in [("ir", pair.ir), ("vis", pair.vis), *pair.fused.items()]:
-            if not Path(path).is_file():
-                reporter.error(f"pair {pair.pair_id}: {path}: no such image; left out of the gallery")
-                status = 1
+            if path in missing:
                 continue
-            urls[(pair.pair_id, key)] = browser_url(path, out, f"{key}/{pair.pair_id}")
+            try:
+                urls[(pair.pair_id, key)] = browser_url(path, out, f"{key}/{pair.pair_id}")
+            except (OSError, ValueError) as exc:  # ImageError is a ValueError
+                reporter.error(f"pair {pair.pair_id}: {path}: {exc}; left out of the gallery")
+                status = 1
     plots = []
     if scored:
         plot_means(score_rows(scored, names, convention), names, out / "scores.png")

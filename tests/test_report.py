@@ -257,6 +257,17 @@ def test_report_converts_what_a_browser_cannot_show(synthetic_pairs, tmp_path):
     assert 'src="images/tif16/scene_00.png"' in (tmp_path / "r" / "index.html").read_text()
 
 
+def test_report_names_a_missing_image_once_and_still_writes_the_page(compared, tmp_path):
+    pairs, fused = compared
+    records = [{"id": p.stem, "ir": str(p), "vis": str(pairs / "vis" / p.name), "fused": str(fused["max"] / p.name),
+                "method": "max"} for p in sorted((pairs / "ir").glob("*.png"))]
+    records[1]["fused"] = str(tmp_path / "gone.png")
+    done = cli("report", "-o", tmp_path / "r", "--metrics", "EN", input="".join(json.dumps(r) + "\n" for r in records))
+    assert done.exit_code == 1 and done.stderr.count("gone.png") == 1, done.stderr
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "gone.png" not in page and page.count('class="layer base"') == 4 and page.count('data-name="max"') == 3
+
+
 CHROMIUM = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 

@@ -28,7 +28,7 @@ from fuse_cli.runner import Reporter, print_record, run_stage
 FORMATS = ("table", "markdown", "csv", "json")
 EVAL_CONF = 0.001  # the confidence floor detectors are evaluated at (ultralytics val, YOLOv5 val)
 
-Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .pt path (a pickle: loading it runs any code it carries, so give only files you trust), a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: tard, or a tard_detector.safetensors (from fuse train -m tard --labels) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
+Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .safetensors from fuse detect train (loads no code), a .pt path (a pickle: loading it runs any code it carries, so give only files you trust), a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: tard, or a tard_detector.safetensors (from fuse train -m tard --labels) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
 Labels = Annotated[
     Path | None,
     typer.Option("--labels", help="Ground truth: a folder of YOLO txt (with classes.txt) or VOC xml, or a COCO json. Prints the evaluation table.", show_default=False),
@@ -320,7 +320,7 @@ def train(
     imgsz: Annotated[int, typer.Option("--imgsz", min=32, help="Training image size (pixels).")] = 640,
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Batch size.")] = 16,
     project: Annotated[Path, typer.Option("--project", help="Folder of training runs.")] = Path("runs/detect"),
-    name: Annotated[str, typer.Option("--name", help="Run name: weights go to PROJECT/NAME/weights/best.pt.")] = "train",
+    name: Annotated[str, typer.Option("--name", help="Run name: weights go to PROJECT/NAME/weights/best.safetensors (and ultralytics' best.pt).")] = "train",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     loader_workers: Annotated[int, typer.Option("--loader-workers", min=0, help="Data-loading processes (0: in the main process).")] = 0,
     plots: Annotated[bool, typer.Option("--plots", help="Let ultralytics draw its plots (fetches a font: needs internet once).")] = False,
@@ -331,7 +331,11 @@ def train(
     ] = None,
     device: opt.Device = "auto",
 ) -> None:
-    """Train a YOLO detector on a dataset with ultralytics; print the path of the best weights."""
+    """Train a YOLO detector on a dataset with ultralytics; print the path of the best weights.
+
+    They are written twice: ultralytics' best.pt (a pickle) and best.safetensors,
+    which fuse detect --model and fuse train --det-model load without running code.
+    """
     import yaml
 
     from stages.detect import ModelError

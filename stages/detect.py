@@ -58,12 +58,61 @@ def quiet_ultralytics():
     return ultralytics
 
 
+YOLO_FORMAT = "fuse-yolo"  # the safetensors metadata ``format`` of a YOLO saved by save_yolo
+
+
+def save_yolo(yolo, path: str | Path) -> Path:
+    """Write an ultralytics detector as safetensors (weights; its model YAML and class names in the metadata).
+
+    Unlike ultralytics' ``.pt`` (a pickle), loading it (:func:`load_yolo`) runs no code from the file.
+    """
+    from safetensors.torch import save_file
+
+    model = yolo.model
+    state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    meta = {"format": YOLO_FORMAT, "yaml": json.dumps(model.yaml), "names": json.dumps({int(k): str(v) for k, v in model.names.items()})}
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def _load_yolo_safetensors(path: Path):
+    """A ``YOLO`` rebuilt from a :func:`save_yolo` file: its YAML, then its tensors, names and shapes checked."""
+    import tempfile
+
+    import yaml
+    from ultralytics import YOLO
+
+    from stages.nets.checkpoint import config_of, invalid, load_checked, read_header
+
+    kind = "YOLO detector"
+    meta = read_header(path, kind)[1]
+    if meta.get("format") != YOLO_FORMAT:
+        raise invalid(path, kind, f"format {meta.get('format')!r}, not {YOLO_FORMAT!r} (written by fuse detect train)")
+    cfg, names = config_of(path, kind, meta, "yaml"), config_of(path, kind, meta, "names")
+    with tempfile.TemporaryDirectory() as folder:
+        spec = Path(folder) / f"{Path(str(cfg.get('yaml_file', 'model'))).stem or 'model'}.yaml"
+        spec.write_text(yaml.safe_dump(cfg))
+        with contextlib.redirect_stdout(sys.stderr):
+            yolo = YOLO(str(spec), task="detect")
+    load_checked(path, kind, lambda _: yolo.model)  # names and shapes checked before the tensors are read
+    yolo.model.names = {int(k): v for k, v in names.items()}
+    return yolo
+
+
 def load_yolo(model: str | Path):
-    """An ultralytics ``YOLO`` from a local file, a model YAML, or a downloadable name; ``ModelError`` otherwise."""
+    """An ultralytics ``YOLO`` from a local file, a model YAML, or a downloadable name; ``ModelError`` otherwise.
+
+    A ``.safetensors`` from :func:`save_yolo` loads without unpickling; a ``.pt`` is a
+    pickle, and loading one runs any code it carries.
+    """
     quiet_ultralytics()
     from ultralytics import YOLO
 
     text = str(model)
+    if text.endswith(".safetensors"):
+        return _load_yolo_safetensors(Path(text).expanduser())
     local = Path(text).expanduser()
     if not local.is_file() and not text.endswith((".yaml", ".yml")) and ("/" in text or local.suffix not in (".pt", "")):
         raise ModelError(f"--model {text}: no such file")
@@ -132,8 +181,17 @@ def count_boxes(boxes: list[dict], min_score: float) -> dict[str, int]:
 
 
 def is_tard_model(model: str | Path) -> bool:
-    """Whether ``--model`` names the ``tard`` detection head (``tard`` or a ``.safetensors`` head file)."""
-    return str(model) == "tard" or str(model).endswith(".safetensors")
+    """Whether ``--model`` names the ``tard`` detection head (``tard`` or a ``.safetensors`` not from :func:`save_yolo`)."""
+    if str(model) == "tard":
+        return True
+    if not str(model).endswith(".safetensors"):
+        return False
+    from stages.nets.checkpoint import WeightsError, read_header
+
+    try:
+        return read_header(model, "detector")[1].get("format") != YOLO_FORMAT
+    except (OSError, WeightsError):  # the tard loader says what is wrong with the file
+        return True
 
 
 def _pair_error(record: dict, exc: Exception) -> Exception:

@@ -141,13 +141,16 @@ def train_detector(data: str | Path, model: str | Path = "yolov8n.yaml", *, epoc
                    device: str = "cpu", batch: int = 16, workers: int = 0, project: str | Path = "runs/detect",
                    name: str = "train", seed: int = 0, plots: bool = False, exist_ok: bool = False,
                    **extra) -> Path:
-    """Train an ultralytics detector on ``data`` (a ``data.yaml``); returns the path of ``best.pt``.
+    """Train an ultralytics detector on ``data`` (a ``data.yaml``); returns ``best.safetensors``.
+
+    Ultralytics writes ``best.pt`` (a pickle); the same weights are saved beside it as
+    ``best.safetensors`` (:func:`stages.detect.save_yolo`), which loads without running code.
 
     ``model`` is a model YAML (training from scratch) or ``.pt`` weights (fine-tuning).
     ``plots`` is off by default: ultralytics' plots fetch a font, which fails offline.
     Other keyword arguments pass through to ``YOLO.train`` (``lr0``, ``mosaic``, ``patience``, …).
     """
-    from stages.detect import load_yolo
+    from stages.detect import load_yolo, save_yolo
 
     data = Path(data)
     if not data.is_file():
@@ -158,4 +161,5 @@ def train_detector(data: str | Path, model: str | Path = "yolov8n.yaml", *, epoc
                    project=str(Path(project).resolve()), name=name, seed=seed, plots=plots, exist_ok=exist_ok, **extra)
     trainer = yolo.trainer
     best = Path(trainer.best)
-    return best if best.is_file() else Path(trainer.last)
+    best = best if best.is_file() else Path(trainer.last)
+    return save_yolo(load_yolo(best), best.with_suffix(".safetensors"))  # our own .pt, just written

@@ -371,7 +371,14 @@ def test_export_writes_a_dataset_ultralytics_trains_on(msrs_fused, tmp_path):
                                   "--project", str(tmp_path / "runs"), "--name", "t", "--set", "val=False"])
     assert trained.exit_code == 0, trained.output
     best = Path(trained.stdout.strip().splitlines()[-1])
-    assert best.is_file() and best.suffix == ".pt"
-    from stages.detect import load_yolo
+    assert best.is_file() and best.suffix == ".safetensors" and best.with_suffix(".pt").is_file()
+    import torch
 
-    assert load_yolo(best).names == dict(enumerate(CLASSES))
+    from stages.detect import is_tard_model, load_yolo
+
+    assert not is_tard_model(best)
+    safe, pickled = load_yolo(best), load_yolo(best.with_suffix(".pt"))
+    assert safe.names == dict(enumerate(CLASSES))
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    same = [m.predict(image, imgsz=64, conf=0.0, verbose=False)[0].boxes.data for m in (safe, pickled)]
+    assert torch.allclose(same[0], same[1], atol=1e-3)

@@ -365,3 +365,27 @@ def test_ecc_on_noise_or_blank_ir_fails_by_default_and_the_record_says_path_and_
     out = {r["id"]: r["registration"] for r in records_of(kept.stdout)}
     assert out["blank"] == {"path": "identity", "confidence": 0.0}
     assert out["noise"]["confidence"] < 0.06 < out["real"]["confidence"]
+
+
+def test_our_yolo_detectors_round_trip_as_safetensors_and_a_renamed_pickle_runs_nothing(tmp_path):
+    pytest.importorskip("ultralytics")
+    import torch
+
+    from stages.detect import is_tard_model, load_yolo, save_yolo
+
+    yolo = load_yolo("yolov8n.yaml")  # random init, nothing downloaded
+    yolo.model.names = {0: "person", 1: "car"}
+    path = save_yolo(yolo, tmp_path / "best.safetensors")
+    again = load_yolo(path)
+    assert not is_tard_model(path) and again.names == {0: "person", 1: "car"}
+    for (name, a), b in zip(yolo.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a.float(), b.float()), name
+
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.safetensors"
+    torch.save({"model": _RunsCode(marker)}, evil)
+    record = _pair(tmp_path, "a")
+    result = fuse_cli("detect", "--model", evil, "-o", tmp_path / "det", input=json.dumps(record) + "\n")
+    assert result.returncode == 1 and not marker.exists()
+    assert result.stderr.strip().splitlines() == [
+        f"fuse detect: error: --model {evil}: {evil}: not valid tard detection head weights (a pickle (torch.save) "
+        "file, not safetensors; it is not loaded, as unpickling runs code)"]

@@ -60,7 +60,7 @@ def test_head_file_round_trip_and_config(tmp_path):
     again = load_detector(tmp_path / "head.safetensors")
     features = torch.rand(1, 32, 160, 256)
     assert all(torch.equal(a, b) for a, b in zip(head.predict(features, conf=0.0), again.predict(features, conf=0.0)))
-    with pytest.raises(ValueError, match="not a tard detection head"):
+    with pytest.raises(ValueError, match="not valid tard detection head weights"):
         read_config(TARD_WEIGHTS)  # the joint network's file
     with pytest.raises(FileNotFoundError):
         read_config(tmp_path / "none.safetensors")

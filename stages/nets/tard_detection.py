@@ -33,18 +33,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from stages.detection_eval import GroundTruth
 from stages.detection_loss import DetectionLoss, match_classes
+from stages.nets.checkpoint import invalid, load_checked, read_header
 from stages.nets.registration import FEATURES, resize
 from stages.nets.tard import TardNet, load_tard
 
 YAML = "yolov5n.yaml"
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tard_detector.safetensors"
 FORMAT = "tard-detector"
+KIND = "tard detection head"
 
 
 class TardDetector(nn.Module):
@@ -100,22 +101,21 @@ def save_detector(detector: TardDetector, path: str | Path, tard: str = "tard.sa
 
 def read_config(path: str | Path) -> dict:
     """The metadata of a head file: ``{"yaml", "in_channels", "names", "tard"}``; ``ValueError`` for other files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_header(path, KIND)[1]
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a tard detection head (written by stages.nets.tard_detection.save_detector)")
-    return {"yaml": meta["yaml"], "in_channels": int(meta["in_channels"]), "names": json.loads(meta["names"]),
-            "tard": meta.get("tard", "tard.safetensors")}
+        raise invalid(path, KIND, "not written by fuse train -m tard --labels (stages.nets.tard_detection.save_detector)")
+    try:
+        return {"yaml": meta["yaml"], "in_channels": int(meta["in_channels"]), "names": json.loads(meta["names"]),
+                "tard": meta.get("tard", "tard.safetensors")}
+    except (KeyError, ValueError) as exc:
+        raise invalid(path, KIND, f"unreadable metadata: {type(exc).__name__}: {exc}") from None
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> TardDetector:
     """A :class:`TardDetector` in eval mode from a file written by :func:`save_detector`."""
     config = read_config(path)
     detector = TardDetector(config["names"], config["in_channels"], config["yaml"])
-    detector.model.load_state_dict(load_file(str(path)))
+    load_checked(path, KIND, lambda _: detector.model)  # names and shapes checked before the tensors are read
     return detector.to(device).eval()
 
 

@@ -210,7 +210,7 @@ def luminance(img: np.ndarray) -> np.ndarray:
 
 #: Temporary names: ``.<stem>.part-<host>-<pid>-<n><suffix>`` beside the target, unique
 #: per write (``n`` counts this process's writes, so threads never share one).
-_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.part-(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9]+(?P<suffix>\.[^.]*)?$")
+_TEMPORARY = re.compile(r"^\..+\.part-(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9]+(\.[^.]*)?$")
 _HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
 _writes = itertools.count()
 
@@ -224,12 +224,17 @@ def atomic_file(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part-{_HOST}-{os.getpid()}-{next(_writes)}{path.suffix}")
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_path(path: Path, pid: int | None = None) -> Path:
+    """A new temporary name for ``path``, of the writing process ``pid`` (default: this one) on this host."""
+    return path.with_name(f".{path.stem}.part-{_HOST}-{pid or os.getpid()}-{next(_writes)}{path.suffix}")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -253,12 +258,13 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks
     except (ProcessLookupError, OverflowError):
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # it runs, as another user
+        pass
     return True
 
 
@@ -287,11 +293,12 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, re
             tifffile.imwrite(tmp, data, photometric="rgb" if data.ndim == 3 else "minisblack", **tags)
         elif suffix in (".jpg", ".jpeg"):
             iio.imwrite(tmp, data, extension=suffix, quality=95, **({"comment": text.encode()} if text else {}))
-        elif suffix == ".png" and text:
+        elif suffix == ".png":
             from PIL.PngImagePlugin import PngInfo
 
             info = PngInfo()
-            info.add_itxt(RECIPE_KEY, text)
+            if text:
+                info.add_itxt(RECIPE_KEY, text)
             iio.imwrite(tmp, data, extension=suffix, pnginfo=info)
         else:
             iio.imwrite(tmp, data, extension=suffix)

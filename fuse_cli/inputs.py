@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from fuse_cli.records import pair_directories, parse_records, read_records_file
+from fuse_cli.records import pair_directories, read_records_file, read_stdin_records
 from fuse_cli.runner import Reporter
 
 
@@ -22,11 +22,14 @@ def usage_error(message: str) -> typer.Exit:
 def gather_records(
     ir: Path | None, vis: Path | None, records: Path | None, reporter: Reporter, **extra_dirs: Path | None
 ) -> Iterator[dict]:
-    """Records from ``--records FILE``, from paired folders, or from stdin — in that order of preference."""
+    """Records from ``--records FILE`` (``-``: stdin), from paired folders, or from stdin — in that order of preference."""
     if records is not None:
-        if not records.is_file():
-            raise usage_error(f"{records}: no such records file")
-        return read_records_file(records)
+        try:
+            return read_records_file(records)
+        except FileNotFoundError:
+            raise usage_error(f"{records}: no such records file") from None
+        except OSError as exc:
+            raise usage_error(f"{records}: cannot read records ({exc.strerror or exc})") from None
     if ir is not None or vis is not None:
         if ir is None or vis is None:
             raise usage_error("--ir and --vis go together")
@@ -39,7 +42,7 @@ def gather_records(
         return iter(pairing.records)
     if sys.stdin is None or sys.stdin.isatty():
         raise usage_error("no input: pipe records on stdin, or give --records FILE or --ir DIR --vis DIR")
-    return parse_records(sys.stdin)
+    return read_stdin_records()
 
 
 def report_unmatched(pairing, reporter: Reporter) -> None:

@@ -35,7 +35,7 @@ import ray
 import ray.data
 
 from fuse_cli.options import RunOptions
-from fuse_cli.runner import error_text
+from fuse_cli.runner import error_text, process_safely
 from stages.base import Stage, StageError
 
 #: How often a batch is retried after its actor died (a pair that kills its worker every time fails the run).
@@ -53,7 +53,7 @@ class StageActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [pickle.loads(blob) for blob in batch["record"]]
-        results = self.stage.process(records)
+        results = process_safely(self.stage, records)
         # Exceptions travel as StageError with the runner's text, so any of them unpickles on the driver.
         portable = [r if isinstance(r, dict) else StageError(error_text(rec, r)) for rec, r in zip(records, results)]
         return {"position": batch["position"], "result": np.array([pickle.dumps(r) for r in portable], dtype=object)}

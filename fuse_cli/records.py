@@ -6,20 +6,28 @@ that cannot be parsed does not stop the stream: it becomes an *error record*
 (``{"id": "line-N", "error": ...}``) so the caller reports it and carries on
 with the next line, as Fiona's ``fio`` does.
 
+A record's ``id`` names its output files (``OUT/<id>.png``), so it must be a
+plain file name: :func:`id_problem` states the rule every stage applies.
+
 Pairing directories (:func:`pair_directories`) matches files by stem across
 extensions (``FLIR_00006.jpg`` ↔ ``FLIR_00006.png``), never by sort order, and
 reports what did not match.
 """
 from __future__ import annotations
 
+import io
 import json
 import sys
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 RS = "\x1e"
+#: Longest id, in UTF-8 bytes: with a stage's suffix (``.overlay.png``) and a temporary
+#: name's tag it stays under the 255-byte file-name limit of common file systems.
+MAX_ID_BYTES = 200
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -54,10 +62,67 @@ def _default_id(record: dict, number: int) -> str:
     return f"line-{number}"
 
 
-def read_records_file(path: Path) -> Iterator[dict]:
-    """Records from a ``.jsonl`` file (RS framing accepted)."""
-    with open(path, encoding="utf-8") as fh:
-        yield from parse_records(fh, source=str(path))
+def id_problem(pair_id: object) -> str | None:
+    """Why ``pair_id`` cannot name output files (a phrase after "it"), or ``None`` when it can.
+
+    An id is a string (or an integer) of 1 to :data:`MAX_ID_BYTES` UTF-8 bytes
+    that is a plain file name: no ``/`` or ``\\`` (no sub-folders), no NUL, other
+    control character or lone surrogate, and no leading ``.`` (which rules out ``.``,
+    ``..``, hidden files and this tool's temporaries). So ``OUT/<id>.<ext>``
+    always lies inside ``OUT``.
+
+    >>> id_problem("FLIR_00006"), id_problem("../escape")
+    (None, "contains a path separator ('/'): ids are plain file names, without folders")
+    """
+    if isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)):
+        return f"is {json.dumps(pair_id)}, not a string"
+    text = str(pair_id)
+    if not text:
+        return "is empty"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        return "contains a NUL, another control character or a lone surrogate"
+    size = len(text.encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        return f"is {size} bytes long (at most {MAX_ID_BYTES})"
+    for sep in ("/", "\\"):
+        if sep in text:
+            return f"contains a path separator ({sep!r}): ids are plain file names, without folders"
+    if text.startswith("."):
+        return "starts with '.' (as '.', '..', hidden files and temporaries do)"
+    return None
+
+
+def shown_id(pair_id: object) -> str:
+    """An id as error lines show it: as it is when usable, else as (at most 60 characters of) JSON."""
+    if id_problem(pair_id) is None:
+        return str(pair_id)
+    text = json.dumps(pair_id, ensure_ascii=True)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def read_records_file(path: str | Path) -> Iterator[dict]:
+    """Records from any readable path — a file, a FIFO, ``/dev/stdin``, ``<(cmd)`` — or ``-`` for stdin.
+
+    The file is opened now, so one that cannot be read raises ``OSError`` here
+    rather than mid-run. Bytes that are not UTF-8 become U+FFFD (the line then
+    fails as a record of its own instead of stopping the stream).
+    """
+    if str(path) == "-":
+        return read_stdin_records()
+    stream = open(path, encoding="utf-8", errors="replace")
+    return _records_then_close(stream, str(path))
+
+
+def read_stdin_records() -> Iterator[dict]:
+    """Records from stdin, with bytes that are not UTF-8 replaced as in :func:`read_records_file`."""
+    if isinstance(sys.stdin, io.TextIOWrapper):  # not a test's StringIO
+        sys.stdin.reconfigure(errors="replace")
+    return parse_records(sys.stdin)
+
+
+def _records_then_close(stream: IO[str], source: str) -> Iterator[dict]:
+    with stream:
+        yield from parse_records(stream, source=source)
 
 
 def format_record(record: dict, rs: bool = False) -> str:

@@ -22,12 +22,15 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
+from pathlib import Path
 
 from tqdm import tqdm
 
+from fuse_cli.images import remove_stale_temporaries
 from fuse_cli.options import RunOptions
-from fuse_cli.records import MalformedRecord, format_record
-from stages.base import Stage
+from fuse_cli.provenance import explain, read_recipe
+from fuse_cli.records import MalformedRecord, format_record, id_problem, shown_id
+from stages.base import Stage, StageError
 
 
 class Reporter:
@@ -64,7 +67,7 @@ def _batches(records: Iterator[dict], size: int) -> Iterator[list[dict]]:
 def error_text(record: dict, exc: BaseException) -> str:
     """The error line for a failed pair: the exception's message, starting with ``pair <id>:``."""
     message = str(exc) or type(exc).__name__
-    pair = str(record.get("id", "?"))
+    pair = shown_id(record.get("id", "?"))
     return message if message.startswith(f"pair {pair}") else f"pair {pair}: {message}"
 
 
@@ -79,11 +82,21 @@ COMPUTE = object()
 
 
 class Planner:
-    """Decides what happens to each record before any work is sent, whatever the engine."""
+    """Decides what happens to each record before any work is sent, whatever the engine.
+
+    A record is refused (one error line, the record passed on with ``"error"``)
+    when its id cannot name files (:func:`fuse_cli.records.id_problem`), when an
+    earlier record of this run writes the same files (a duplicate id), or when
+    its output exists but was made by another recipe (another method, weights,
+    pixel-changing option or other inputs; :mod:`fuse_cli.provenance`) and
+    ``--overwrite`` is not given. It is skipped when every output exists and the
+    first one carries this run's recipe; otherwise it is computed.
+    """
 
     def __init__(self, stage: Stage, opts: RunOptions, reporter: Reporter):
         self.stage, self.opts, self.reporter = stage, opts, reporter
         self.inherited = 0  # records that arrived with an error from an earlier stage
+        self.claimed: set[Path] = set()  # the files earlier records of this run write
 
     def __call__(self, record: dict) -> dict | object | None:
         """The record to emit as it is (error or skipped), ``None`` (dry run: nothing to emit) or :data:`COMPUTE`."""
@@ -93,16 +106,44 @@ class Planner:
             else:
                 self.inherited += 1
             return record
-        planned = self.stage.outputs(record)
+        try:
+            planned = self._claim(record)
+            skip = bool(planned) and not self.opts.overwrite and self._made_here(record, planned)
+        except (StageError, OSError, ValueError) as exc:  # nothing one record holds may stop the run
+            text = error_text(record, exc)
+            self.reporter.error(text)
+            return {**record, "error": text}
         if self.opts.dry_run:
             for path in planned:
-                exists = path.exists() and not self.opts.overwrite
-                print(f"{'skip (exists)' if exists else 'would write'}: {path}", file=sys.stderr)
+                print(f"{'skip (made by the same recipe)' if skip else 'would write'}: {path}", file=sys.stderr)
             return None
-        if planned and not self.opts.overwrite and all(p.exists() for p in planned):
-            self.reporter.info(f"pair {record['id']}: outputs exist, skipped (use --overwrite)")
+        if skip:
+            self.reporter.info(f"pair {record['id']}: outputs made by the same recipe exist, skipped (use --overwrite)")
             return {**record, **self.stage.skip_update(record)}
         return COMPUTE
+
+    def _claim(self, record: dict) -> list[Path]:
+        """The files the stage will write for ``record``; :class:`StageError` for a bad or duplicate id."""
+        problem = id_problem(record.get("id"))
+        if problem:
+            raise StageError(f"unusable id: it {problem}; nothing written for this pair")
+        planned = self.stage.outputs(record)
+        taken = [path for path in planned if path in self.claimed]
+        if taken:
+            raise StageError(f"duplicate id: an earlier record of this input writes {taken[0]}; "
+                             "this one is not processed")
+        self.claimed.update(planned)
+        return planned
+
+    def _made_here(self, record: dict, planned: list[Path]) -> bool:
+        """Whether every output exists and the first carries this run's recipe; :class:`StageError` if made otherwise."""
+        carrier = planned[0]
+        if not carrier.exists():
+            return False
+        why = explain(read_recipe(carrier), self.stage.recipe(record))
+        if why:
+            raise StageError(f"{carrier} {why}; left as it is (--overwrite replaces it)")
+        return all(path.exists() for path in planned[1:])
 
 
 def _finish(record: dict, result: dict | BaseException, reporter: Reporter) -> dict:
@@ -130,6 +171,9 @@ def run_stage(
     ``functools.partial(FuseStage, ...)``); ``stage`` then only plans.
     """
     emit = emit or (lambda record: print_record(record, opts.rs))
+    if opts.out is not None and not opts.dry_run:
+        for path in remove_stale_temporaries(opts.out):
+            reporter.info(f"{path}: removed, a temporary file a killed run left")
     show_bar = not opts.quiet and sys.stderr.isatty()
     plan = Planner(stage, opts, reporter)
     selected = select_shard(records, opts.shard)
@@ -197,11 +241,25 @@ def _run_on_ray(make_stage: Callable[[], Stage], records: Iterator[dict], plan: 
 
 
 def _process(stage: Stage, records: list[dict], pool: ThreadPoolExecutor | None, workers: int) -> list:
-    """``stage.process`` on ``records``, split into contiguous chunks over the worker threads."""
+    """:func:`process_safely` on ``records``, split into contiguous chunks over the worker threads."""
     if not records:
         return []
     if pool is None or len(records) == 1:
-        return stage.process(records)
+        return process_safely(stage, records)
     size = -(-len(records) // workers)
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
-    return [result for part in pool.map(stage.process, chunks) for result in part]
+    return [result for part in pool.map(process_safely, [stage] * len(chunks), chunks) for result in part]
+
+
+def process_safely(stage: Stage, records: list[dict]) -> list[dict | Exception]:
+    """``stage.process``, except that an exception the stage did not catch fails only the record that raised it.
+
+    The batch is then retried one record at a time, so the others still complete.
+    """
+    try:
+        return stage.process(records)
+    except Exception as exc:  # noqa: BLE001 — whatever one record provokes must not stop the run
+        if len(records) > 1:
+            return [result for record in records for result in process_safely(stage, [record])]
+        return [StageError(f"pair {shown_id(records[0].get('id', '?'))}: failed unexpectedly "
+                           f"({type(exc).__name__}: {exc})")]

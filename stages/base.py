@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fuse_cli.provenance import make_recipe
+
 
 class StageError(Exception):
     """A per-record failure; the message names the pair and the file at fault."""
@@ -23,6 +25,11 @@ class Stage:
     A stage that writes one file per pair, ``out_dir/<id><output_suffix>``, and
     records its path under ``output_key`` only sets those three attributes;
     others override :meth:`outputs` and :meth:`skip_update`.
+
+    A stage that writes files also says what makes them (:mod:`fuse_cli.provenance`):
+    ``settings`` (set in ``__init__``) and ``input_keys``. The first of
+    :meth:`outputs` carries the :meth:`recipe` and is written last, so it vouches
+    for the others.
     """
 
     #: Name used in messages.
@@ -31,6 +38,10 @@ class Stage:
     output_key = ""
     output_suffix = ""
     out_dir: Path
+    #: What changes the outputs besides the inputs: ``method``, the ``weights`` digest, pixel-changing options.
+    settings: dict = {}
+    #: Record keys the stage reads; their contents identify the inputs in the recipe.
+    input_keys: tuple[str, ...] = ("ir", "vis")
 
     def output_path(self, record: dict) -> Path:
         """``out_dir/<id><output_suffix>``."""
@@ -42,6 +53,10 @@ class Stage:
         An empty list means the stage writes no files and always runs.
         """
         return [self.output_path(record)] if self.output_key else []
+
+    def recipe(self, record: dict) -> dict:
+        """What makes ``record``'s outputs: this stage, its settings and a digest of each input (``OSError`` if unreadable)."""
+        return make_recipe(self.name, self.settings, record, self.input_keys)
 
     def process(self, records: list[dict]) -> list[dict | Exception]:
         """Run on a batch; returns, per record, the keys to add or an exception.

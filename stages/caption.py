@@ -26,6 +26,7 @@ advice uses for the warm targets ("two persons are invisible in VIS").
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def noise_sigma(y: np.ndarray) -> float:
     """Immerkær's fast noise estimate (1996): σ from the image convolved with a Laplacian-difference kernel."""
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     h, w = y.shape
+    if h < 3 or w < 3:  # no pixel has a full 3x3 neighbourhood: nothing to measure
+        return 0.0
     response = np.abs(ndimage.convolve(y.astype(np.float32), kernel, mode="reflect"))[1:-1, 1:-1]
     # Edges inflate the estimate; measure on the calmer 80 % of pixels (by gradient).
     grad = ndimage.gaussian_gradient_magnitude(y.astype(np.float32), 1.0)[1:-1, 1:-1]
@@ -384,6 +387,13 @@ class CaptionStage(Stage):
         elif captioner is None and backend == "coca":
             self.captioner = CocaCaptioner(model or "coca_ViT-B-32", pretrained or "mscoco_finetuned_laion2b_s13b_b90k",
                                            device)
+        self.settings = {"method": backend, "image": image, "ask": ask, "keyword": keyword, "model": model,
+                         "pretrained": pretrained}
+        self.input_keys = ("ir", "fused" if image == "fused" else "vis") if backend == "advisor" else (image,)
+
+    def outputs(self, record: dict) -> list[Path]:
+        """``<id>.recipe.json`` (what made the caption: a text file cannot carry it), then ``<id>.txt``."""
+        return [self.out_dir / f"{record['id']}.recipe.json", self.output_path(record)]
 
     def _fields(self, caption: str) -> dict:
         fields = {"caption": caption}
@@ -422,11 +432,15 @@ class CaptionStage(Stage):
             raise StageError(f"pair {pair}: {self.backend} failed: {exc}") from None
 
     def process_one(self, record: dict) -> dict:
+        """Write the caption, then its recipe (last: it vouches for the caption)."""
         caption = self.describe(record)
         path = self.output_path(record)
+        recipe_path = self.outputs(record)[0]
         try:
             with atomic_file(path) as tmp:
                 tmp.write_text(caption + "\n", encoding="utf-8")
+            with atomic_file(recipe_path) as tmp:
+                tmp.write_text(json.dumps({"recipe": self.recipe(record)}, indent=1) + "\n", encoding="utf-8")
         except OSError as exc:
             raise StageError(f"pair {record.get('id', '?')}: cannot write {path}: {exc}") from None
         return self._fields(caption)

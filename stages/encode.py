@@ -56,6 +56,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fuse_cli.images import ImageError, atomic_file, read_image
+from fuse_cli.provenance import RECIPE_KEY, recipe_text
 from stages.base import Stage, StageError, record_path
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -264,6 +265,9 @@ class EncodeStage(Stage):
                 raise ValueError(f"--tokens needs a ViT CLIP model; {model} has no patch tokens")
             self.clip.visual.output_tokens = True  # set once, never toggled: process() may run in several threads
         self.tokenizer = open_clip.get_tokenizer(model)
+        self.settings = {"method": model, "pretrained": pretrained_label(pretrained), "images": list(self.images),
+                         "tokens": tokens}
+        self.input_keys = (*self.images, "caption")
 
     def _read(self, record: dict, key: str) -> torch.Tensor:
         pair = record.get("id", "?")
@@ -343,6 +347,7 @@ class EncodeStage(Stage):
                 "normalized": "false", "id": str(records[i].get("id", "")),
             }
             try:
+                metadata[RECIPE_KEY] = recipe_text(self.recipe(records[i]))
                 with atomic_file(path) as tmp:
                     save_file(named, str(tmp), metadata=metadata)
                     os.chmod(tmp, 0o644)

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
 from fuse_cli.images import ImageError, luminance, read_image, write_image
+from fuse_cli.provenance import weights_digest
 from stages.base import Stage, StageError, record_path
+from stages.nets.learned_methods import WEIGHTS_DIR
 from stages.registry import get_method
 
 
@@ -87,6 +89,11 @@ class FuseStage(Stage):
         self.output_suffix = f".{out_format}"
         info = get_method(method)
         self.fuse_luma = info.factory(device=device, weights=weights, **(method_options or {}))
+        shipped = WEIGHTS_DIR / f"{method}.safetensors"
+        self.settings = {"method": method, "weights": weights_digest(weights if weights is not None else shipped),
+                         "bit_depth": bit_depth, "resize": resize, **(method_options or {})}
+        if getattr(self.fuse_luma, "uses_records", False):
+            self.input_keys = ("ir", "vis", "mask", "caption", "embedding")
 
     def skip_update(self, record: dict) -> dict:
         return {**super().skip_update(record), "method": self.method}
@@ -114,7 +121,7 @@ class FuseStage(Stage):
             for i, image in zip(indices, fused):
                 try:
                     path = self.output_path(records[i])
-                    write_image(path, image, self.bit_depth)
+                    write_image(path, image, self.bit_depth, self.recipe(records[i]))
                     results[i] = {"fused": str(path), "method": self.method}
                 except (ImageError, OSError) as exc:
                     results[i] = StageError(f"pair {records[i].get('id', '?')}: cannot write output: {exc}")

@@ -304,6 +304,12 @@ class MaskStage(Stage):
         self.masker = text_masker
         if backend == "text" and self.masker is None:
             self.masker = ClipDenseMasker(clip_model, pretrained, device)
+        self.settings = {"method": backend, "keyword": keyword, "contrast": contrast, "min_score": min_score,
+                         "classes": sorted(classes) if classes else None, **params}
+        if backend == "text":
+            self.settings.update(clip_model=clip_model, pretrained=str(pretrained))
+        self.input_keys = {"boxes": ("ir", "vis", "detections"),
+                           "text": ("ir", "vis", "caption", "caption_without_keyword")}.get(backend, ("ir", "vis"))
 
     def _read(self, record: dict, key: str) -> np.ndarray:
         path = record_path(record, key)
@@ -338,7 +344,7 @@ class MaskStage(Stage):
         mask = self.compute(record)
         path = self.output_path(record)
         try:
-            write_image(path, mask.astype(np.float32))
+            write_image(path, mask.astype(np.float32), recipe=self.recipe(record))
         except (ImageError, OSError) as exc:
             raise StageError(f"pair {record.get('id', '?')}: cannot write {path}: {exc}") from None
         return {"mask": str(path)}

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from fuse_cli.images import ImageError, atomic_file, luminance, read_image, write_image
+from fuse_cli.provenance import weights_digest
 from stages.base import Stage, StageError, record_path
 
 METHODS = ("ecc", "net", "net-ecc")
@@ -374,10 +375,15 @@ class RegisterStage(Stage):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.net = None
+        weights_used = None
         if method in ("net", "net-ecc"):
-            from stages.nets.registration import load_registration_net
+            from stages.nets.registration import WEIGHTS, load_registration_net
 
             self.net = load_registration_net(weights, self.device)
+            weights_used = weights or WEIGHTS
+        self.settings = {"method": method, "ecc_model": ecc_model if method != "net" else None,
+                         "weights": weights_digest(weights_used), "single_pass": single_pass,
+                         "mask_invalid": mask_invalid}
 
     def _paths(self, record: dict) -> dict[str, Path]:
         pair_id = record.get("id")
@@ -449,11 +455,12 @@ class RegisterStage(Stage):
                 f"--min-confidence {self.min_confidence:g}: its edges do not match {vis_path}'s (noise, a blank "
                 f"image or another scene?); rejected (--min-confidence 0 keeps it)"
             )
-        write_image(paths["ir"], registered, bit_depth=16 if _is_16bit(ir_path) else 8)
         with atomic_file(paths["grid"]) as tmp:
             np.save(tmp, grid)
         if self.mask_invalid:
             write_image(paths["valid"], valid.astype(np.float32))
         if self.save_overlay:
             write_image(paths["overlay"], overlay(registered, vis_y))
+        # The registered image carries the recipe, so it is written last (see Stage).
+        write_image(paths["ir"], registered, bit_depth=16 if _is_16bit(ir_path) else 8, recipe=self.recipe(record))
         return {**self._result(record, paths), "registration": {"path": path, "confidence": round(confidence, 4)}}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fuse_cli.images import ImageError, luminance, read_image, read_uint8
+from fuse_cli.provenance import read_recipe
 from stages.base import Stage, StageError, record_path
 from stages.metrics import DEFAULT_CONVENTION, METRICS, compute_metrics, registration_metrics
 from stages.metrics.registration import residual_displacement
@@ -91,7 +92,7 @@ class ScoreStage(Stage):
                 scores.update(self._registration_scores(record))
         except ImageError as exc:
             raise StageError(f"pair {pair}: {exc}") from None
-        return {"scores": scores}
+        return {"scores": scores, **method_label(record)}
 
     def _fusion_scores(self, record: dict) -> dict:
         images = [read_uint8(record_path(record, key)) for key in ("ir", "vis", "fused")]
@@ -150,6 +151,21 @@ def _load_grid(path: Path, size: tuple[int, int], pair: str) -> np.ndarray:
     if bad:
         raise StageError(f"pair {pair}: {path}: {bad} of {grid.size} grid values are NaN or infinite")
     return grid
+
+
+def method_label(record: dict) -> dict:
+    """``{"method": ...}`` from the recipe the fused file carries, when the record's label does not name that method.
+
+    The file says what made it (:mod:`fuse_cli.provenance`); a record's label
+    that starts with that method (a variant's name, ``"textdfh (fixed text)"``)
+    is kept, any other label is replaced. Files without a recipe (published
+    methods' outputs) keep the record's label.
+    """
+    made = read_recipe(record["fused"]) if isinstance(record.get("fused"), str) else None
+    if made is None or made.get("stage") != "fuse" or not isinstance(made.get("method"), str):
+        return {}
+    label = record.get("method")
+    return {} if isinstance(label, str) and label.startswith(made["method"]) else {"method": made["method"]}
 
 
 _WORKER_STAGE: ScoreStage | None = None

@@ -83,10 +83,13 @@ def test_existing_outputs_are_skipped_unless_overwrite(synthetic_pairs, tmp_path
     args = ("fuse", "-m", "mean", "-o", tmp_path, "--ir", synthetic_pairs / "ir", "--vis", synthetic_pairs / "vis")
     assert fuse_cli(*args).returncode == 0
     target = tmp_path / "scene_01.png"
-    target.write_bytes(b"sentinel")  # a skipped pair is not recomputed
+    made = target.stat().st_mtime_ns
     again = fuse_cli(*args)
-    assert again.returncode == 0 and target.read_bytes() == b"sentinel"
+    assert again.returncode == 0 and target.stat().st_mtime_ns == made  # made by the same recipe: skipped
     assert all("fused" in r for r in records_of(again.stdout))
+    target.write_bytes(b"sentinel")  # made by something else: refused, left as it is
+    refused = fuse_cli(*args)
+    assert refused.returncode == 1 and str(target) in refused.stderr and target.read_bytes() == b"sentinel"
     assert fuse_cli(*args, "--overwrite").returncode == 0
     assert read_image(target).shape == (240, 320, 3)
 

@@ -186,7 +186,7 @@ def draw_figure(rows: list[FigureRow], labels: list[str], zooms: list[list[Zoom]
     """Draw the grid and save it to ``path`` (``.png`` at ``dpi``, ``.pdf`` or ``.svg`` with text kept as text).
 
     ``width`` is the figure width in inches (7 is a two-column page); rows keep their
-    images' aspect. Labels that do not fit a column are set smaller (down to 4 pt).
+    images' aspect. When a label does not fit its column, all labels are set smaller (down to 4 pt).
     """
     import matplotlib
 
@@ -262,12 +262,13 @@ def _inset_rect(tile: Rect, zoom: Zoom, shape: tuple[int, int], fraction: float)
 
 
 def _column_labels(fig, labels: list[str], tiles: list[Rect], total_h: float, label_h: float, font_size: float) -> None:
-    """One label centred above each column, shrunk until it fits the column width."""
+    """One label centred above each column, all in one size: the largest (up to ``font_size``) at which every label fits."""
     renderer = fig.canvas.get_renderer()
     y = 1 - (label_h / 2) / total_h
-    for label, (left, _, tw, _) in zip(labels, tiles):
-        text = fig.text(left + tw / 2, y, label, ha="center", va="center", fontsize=font_size)
-        size = font_size
-        while size > 4 and text.get_window_extent(renderer).width > tw * fig.bbox.width * 0.96:
-            size -= 0.5
-            text.set_fontsize(size)
+    texts = [fig.text(left + tw / 2, y, label, ha="center", va="center", fontsize=font_size)
+             for label, (left, _, tw, _) in zip(labels, tiles)]
+    room = min(tw * fig.bbox.width * 0.96 / text.get_window_extent(renderer).width
+               for text, (_, _, tw, _) in zip(texts, tiles) if text.get_text())
+    size = max(4.0, min(font_size, int(font_size * room * 2) / 2))
+    for text in texts:
+        text.set_fontsize(size)

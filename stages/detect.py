@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from fuse_cli.images import ImageError, atomic_file, luminance, read_image, to_uint8
+from fuse_cli.provenance import weights_digest
 from stages.base import Stage, StageError, record_path
 
 IMAGE_KEYS = ("fused", "ir", "vis")
@@ -218,6 +219,7 @@ class DetectStage(Stage):
                              "device": device, "verbose": False}
         if half and device != "cpu":
             self.predict_args["half"] = True  # only when asked: ultralytics 8.4 warns about the argument itself
+        self.settings.update({k: v for k, v in self.predict_args.items() if k not in ("device", "verbose")})
 
     def _setup(self, out: str | Path, image: str, model: str | Path, names: dict, classes: str | None, draw: bool,
                show_conf: float) -> None:
@@ -227,13 +229,20 @@ class DetectStage(Stage):
         self.names = {int(k): str(v) for k, v in names.items()}
         self.classes = resolve_classes(classes, self.names)
         self._lock = threading.Lock()  # one model, possibly several worker threads
+        self.settings = {"method": str(model), "weights": weights_digest(model), "image": image,
+                         "draw_threshold": show_conf if draw else None}
+        self.input_keys = (image,)
 
     def outputs(self, record: dict) -> list[Path]:
-        stem = self.out / str(record["id"])
-        return [stem.with_suffix(".txt"), stem.with_suffix(".json")] + ([stem.with_suffix(".jpg")] if self.draw else [])
+        """``<id>.json`` (it carries the recipe), ``<id>.txt`` and, with ``draw``, ``<id>.jpg``."""
+        return [self._path(record, suffix) for suffix in (".json", ".txt", ".jpg")[: 3 if self.draw else 2]]
+
+    def _path(self, record: dict, suffix: str) -> Path:
+        """``out/<id><suffix>`` (not ``with_suffix``: an id may contain dots)."""
+        return self.out / f"{record['id']}{suffix}"
 
     def skip_update(self, record: dict) -> dict:
-        path = self.out / f"{record['id']}.json"
+        path = self._path(record, ".json")
         try:
             boxes = json.loads(path.read_text())["boxes"]
         except (OSError, ValueError, KeyError):
@@ -284,21 +293,21 @@ class DetectStage(Stage):
             cx, cy = (b[0] + b[2]) / 2 / width, (b[1] + b[3]) / 2 / height
             w, h = (b[2] - b[0]) / width, (b[3] - b[1]) / height
             lines.append(f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {s:.5f}\n")
-        stem = self.out / str(record["id"])
-        with atomic_file(stem.with_suffix(".txt")) as tmp:
+        json_path, txt_path, jpg_path = (self._path(record, suffix) for suffix in (".json", ".txt", ".jpg"))
+        with atomic_file(txt_path) as tmp:
             tmp.write_text("".join(lines))
-        document = {"id": record["id"], "image": str(path), "source": self.image, "model": self.model_name,
-                    "width": width, "height": height, "boxes": boxes}
-        with atomic_file(stem.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(document, indent=1) + "\n")
         if self.draw:
             import cv2
 
             shown = [b for b in boxes if b["score"] >= self.show_conf]
-            with atomic_file(stem.with_suffix(".jpg")) as tmp:
+            with atomic_file(jpg_path) as tmp:
                 if not cv2.imwrite(str(tmp), draw_boxes(bgr, shown), [cv2.IMWRITE_JPEG_QUALITY, 92]):
-                    raise OSError(f"{stem.with_suffix('.jpg')}: OpenCV could not write the annotated image")
-        return {"detections": str(stem.with_suffix(".json")), "counts": count_boxes(boxes, self.show_conf)}
+                    raise OSError(f"{jpg_path}: OpenCV could not write the annotated image")
+        document = {"id": record["id"], "image": str(path), "source": self.image, "model": self.model_name,
+                    "width": width, "height": height, "boxes": boxes, "recipe": self.recipe(record)}
+        with atomic_file(json_path) as tmp:  # last: it carries the recipe
+            tmp.write_text(json.dumps(document, indent=1) + "\n")
+        return {"detections": str(json_path), "counts": count_boxes(boxes, self.show_conf)}
 
 
 class TardDetectStage(DetectStage):
@@ -323,6 +332,8 @@ class TardDetectStage(DetectStage):
                     conf if show_conf is None else show_conf)
         self.device = device
         self.nms = {"conf": conf, "iou": iou, "max_det": max_det, "classes": self.classes}
+        self.settings.update(self.nms)
+        self.input_keys = ("ir", "vis")
 
     def detect(self, records: list[dict]) -> list[tuple | Exception]:
         import torch

@@ -14,6 +14,7 @@ split. :func:`train_detector` then trains an ultralytics model on ``data.yaml``.
 from __future__ import annotations
 
 import contextlib
+import glob
 import random
 import shutil
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fuse_cli.images import atomic_file
+from fuse_cli.records import id_problem, shown_id
 from stages.detection_eval import AnnotationError, Boxes, load_ground_truth
 
 
@@ -92,6 +94,8 @@ def export_dataset(records: Iterable[dict], labels: str | Path, out: str | Path,
         value = record.get(image)
         if "error" in record or not isinstance(value, str):
             errors.append(f"pair {pair}: {record.get('error', f'record has no {image!r} path')}; not exported")
+        elif problem := id_problem(record.get("id")):
+            errors.append(f"pair {shown_id(record.get('id'))}: unusable id: it {problem}; not exported")
         elif pair in chosen:
             errors.append(f"pair {pair}: a second record with this id; not exported")
         elif not Path(value).is_file():
@@ -113,7 +117,7 @@ def export_dataset(records: Iterable[dict], labels: str | Path, out: str | Path,
             except (AnnotationError, ValueError, OSError) as exc:
                 errors.append(f"pair {pair}: {exc}; not exported")
                 continue
-            for stale in [*(out / "images" / other).glob(f"{pair}.*"), out / "labels" / other / f"{pair}.txt"]:
+            for stale in [*(out / "images" / other).glob(f"{glob.escape(pair)}.*"), out / "labels" / other / f"{pair}.txt"]:
                 stale.unlink(missing_ok=True)  # from an earlier export with another split
             target = out / "images" / subset / f"{pair}{source.suffix.lower()}"
             with atomic_file(target) as tmp:

@@ -389,3 +389,16 @@ def test_our_yolo_detectors_round_trip_as_safetensors_and_a_renamed_pickle_runs_
     assert result.stderr.strip().splitlines() == [
         f"fuse detect: error: --model {evil}: {evil}: not valid tard detection head weights (a pickle (torch.save) "
         "file, not safetensors; it is not loaded, as unpickling runs code)"]
+
+
+@pytest.mark.parametrize("kind", ["pickle", "truncated", "another-network"])
+def test_mgfusion_checks_its_file_before_building_clip(tmp_path, kind):
+    from stages.nets.checkpoint import WeightsError
+    from stages.nets.mgfusion import load_mgfusion
+
+    path, reason = _bad_weights(tmp_path, kind)
+    if kind == "another-network":
+        reason = "the file holds 'dfh-base' weights"
+    with pytest.raises(WeightsError) as caught:
+        load_mgfusion(path)
+    assert str(caught.value).startswith(f"{path}: not valid mgfusion weights (") and reason in str(caught.value)

@@ -56,6 +56,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stages.encode import ClipImageEncoder, embedding_metadata, load_embeddings, pretrained_label
+from stages.nets.checkpoint import check_method, config_of, invalid, read_header
 from stages.nets.learned_methods import fuse_tiled, resolve_weights
 from stages.nets.losses import sobel_magnitude, texture_loss_max
 from stages.registry import register_method
@@ -319,10 +320,10 @@ def checkpoint_clip(path: str | os.PathLike) -> tuple[str, str | None]:
     """``(clip_model, pretrained)`` a checkpoint was trained with (``pretrained`` ``None`` = random CLIP)."""
     from stages.encode import parse_pretrained
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("method", METHOD) != METHOD or "clip_model" not in metadata:
-        raise ValueError(f"{path} is not an MGFusion checkpoint (method {metadata.get('method')!r})")
+    metadata = read_header(path, METHOD)[1]
+    check_method(path, METHOD, metadata)
+    if "clip_model" not in metadata:
+        raise invalid(path, METHOD, "its metadata names no CLIP model (clip_model)")
     return metadata["clip_model"], parse_pretrained(metadata.get("clip_pretrained"))
 
 
@@ -348,9 +349,10 @@ def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.
         raise ValueError(f"{path} was trained with CLIP weights {pretrained_label(saved_pretrained)!r}, "
                          f"not {pretrained!r} (a local checkpoint file of those weights may be given instead)")
     use_pretrained = pretrained if pretrained is not None else saved_pretrained
+    shapes, metadata = read_header(path, METHOD)
+    config = config_of(path, METHOD, metadata)
     with safe_open(str(path), framework="pt") as f:
-        config = json.loads((f.metadata() or {}).get("config", "{}"))
-        state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        state = {name: f.get_tensor(name) for name in shapes}
     if clip is None:
         clip = ClipImageEncoder.load(saved_model, use_pretrained, device)
     elif clip.model_name and clip.model_name != saved_model:
@@ -359,11 +361,13 @@ def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.
         raise ValueError(f"{path}: CLIP embedding width {clip.embed_dim} differs from the checkpoint's {config['embed_dim']}")
     config.pop("embed_dim", None)
     model = MGFusion(**config, clip=clip)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("clip.")]
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match the MGFusion architecture (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state and not k.startswith("clip.")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        raise invalid(path, METHOD, f"tensors missing {missing[:3]}, unknown {unexpected[:3]}, of another shape {wrong[:3]}")
+    model.load_state_dict(state, strict=False)
     return model.to(device).eval()
 
 

@@ -7,10 +7,11 @@ then the raw tensor bytes. :func:`read_header` reads and checks the header alone
 every tensor's name and shape with the header, and only then builds the network for
 real and reads the tensors. So a file of another network, of wrong shapes, truncated,
 empty, a pickle renamed ``.safetensors``, or with metadata asking for a huge network,
-gives one :class:`WeightsError` — ``FILE: not valid NAME weights (reason)`` — and
-never allocates more than the file holds. Nothing here unpickles.
+gives one :class:`WeightsError` — ``FILE: not valid NAME weights (reason)`` — before
+the network is allocated. Nothing here unpickles.
 
->>> net = load_checked("w.safetensors", "refinefuse", lambda meta: RefineFuse(**config_of("w.safetensors", "refinefuse", meta)))  # doctest: +SKIP
+>>> build = lambda meta: RefineFuse(**config_of(path, "refinefuse", meta))   # doctest: +SKIP
+>>> net = load_checked(path, "refinefuse", build)                            # doctest: +SKIP
 """
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """The batch runner: the one loop every stage command runs through.
 
 It owns what users expect of every stage, so stages never repeat it:
-selecting the shard, skipping pairs whose outputs exist (unless
-``--overwrite``), ``--dry-run``, batching, parallel workers, the progress bar
-(stderr, only on a terminal), one clear error line per failed pair with the
-record passed on carrying ``"error"``, records on stdout in input order, and
-the exit status (0 all good, 1 when any pair failed).
+selecting the shard, refusing ids that cannot name files and duplicate ids,
+skipping pairs whose outputs the same recipe made (and refusing outputs made
+otherwise) unless ``--overwrite`` (see :class:`Planner`), ``--dry-run``,
+batching, parallel workers, the progress bar (stderr, only on a terminal), one
+clear error line per failed pair with the record passed on carrying
+``"error"``, records on stdout in input order, and the exit status (0 all
+good, 1 when any pair failed).
 
 Two engines compute the pairs the :class:`Planner` leaves to do: ``local``
 (this process, batch by batch, streaming) and ``ray`` (:mod:`fuse_cli.ray_engine`,
@@ -14,7 +16,7 @@ Ray actors and the records come back in input order).
 
 Output files are written atomically by the stages (see
 :func:`fuse_cli.images.atomic_file`), so an interrupted run leaves no partial
-file and a re-run finishes the rest.
+file; a re-run removes the temporaries killed runs left and finishes the rest.
 """
 from __future__ import annotations
 

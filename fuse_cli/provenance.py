@@ -82,7 +82,9 @@ def read_recipe(path: str | os.PathLike) -> dict | None:
         recipe = json.loads(text) if isinstance(text, (str, bytes)) else text
     except (OSError, ValueError, SyntaxError, struct.error):  # unreadable or foreign files carry no recipe
         return None
-    return recipe if isinstance(recipe, dict) and "stage" in recipe else None
+    if isinstance(recipe, dict) and isinstance(recipe.get("stage"), str) and isinstance(recipe.get("inputs"), dict):
+        return recipe
+    return None  # not one of ours
 
 
 def _stored_text(path: Path) -> str | bytes | dict | None:
@@ -123,13 +125,14 @@ def explain(found: dict | None, wanted: dict) -> str | None:
     """
     if found is None or found.get("stage") != wanted["stage"]:
         return f"was made by {made_by(found)}, not by fuse {wanted['stage']}"
-    for key in sorted((set(found) | set(wanted)) - {"stage", "inputs", "version"}):
+    for key in sorted((set(found) | set(wanted)) - {"stage", "inputs", "version"}, key=lambda k: (k != "method", k)):
         if found.get(key) != wanted.get(key):
             return f"was made by fuse {wanted['stage']} with {key} {_short(found.get(key))}, not {_short(wanted.get(key))}"
-    old, new = found.get("inputs") or {}, wanted["inputs"]
+    old, new = found["inputs"], wanted["inputs"]
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     if changed:
-        return f"was made by {made_by(found)} from other inputs ({', '.join(changed)} differ)"
+        verb = "differs" if len(changed) == 1 else "differ"
+        return f"was made by {made_by(found)} from other inputs ({', '.join(changed)} {verb})"
     return None
 
 

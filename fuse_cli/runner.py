@@ -111,7 +111,7 @@ class Planner:
         try:
             planned = self._claim(record)
             skip = bool(planned) and not self.opts.overwrite and self._made_here(record, planned)
-        except (StageError, OSError, ValueError) as exc:  # nothing one record holds may stop the run
+        except Exception as exc:  # noqa: BLE001 — nothing one record holds may stop the run
             text = error_text(record, exc)
             self.reporter.error(text)
             return {**record, "error": text}

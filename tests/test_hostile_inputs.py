@@ -165,7 +165,7 @@ def test_changed_inputs_options_and_foreign_files_are_refused(synthetic_pairs, t
     vis = read_image(pairs / "vis/scene_01.png")
     write_image(pairs / "vis/scene_01.png", 1 - vis)  # the same path, other pixels
     changed = fuse_cli("fuse", "-m", "mean", "-o", out, input=text)
-    assert changed.returncode == 1 and "scene_01.png" in changed.stderr and "other inputs (vis differ)" in changed.stderr
+    assert changed.returncode == 1 and "scene_01.png" in changed.stderr and "other inputs (vis differs)" in changed.stderr
     assert changed.stderr.count("error") == 1  # scene_00 is still what this recipe makes: skipped
     write_image(out / "scene_00.png", vis)  # as another program would write it: no recipe
     refused = fuse_cli("fuse", "-m", "mean", "-o", out, input=_records(pairs, ["scene_00"]))
@@ -183,6 +183,8 @@ def test_every_image_format_carries_its_recipe(suffix, tmp_path):
     assert read_recipe(tmp_path / f"x{suffix}") == recipe
     write_image(tmp_path / f"plain{suffix}", np.zeros((4, 5), np.float32))
     assert read_recipe(tmp_path / f"plain{suffix}") is None
+    write_image(tmp_path / f"odd{suffix}", np.zeros((4, 5), np.float32), recipe={"stage": "fuse", "inputs": ["?"]})
+    assert read_recipe(tmp_path / f"odd{suffix}") is None  # a crafted recipe is no recipe, not a crash
 
 
 def test_caption_and_register_skip_only_their_own_recipe(synthetic_pairs, tmp_path):

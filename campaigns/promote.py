@@ -1,0 +1,117 @@
+"""Promote a campaign's checkpoint to the shipped weights, only when validation improves.
+
+    python campaigns/promote.py refinefuse campaigns/refinefuse-msrs --val runs/refinefuse-msrs/val [--dry-run]
+
+Selection uses the campaign's validation pairs only (``VAL/ir``, ``VAL/vis``: held-out training-set
+pairs): the candidate is promoted when its mean Qabf is higher and its VIF no lower than the shipped
+weights'. The evaluation sets (MSRS's 26 pairs, TNO's 41) are then scored for the model card, as a
+report: they never decide. The shipped card (``stages/weights/<method>.json``) becomes the campaign's
+card plus ``lineage`` (every earlier run that led to these weights, summarised) and ``promotions``
+(steps, samples seen, wall time, data, validation and evaluation at each promotion).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from stages.nets.learned_methods import WEIGHTS_DIR, load_network  # noqa: E402
+from stages.train import load_pair, validate  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+EVALUATION = {"msrs": DATA / "msrs", "tno": DATA / "tno"}
+
+
+def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """``(ir, vis)`` paths of ``root/ir/*`` with a same-stem file in ``root/vis/``."""
+    vis = {p.stem: p for p in (root / "vis").iterdir()}
+    return [(p, vis[p.stem]) for p in sorted((root / "ir").iterdir()) if p.stem in vis]
+
+
+def scores(model: torch.nn.Module, pairs: list[tuple[Path, Path]]) -> dict[str, float]:
+    """Mean validation metrics (``stages.train.VAL_METRICS``, mmif) of ``model`` on full-size pairs."""
+    return validate(model, [load_pair(ir, vis) for ir, vis in pairs], "cpu")
+
+
+def training_loss(method: str, model: torch.nn.Module | None, pairs: list[tuple[Path, Path]]) -> float:
+    """Mean of the method's own training loss on full-size pairs, for ``model``'s output or, with ``None``,
+    for pixel-max (does the network reach the loss of the baseline it must beat?)."""
+    from stages.nets.learned_methods import NETWORKS, NetworkFuser
+
+    losses = []
+    for ir_path, vis_path in pairs:
+        ir, vis = (torch.from_numpy(a)[None, None] for a in load_pair(ir_path, vis_path))
+        fused = torch.maximum(ir, vis) if model is None else NetworkFuser(model, half=False)(ir, vis)
+        losses.append(float(NETWORKS[method].loss(fused, ir, vis)))
+    return round(sum(losses) / len(losses), 5)
+
+
+def summary(card: dict) -> dict:
+    """What a model card says about the run that made it, without the per-epoch lists."""
+    keys = ("method", "epochs", "seconds_trained", "data", "crop", "batch_size", "lr", "optimizer", "schedule",
+            "init", "salient_targets", "augmentation")
+    steps_per_epoch = math.ceil(sum(card["data"]["train"].values()) / card["batch_size"])
+    return {**{k: card[k] for k in keys if k in card}, "steps": card["epochs"] * steps_per_epoch,
+            "samples_seen": card["epochs"] * sum(card["data"]["train"].values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method")
+    parser.add_argument("campaign", type=Path, help="folder holding METHOD.safetensors and METHOD.json")
+    parser.add_argument("--val", type=Path, required=True, help="validation pairs: VAL/ir and VAL/vis")
+    parser.add_argument("--dry-run", action="store_true", help="compare and report; change nothing")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    candidate_path = args.campaign / f"{args.method}.safetensors"
+    card = json.loads(candidate_path.with_suffix(".json").read_text())
+    shipped_card_path = WEIGHTS_DIR / f"{args.method}.json"
+    shipped_card = json.loads(shipped_card_path.read_text())
+    candidate, shipped = load_network(args.method, candidate_path), load_network(args.method)
+
+    val_pairs = folder_pairs(args.val)
+    val_new, val_old = scores(candidate, val_pairs), scores(shipped, val_pairs)
+    print(f"validation ({len(val_pairs)} pairs): shipped Qabf {val_old['Qabf']:.4f} VIF {val_old['VIF']:.4f}; "
+          f"candidate (epoch {card['epochs']}) Qabf {val_new['Qabf']:.4f} VIF {val_new['VIF']:.4f}")
+    val_loss = {"candidate": training_loss(args.method, candidate, val_pairs),
+                "shipped_before": training_loss(args.method, shipped, val_pairs), "max": training_loss(args.method, None, val_pairs)}
+    print(f"validation loss ({args.method}'s own): {val_loss}")
+    if not (val_new["Qabf"] > val_old["Qabf"] and val_new["VIF"] >= val_old["VIF"]):
+        print("not promoted: validation did not improve")
+        return 1
+    evaluation = {}
+    for name, root in EVALUATION.items():
+        if (root / "ir").is_dir():
+            pairs = folder_pairs(root)
+            evaluation[name] = {"pairs": len(pairs), "candidate": scores(candidate, pairs),
+                                "shipped_before": scores(shipped, pairs)}
+            print(f"{name} ({len(pairs)} pairs, reported only): before {evaluation[name]['shipped_before']}, "
+                  f"after {evaluation[name]['candidate']}")
+    if args.dry_run:
+        return 0
+    run = summary(card)
+    promotion = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "campaign": str(args.campaign),
+                 **{k: run[k] for k in ("epochs", "steps", "samples_seen", "seconds_trained", "data")},
+                 "validation": {"pairs": [p[0].stem for p in val_pairs], "candidate": val_new, "shipped_before": val_old,
+                                "loss": val_loss},
+                 "evaluation_reported_only": evaluation}
+    lineage = shipped_card.get("lineage", []) + ([] if shipped_card.get("lineage") else [summary(shipped_card)])
+    if card.get("init") and shipped_card.get("promotions"):
+        lineage.append({k: v for k, v in shipped_card["promotions"][-1].items() if k != "evaluation_reported_only"})
+    card.update({"lineage": lineage, "promotions": shipped_card.get("promotions", []) + [promotion]})
+    shutil.copyfile(candidate_path, WEIGHTS_DIR / f"{args.method}.safetensors")
+    shipped_card_path.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"promoted {candidate_path} to {WEIGHTS_DIR / (args.method + '.safetensors')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

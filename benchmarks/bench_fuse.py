@@ -1,46 +1,61 @@
 """Throughput of `fuse fuse` per fusion method on the MSRS pairs (640x480), against reading and writing alone.
 
-The baseline reads the two images and writes one, with no fusion.
+The floor reads the two images and writes one PNG, with no fusion (at the default
+fast PNG compression, and at Pillow's default level 6 for comparison).
 
-    python benchmarks/bench_fuse.py [--data ../shared/data/msrs] [--methods mean,max,...] [--device cpu] [--limit N]
+    python benchmarks/bench_fuse.py [--data ../shared/data/msrs] [--methods mean,max,...] [--device cpu]
+                                    [--limit N] [--workers N]
 
-Runs the stage in-process (no interpreter start-up), batch size 1, one worker,
-with a warm-up pair first; prints a markdown table of pairs/s.
+Runs the stage in-process through the batch runner, as `fuse fuse -j N -b 4` does
+(no interpreter start-up; `bench_startup.py` measures that), with a warm-up pair
+first; prints a markdown table of pairs/s and the ratio to the floor measured in
+the same run.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from fuse_cli.images import write_image
+from fuse_cli.options import RunOptions
 from fuse_cli.records import pair_directories
+from fuse_cli.runner import Reporter, run_stage
 from stages.fuse import FuseStage, load_pair
 from stages.registry import list_methods
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrs"
 
 
-def time_baseline(records: list[dict], out: Path) -> float:
-    start = time.perf_counter()
-    for record in records:
+def time_floor(records: list[dict], out: Path, workers: int, png_compression: int | None = None) -> float:
+    """Seconds to read each pair and write its VIS as PNG, over ``workers`` threads."""
+    out.mkdir(parents=True, exist_ok=True)
+    options = {} if png_compression is None else {"png_compression": png_compression}
+
+    def read_write(record: dict) -> None:
         _, vis = load_pair(record)
-        write_image(out / f"{record['id']}.png", vis)
+        write_image(out / f"{record['id']}.png", vis, **options)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(read_write, records))
     return time.perf_counter() - start
 
 
-def time_method(records: list[dict], method: str, device: str, out: Path) -> float | None:
+def time_method(records: list[dict], method: str, device: str, out: Path, workers: int) -> float | None:
     try:
         stage = FuseStage(out / method, method, device)
     except FileNotFoundError:
         return None  # a learned method without weights on this install
     stage.process(records[:1])  # warm-up
+    opts = RunOptions(overwrite=True, batch_size=4, workers=workers, quiet=True)
     start = time.perf_counter()
-    for record in records:
-        stage.process([record])
+    run_stage(stage, records, opts, Reporter("fuse", quiet=True), emit=lambda record: None)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -52,21 +67,27 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(m.name for m in list_methods()))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, help="use only the first N pairs")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads, as `fuse fuse -j N`")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"bench_fuse: {args.data} not found (needs ../shared/data)")
     records = pair_directories({"ir": args.data / "ir", "vis": args.data / "vis"}).records[: args.limit]
-    print(f"\n`fuse fuse` on {len(records)} pairs of {args.data.name}, device {args.device}, "
-          f"{torch.get_num_threads()} torch threads\n")
-    print("| method | s total | ms / pair | pairs/s |\n|---|---:|---:|---:|")
+    n = len(records)
+    print(f"\n`fuse fuse -j {args.workers}` on {n} pairs of {args.data.name}, device {args.device}, "
+          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [("read 2 + write 1 (no fusion)", time_baseline(records, Path(tmp) / "baseline"))]
-        rows += [(m, time_method(records, m, args.device, Path(tmp))) for m in args.methods.split(",")]
+        floor = time_floor(records, Path(tmp) / "floor", args.workers)
+        rows = [("read 2 + write 1 (no fusion)", floor),
+                ("read 2 + write 1, PNG level 6 (Pillow's default)", time_floor(records, Path(tmp) / "floor6",
+                                                                                 args.workers, 6))]
+        rows += [(m, time_method(records, m, args.device, Path(tmp), args.workers)) for m in args.methods.split(",")]
+    print("| method | s total | ms / pair | pairs/s | × floor |\n|---|---:|---:|---:|---:|")
     for name, seconds in rows:
         if seconds is None:
-            print(f"| {name} | no weights | | |")
+            print(f"| {name} | no weights | | | |")
         else:
-            print(f"| {name} | {seconds:.2f} | {1000 * seconds / len(records):.1f} | {len(records) / seconds:.2f} |")
+            print(f"| {name} | {seconds:.2f} | {1000 * seconds / n:.1f} | {n / seconds:.2f} | {seconds / floor:.2f} |")
+    print(f"\nLoad average at the end {os.getloadavg()[0]:.1f} (other processes share these CPUs).")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ def fuse_command(
     weights: opt.Weights = None,
     out_format: Annotated[str, typer.Option("--out-format", help="png, tif or jpg.")] = "png",
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16 (16 needs png or tif).")] = 8,
+    png_compression: Annotated[int, typer.Option(
+        "--png-compression", min=0, max=9,
+        help="zlib level of PNG output: 1 is the fastest, 9 the smallest files; every level stores the same pixels.")] = 1,
     resize: Annotated[
         Optional[str],
         typer.Option("--resize", help="When pair sizes differ: 'vis' resamples IR to the VIS size, 'ir' the reverse.", show_default=False),
@@ -129,7 +132,8 @@ def fuse_command(
     source = gather_records(ir, vis, records, reporter)
     options = {"tile": tile, "tile_overlap": tile_overlap} if tile else {}
     try:
-        make_stage = functools.partial(FuseStage, out, method, device, weights, out_format, bit_depth, resize, options)
+        make_stage = functools.partial(FuseStage, out, method, device, weights, out_format, bit_depth, resize, options,
+                                       png_compression=png_compression)
         stage = make_stage()
     except KeyError as exc:
         raise usage_error(exc.args[0]) from None

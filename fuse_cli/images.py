@@ -50,6 +50,7 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own refusal threshold (2 × Image.M
 MAX_PIXELS_ENV = "FUSE_MAX_PIXELS"
 FULL_SCALE_SPAN = 0.5  # 16-bit images spanning at least this fraction of 0..65535 are not stretched
 RADIOMETRIC_PERCENTILES = (0.1, 99.9)
+PNG_COMPRESSION = 1  # zlib level of written PNGs: the fastest; --png-compression 9 for the smallest files
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as kornia's rgb_to_ycbcr
 
 
@@ -268,13 +269,16 @@ def _running(pid: int) -> bool:
     return True
 
 
-def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, recipe: dict | None = None) -> None:
+def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, recipe: dict | None = None,
+                png_compression: int = PNG_COMPRESSION) -> None:
     """Write ``(H, W)`` or ``(H, W, 3)`` float [0, 1] as an 8- or 16-bit file, atomically.
 
     The format follows the suffix (``.png``, ``.tif``, ``.jpg``, ``.bmp``). JPEG and
     BMP are 8-bit only. ``recipe`` (what made the image, :mod:`fuse_cli.provenance`)
     goes into the PNG text chunk ``fuse-recipe``, the TIFF ImageDescription tag or
-    the JPEG comment; BMP cannot carry it.
+    the JPEG comment; BMP cannot carry it. ``png_compression`` is zlib's level for
+    PNG, 0–9: the default 1 encodes several times faster than Pillow's 6, for larger
+    files; 9 gives the smallest. Every level stores the same pixels.
     """
     from fuse_cli.provenance import RECIPE_KEY, recipe_text
 
@@ -299,6 +303,8 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, re
             info = PngInfo()
             if text:
                 info.add_itxt(RECIPE_KEY, text)
-            iio.imwrite(tmp, data, extension=suffix, pnginfo=info)
+            iio.imwrite(tmp, data, extension=suffix, pnginfo=info, compress_level=png_compression)
+        elif suffix == ".png":
+            iio.imwrite(tmp, data, extension=suffix, compress_level=png_compression)
         else:
             iio.imwrite(tmp, data, extension=suffix)

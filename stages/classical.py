@@ -1,21 +1,35 @@
 """Classical fusion methods: no weights, deterministic, any device.
 
 All act on luminance batches ``(B, 1, H, W)`` in [0, 1] and return the same
-shape (see :mod:`stages.registry`). They are written in torch so they batch
-and run on the GPU like the networks.
+shape (see :mod:`stages.registry`). ``mean`` and ``max`` are torch and run where
+the tensors are; ``laplacian`` and ``gff`` filter each image with OpenCV on the
+CPU (one core filters a 640×480 image faster than torch's conv on several) and
+return the result on the tensors' device.
 """
 from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
-import torch.nn.functional as F
-from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian
-from kornia.geometry.transform import pyrdown, pyrup
 
 from stages.registry import register_method
 
 Tensor = torch.Tensor
+_BURT_ADELSON = np.array([1, 4, 6, 4, 1], dtype=np.float32) / 16  # the 5-tap generating kernel
+
+
+def _per_image(fn):
+    """Lift ``fn(ir, vis)`` on 2-D float32 numpy images to ``(B, 1, H, W)`` tensors on any device."""
+
+    def fused(ir: Tensor, vis: Tensor, **options) -> Tensor:
+        out = [fn(a[0].detach().float().cpu().numpy(), b[0].detach().float().cpu().numpy(), **options)
+               for a, b in zip(ir, vis)]
+        return torch.from_numpy(np.stack(out)[:, None]).to(device=ir.device, dtype=ir.dtype)
+
+    fused.__doc__ = fn.__doc__
+    return fused
 
 
 def fuse_mean(ir: Tensor, vis: Tensor) -> Tensor:
@@ -28,26 +42,39 @@ def fuse_max(ir: Tensor, vis: Tensor) -> Tensor:
     return torch.maximum(ir, vis)
 
 
-def laplacian_pyramid(img: Tensor, levels: int) -> list[Tensor]:
-    """Burt–Adelson Laplacian pyramid of ``(B, C, H, W)``: ``levels - 1`` band-pass images + the low-pass top."""
+def _blur5(img: np.ndarray) -> np.ndarray:
+    return cv2.sepFilter2D(img, -1, _BURT_ADELSON, _BURT_ADELSON, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _down(img: np.ndarray) -> np.ndarray:
+    """Blur with the 5-tap kernel, then bilinear to half size (``int(side / 2)``), as kornia's ``pyrdown``."""
+    h, w = img.shape
+    return cv2.resize(_blur5(img), (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
+
+
+def _up(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear to double size, blur (kornia's ``pyrup``), then crop or repeat the edge to ``shape``."""
+    h, w = img.shape
+    up = _blur5(cv2.resize(img, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR))[: shape[0], : shape[1]]
+    return np.pad(up, ((0, shape[0] - up.shape[0]), (0, shape[1] - up.shape[1])), mode="edge")
+
+
+def laplacian_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
+    """Burt–Adelson Laplacian pyramid of a 2-D image: ``levels - 1`` band-pass images + the low-pass top."""
     bands, current = [], img
     for _ in range(levels - 1):
-        down = pyrdown(current)
-        up = pyrup(down)[..., : current.shape[-2], : current.shape[-1]]
-        up = F.pad(up, (0, current.shape[-1] - up.shape[-1], 0, current.shape[-2] - up.shape[-2]), mode="replicate")
-        bands.append(current - up)
+        down = _down(current)
+        bands.append(current - _up(down, current.shape))
         current = down
     bands.append(current)
     return bands
 
 
-def collapse_pyramid(bands: list[Tensor]) -> Tensor:
+def collapse_pyramid(bands: list[np.ndarray]) -> np.ndarray:
     """Inverse of :func:`laplacian_pyramid`."""
     current = bands[-1]
     for band in reversed(bands[:-1]):
-        up = pyrup(current)[..., : band.shape[-2], : band.shape[-1]]
-        up = F.pad(up, (0, band.shape[-1] - up.shape[-1], 0, band.shape[-2] - up.shape[-2]), mode="replicate")
-        current = band + up
+        current = band + _up(current, band.shape)
     return current
 
 
@@ -56,54 +83,75 @@ def pyramid_levels(height: int, width: int, smallest: int = 8, most: int = 6) ->
     return max(1, min(most, int(math.log2(max(min(height, width), 1) / smallest)) + 1))
 
 
-def fuse_laplacian(ir: Tensor, vis: Tensor, levels: int | None = None) -> Tensor:
+@_per_image
+def fuse_laplacian(ir: np.ndarray, vis: np.ndarray, levels: int | None = None) -> np.ndarray:
     """Laplacian-pyramid fusion (Burt & Adelson 1983; rule of Burt & Kolczynski 1993).
 
     Band-pass levels take, per pixel, the coefficient of larger absolute value
     (choose-max of local activity); the low-pass top level is averaged.
     ``levels`` defaults to :func:`pyramid_levels` (up to 6).
     """
-    levels = levels or pyramid_levels(*ir.shape[-2:])
+    levels = levels or pyramid_levels(*ir.shape)
     bands_ir, bands_vis = laplacian_pyramid(ir, levels), laplacian_pyramid(vis, levels)
-    fused = [torch.where(a.abs() >= b.abs(), a, b) for a, b in zip(bands_ir[:-1], bands_vis[:-1])]
+    fused = [np.where(np.abs(a) >= np.abs(b), a, b) for a, b in zip(bands_ir[:-1], bands_vis[:-1])]
     fused.append((bands_ir[-1] + bands_vis[-1]) / 2)
-    return collapse_pyramid(fused).clamp(0, 1)
+    return np.clip(collapse_pyramid(fused), 0, 1)
 
 
+def _box(img: np.ndarray, size: int) -> np.ndarray:
+    """Mean over every ``size``×``size`` window, replicated border (running sums: any size costs the same)."""
+    return cv2.blur(img, (size, size), borderType=cv2.BORDER_REPLICATE)
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, size: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter of ``src`` by ``guide`` (2-D, same shape), ``size``×``size`` box windows, regulariser ``eps``."""
+    mean_i, mean_p = _box(guide, size), _box(src, size)
+    var_i = _box(guide * guide, size) - mean_i * mean_i
+    cov_ip = _box(guide * src, size) - mean_i * mean_p
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return _box(a, size) * guide + _box(b, size)
+
+
+_LAPLACIAN_3 = np.array([[1, 1, 1], [1, -8, 1], [1, 1, 1]], dtype=np.float32) / 16  # kornia's, normalised
+
+
+@_per_image
 def fuse_gff(
-    ir: Tensor,
-    vis: Tensor,
+    ir: np.ndarray,
+    vis: np.ndarray,
     base_size: int = 31,
     r1: int = 45,
     eps1: float = 0.3,
     r2: int = 7,
     eps2: float = 1e-6,
-) -> Tensor:
+) -> np.ndarray:
     """Guided-filtering-based fusion, GFF (S. Li, X. Kang, J. Hu, IEEE TIP 22(7), 2013).
 
     1. Two-scale decomposition: base = 31×31 mean filter, detail = image − base.
     2. Saliency = Gaussian-smoothed (11×11, σ = 5) absolute Laplacian; binary
-       weight maps pick the more salient source per pixel.
+       weight maps pick the more salient source per pixel (IR on ties).
     3. The weight maps are refined with a guided filter guided by each source:
        radius r1 = 45, ε1 = 0.3 for the base layer, r2 = 7, ε2 = 1e-6 for the
        detail layer (the paper's parameters); weights normalised to sum to one.
     """
-    sources = torch.cat([ir, vis], dim=1)  # (B, 2, H, W)
-    base = box_blur(sources, (base_size, base_size), border_type="replicate", separable=True)
-    detail = sources - base
-    saliency = gaussian_blur2d(laplacian(sources, 3).abs(), (11, 11), (5.0, 5.0), border_type="replicate")
-    winner = F.one_hot(saliency.argmax(dim=1), 2).permute(0, 3, 1, 2).to(sources.dtype)
+    sources = (ir, vis)
+    base = [_box(x, base_size) for x in sources]
+    detail = [x - bx for x, bx in zip(sources, base)]
+    saliency = [cv2.GaussianBlur(np.abs(cv2.filter2D(x, -1, _LAPLACIAN_3, borderType=cv2.BORDER_REFLECT_101)),
+                                 (11, 11), 5.0, borderType=cv2.BORDER_REPLICATE) for x in sources]
+    ir_wins = (saliency[0] >= saliency[1]).astype(np.float32)
+    winner = (ir_wins, 1 - ir_wins)
 
-    def refine(radius: int, eps: float) -> Tensor:
-        # Each weight map is guided by its own source: fold the two maps into the batch.
-        size = min(2 * radius + 1, 2 * ((min(ir.shape[-2:]) - 1) // 2) + 1)
-        w = guided_blur(sources.reshape(-1, 1, *ir.shape[-2:]), winner.reshape(-1, 1, *ir.shape[-2:]), size, eps,
-                        border_type="replicate", separable=True)
-        w = w.reshape(sources.shape).clamp_min(0)
-        return w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    def refine(radius: int, eps: float) -> list[np.ndarray]:
+        size = min(2 * radius + 1, 2 * ((min(ir.shape) - 1) // 2) + 1)
+        w = [np.maximum(guided_filter(x, p, size, eps), 0) for x, p in zip(sources, winner)]
+        total = np.maximum(w[0] + w[1], 1e-12)
+        return [wk / total for wk in w]
 
-    fused = (refine(r1, eps1) * base).sum(1, keepdim=True) + (refine(r2, eps2) * detail).sum(1, keepdim=True)
-    return fused.clamp(0, 1)
+    w_base, w_detail = refine(r1, eps1), refine(r2, eps2)
+    fused = sum(w * x for w, x in zip(w_base, base)) + sum(w * x for w, x in zip(w_detail, detail))
+    return np.clip(fused, 0, 1)
 
 
 def _classical(fn):

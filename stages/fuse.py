@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
-from fuse_cli.images import ImageError, luminance, read_image, write_image
+from fuse_cli.images import PNG_COMPRESSION, ImageError, luminance, read_image, write_image
 from fuse_cli.provenance import weights_digest
 from stages.base import Stage, StageError, record_path
 from stages.nets.learned_methods import WEIGHTS_DIR
@@ -83,9 +83,11 @@ class FuseStage(Stage):
         bit_depth: int = 8,
         resize: str | None = None,
         method_options: dict | None = None,
+        png_compression: int = PNG_COMPRESSION,
     ):
         self.out_dir, self.method, self.device = Path(out_dir), method, device
         self.out_format, self.bit_depth, self.resize = out_format, bit_depth, resize
+        self.png_compression = png_compression
         self.output_suffix = f".{out_format}"
         info = get_method(method)
         self.fuse_luma = info.factory(device=device, weights=weights, **(method_options or {}))
@@ -121,7 +123,7 @@ class FuseStage(Stage):
             for i, image in zip(indices, fused):
                 try:
                     path = self.output_path(records[i])
-                    write_image(path, image, self.bit_depth, self.recipe(records[i]))
+                    write_image(path, image, self.bit_depth, self.recipe(records[i]), png_compression=self.png_compression)
                     results[i] = {"fused": str(path), "method": self.method}
                 except (ImageError, OSError) as exc:
                     results[i] = StageError(f"pair {records[i].get('id', '?')}: cannot write output: {exc}")

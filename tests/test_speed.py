@@ -10,7 +10,7 @@ import pytest
 from fuse_cli.images import write_image
 from stages.metrics import METRICS
 from stages.score import ScoreStage
-from tests.conftest import fuse_cli
+from conftest import fuse_cli
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,79 @@ def test_score_workers_cli_keeps_values_and_row_order(scored_records, tmp_path):
     assert serial.returncode == parallel.returncode == 0, serial.stderr + parallel.stderr
     assert parallel.stdout == serial.stdout
     assert [line.split(",")[0] for line in serial.stdout.splitlines()[1:-1]] == [r["id"] for r in records]
+
+
+@pytest.mark.parametrize("shape,bit_depth", [((37, 53), 8), ((37, 53, 3), 8), ((37, 53), 16)])
+def test_fast_png_round_trips_exactly(tmp_path, shape, bit_depth):
+    from fuse_cli.images import PNG_COMPRESSION, read_image
+
+    top = 2 ** bit_depth - 1
+    img = np.random.default_rng(0).integers(0, top + 1, size=shape).astype(np.float64) / top
+    img.flat[:2] = 0.0, 1.0  # full range, so a 16-bit file is read as value / 65535
+    sizes = {}
+    for level in (PNG_COMPRESSION, 9):
+        path = tmp_path / f"level{level}.png"
+        write_image(path, img, bit_depth, png_compression=level)
+        assert np.array_equal(np.rint(read_image(path).astype(np.float64) * top), np.rint(img * top))
+        sizes[level] = path.stat().st_size
+    assert PNG_COMPRESSION == 1 and sizes[9] <= sizes[1]
+
+
+def test_opencv_classical_methods_match_kornia_definitions():
+    """laplacian and gff filter with OpenCV; kornia's pyramid, box and guided filters give the same images."""
+    import torch
+    from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian
+    from kornia.geometry.transform import pyrdown, pyrup
+
+    from stages.classical import fuse_gff, fuse_laplacian
+
+    torch.manual_seed(0)
+    ir, vis = torch.rand(2, 1, 67, 90), torch.rand(2, 1, 67, 90)
+
+    def pyramid(x, levels):
+        bands = []
+        for _ in range(levels - 1):
+            down = pyrdown(x)
+            up = pyrup(down)[..., : x.shape[-2], : x.shape[-1]]
+            up = torch.nn.functional.pad(up, (0, x.shape[-1] - up.shape[-1], 0, x.shape[-2] - up.shape[-2]),
+                                         mode="replicate")
+            bands.append(x - up)
+            x = down
+        return bands + [x]
+
+    bands_ir, bands_vis = pyramid(ir, 4), pyramid(vis, 4)
+    current = (bands_ir[-1] + bands_vis[-1]) / 2
+    for a, b in reversed(list(zip(bands_ir[:-1], bands_vis[:-1]))):
+        up = pyrup(current)[..., : a.shape[-2], : a.shape[-1]]
+        up = torch.nn.functional.pad(up, (0, a.shape[-1] - up.shape[-1], 0, a.shape[-2] - up.shape[-2]),
+                                     mode="replicate")
+        current = torch.where(a.abs() >= b.abs(), a, b) + up
+    assert torch.allclose(fuse_laplacian(ir, vis, levels=4), current.clamp(0, 1), atol=1e-5)
+
+    sources = torch.cat([ir, vis], 1)
+    base = box_blur(sources, (31, 31), border_type="replicate")
+    saliency = gaussian_blur2d(laplacian(sources, 3).abs(), (11, 11), (5.0, 5.0), border_type="replicate")
+    winner = torch.nn.functional.one_hot(saliency.argmax(1), 2).permute(0, 3, 1, 2).float()
+
+    def refine(size, eps):
+        w = guided_blur(sources.reshape(-1, 1, 67, 90), winner.reshape(-1, 1, 67, 90), size, eps,
+                        border_type="replicate").reshape(sources.shape).clamp_min(0)
+        return w / w.sum(1, keepdim=True).clamp_min(1e-12)
+
+    expected = (refine(67, 0.3) * base).sum(1, keepdim=True) + (refine(15, 1e-6) * (sources - base)).sum(1, keepdim=True)
+    assert torch.allclose(fuse_gff(ir, vis), expected.clamp(0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["refinefuse", "dfh-base"])
+def test_channels_last_networks_match_eager(method):
+    """bench_nets.py times the shipped networks with channels-last weights; the fused images stay within 1e-5."""
+    import torch
+
+    from stages.registry import get_method
+
+    fuse = get_method(method).factory(device="cpu")
+    torch.manual_seed(0)
+    ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
+    eager = fuse(ir, vis)
+    fuse.model.to(memory_format=torch.channels_last)
+    assert torch.allclose(fuse(ir, vis), eager, rtol=0, atol=1e-5)

@@ -24,6 +24,7 @@ from fuse_cli import options as opt
 from fuse_cli.inputs import gather_compared, gather_records, report_unmatched, usage_error
 from fuse_cli.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
+from stages.extras import MissingExtra, require_extra
 from stages.metrics import CONVENTION_HELP
 from stages.nets.checkpoint import WeightsError
 
@@ -78,12 +79,17 @@ def pairs(
 
 
 def _list_methods_and_exit(value: bool) -> None:
+    """One line per method: name, kind, the extra it needs (and whether it is installed), its weights, summary."""
     if value:
+        from stages.extras import has_extra
         from stages.registry import list_methods
 
+        typer.echo(f"{'method':<12} {'kind':<9} {'extra':<16} {'weights':<23} summary")
         for info in list_methods():
+            extra = f"{info.extra} ({'ok' if has_extra(info.extra) else 'missing'})" if info.extra else "-"
+            weights = "-" if info.kind == "classical" else "shipped" if info.weights_shipped() else "none: fuse train first"
             reference = f"  [{info.reference}]" if info.reference else ""
-            typer.echo(f"{info.name:<12} {info.kind:<9} {info.summary}{reference}")
+            typer.echo(f"{info.name:<12} {info.kind:<9} {extra:<16} {weights:<23} {info.summary}{reference}")
         raise typer.Exit()
 
 
@@ -121,6 +127,7 @@ def fuse_command(
     chroma kept); gray gives gray. The output has the input's size.
     """
     from stages.fuse import FuseStage
+    from stages.registry import get_method
 
     if out_format not in ("png", "tif", "jpg"):
         raise usage_error(f"--out-format {out_format!r}: use png, tif or jpg")
@@ -132,6 +139,7 @@ def fuse_command(
     source = gather_records(ir, vis, records, reporter)
     options = {"tile": tile, "tile_overlap": tile_overlap} if tile else {}
     try:
+        require_extra(get_method(method).extra, f"fuse fuse -m {method}")
         make_stage = functools.partial(FuseStage, out, method, device, weights, out_format, bit_depth, resize, options,
                                        png_compression=png_compression)
         stage = make_stage()
@@ -241,6 +249,9 @@ def run() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         app()
+    except MissingExtra as exc:  # an optional dependency the command needs, checked before any work
+        typer.echo(str(exc), err=True)
+        sys.exit(2)
     except WeightsError as exc:  # a model file a command reads outside per-pair work (train --resume/--init)
         typer.echo(f"fuse: error: {exc}", err=True)
         sys.exit(1)

@@ -13,6 +13,7 @@ import typer
 from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
+from stages.extras import require_extra
 
 
 @opt.stage_options(batch_size=4)
@@ -46,6 +47,7 @@ def caption(
         raise usage_error(f"--image {image!r}: use vis, fused or ir")
     if backend == "coca" and ask:
         raise usage_error("--ask: coca captions but does not answer prompts; use --backend blip or advisor")
+    require_extra({"blip": "text", "coca": "clip"}.get(backend), f"fuse caption --backend {backend}")
     reporter = Reporter("caption", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     try:

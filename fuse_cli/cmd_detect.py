@@ -24,11 +24,12 @@ from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.records import parse_records, read_records_file
 from fuse_cli.runner import Reporter, print_record, run_stage
+from stages.extras import require_extra
 
 FORMATS = ("table", "markdown", "csv", "json")
 EVAL_CONF = 0.001  # the confidence floor detectors are evaluated at (ultralytics val, YOLOv5 val)
 
-Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .safetensors from fuse detect train (loads no code), a .pt path (a pickle: loading it runs any code it carries, so give only files you trust), a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: tard, or a tard_detector.safetensors (from fuse train -m tard --labels) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
+Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .safetensors from fuse detect train (loads no code), a .pt path (a pickle: loading it runs any code it carries, so give only files you trust), a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: a tard_detector.safetensors you trained (fuse train -m tard --labels DIR; no head is packaged) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
 Labels = Annotated[
     Path | None,
     typer.Option("--labels", help="Ground truth: a folder of YOLO txt (with classes.txt) or VOC xml, or a COCO json. Prints the evaluation table.", show_default=False),
@@ -131,6 +132,7 @@ def detect(
         status = _evaluate_existing(detections, labels, label_classes, mapping, fmt, report, name, ir, vis, records, reporter)
         raise typer.Exit(status)
 
+    require_extra("detect", "fuse detect")
     from stages.detect import DetectStage, ModelError, TardDetectStage, is_tard_model
 
     tard = is_tard_model(model)
@@ -288,6 +290,7 @@ def export(
     verbose: opt.Verbose = False,
 ) -> None:
     """Write an ultralytics-ready dataset from records' images and their labels; print the data.yaml path."""
+    require_extra("detect", "fuse detect export")
     from stages.detection_dataset import export_dataset
     from stages.detection_eval import AnnotationError
 
@@ -336,6 +339,7 @@ def train(
     They are written twice: ultralytics' best.pt (a pickle) and best.safetensors,
     which fuse detect --model and fuse train --det-model load without running code.
     """
+    require_extra("detect", "fuse detect train")
     import yaml
 
     from stages.detect import ModelError

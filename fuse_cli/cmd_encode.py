@@ -15,6 +15,7 @@ import typer
 from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
+from stages.extras import require_extra
 
 ClipModel = Annotated[str, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32, ViT-L-14.")]
 ClipPretrained = Annotated[
@@ -44,6 +45,7 @@ def encode(
     ("ir", "vis", "fused"), "text" for the caption, and with --tokens the
     (Gh, Gw, D) patch-token maps "<image>_tokens".
     """
+    require_extra("clip", "fuse encode")
     from stages.encode import IMAGE_KEYS, EncodeStage, parse_pretrained
 
     keys = [key.strip() for key in image.split(",") if key.strip()]

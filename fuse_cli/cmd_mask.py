@@ -15,6 +15,7 @@ import typer
 from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
+from stages.extras import require_extra
 
 
 @opt.stage_options(batch_size=4)
@@ -41,6 +42,8 @@ def mask(
         raise usage_error(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "text" and not keyword:
         raise usage_error("--backend text needs --keyword WORD (e.g. person)")
+    if backend == "text":
+        require_extra("clip", "fuse mask --backend text")
     reporter = Reporter("mask", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     wanted = {c.strip() for c in classes.split(",") if c.strip()} if classes else None

@@ -39,6 +39,7 @@ import typer
 from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter
+from stages.extras import require_extra
 
 
 def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
@@ -135,6 +136,12 @@ def train(
         raise usage_error(f"--optimizer {optimizer!r}: choose sgd or adam")
     if text_encoder not in ("minilm", "clip"):
         raise usage_error(f"--text-encoder {text_encoder!r}: choose minilm or clip")
+    if method == "mgfusion" or method in TEXT_RECIPES and text_encoder == "clip":
+        require_extra("clip", f"fuse train -m {method}")
+    elif method in TEXT_RECIPES:
+        require_extra("text", f"fuse train -m {method}")
+    if method == "tard" or det_model is not None:
+        require_extra("detect", "fuse train -m tard" if method == "tard" else "fuse train --det-model")
     reporter = Reporter("train", quiet)
     pairs = _pairs(list(gather_records(ir, vis, records, reporter)), reporter)
     if not pairs:

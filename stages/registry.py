@@ -17,8 +17,12 @@ outside the methods, in :mod:`stages.fuse`.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -31,18 +35,23 @@ class MethodInfo:
     summary: str  # one line for --list-methods
     reference: str = ""  # the paper or formulation it follows
     options: dict = field(default_factory=dict)
+    extra: str | None = None  # the fuse-cli extra it needs (stages.extras), None: the base install
+
+    def weights_shipped(self) -> bool:
+        """Whether the package carries weights for it (classical methods need none)."""
+        return (WEIGHTS_DIR / f"{self.name}.safetensors").is_file()
 
 
 _METHODS: dict[str, MethodInfo] = {}
 
 
-def register_method(name: str, *, kind: str, summary: str, reference: str = ""):
-    """Decorator registering ``factory`` as fusion method ``name``."""
+def register_method(name: str, *, kind: str, summary: str, reference: str = "", extra: str | None = None):
+    """Decorator registering ``factory`` as fusion method ``name`` (``extra``: the optional dependency it needs)."""
 
     def wrap(factory: Callable) -> Callable:
         if name in _METHODS:
             raise ValueError(f"fusion method {name!r} is registered twice")
-        _METHODS[name] = MethodInfo(name, factory, kind, summary, reference)
+        _METHODS[name] = MethodInfo(name, factory, kind, summary, reference, extra=extra)
         return factory
 
     return wrap
@@ -61,10 +70,12 @@ def list_methods(kind: str | None = None) -> list[MethodInfo]:
 
 
 def get_method(name: str) -> MethodInfo:
-    """The method registered as ``name``; ``KeyError`` with the valid names otherwise."""
+    """The method registered as ``name``; ``KeyError`` with the closest name and the valid names otherwise."""
     _load_all()
     try:
         return _METHODS[name]
     except KeyError:
+        close = difflib.get_close_matches(name, _METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         valid = ", ".join(sorted(_METHODS))
-        raise KeyError(f"unknown fusion method {name!r}; choose one of: {valid}") from None
+        raise KeyError(f"unknown fusion method {name!r}{hint}; choose one of: {valid}") from None

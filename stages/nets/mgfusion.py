@@ -475,4 +475,4 @@ def mgfusion_factory(device: str | torch.device = "cpu", weights: str | os.PathL
     return MGFusionFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
 
 
-register_method("mgfusion", kind="learned", **REGISTRY_INFO)(mgfusion_factory)
+register_method("mgfusion", kind="learned", extra="clip", **REGISTRY_INFO)(mgfusion_factory)

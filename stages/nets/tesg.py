@@ -266,4 +266,4 @@ def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike 
     return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
 
 
-register_method("tesg", kind="learned", summary="TeSG: text-guided fusion with mask-guided cross-attention (MGCA) and text-driven fusion (TDAF)", reference="TeSG: textual semantic guidance for infrared and visible image fusion")(tesg_factory)
+register_method("tesg", kind="learned", summary="TeSG: text-guided fusion with mask-guided cross-attention (MGCA) and text-driven fusion (TDAF)", reference="TeSG: textual semantic guidance for infrared and visible image fusion", extra="text")(tesg_factory)

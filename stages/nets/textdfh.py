@@ -156,4 +156,4 @@ def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLi
     return TextFusionCallable(model, device, uses_mask=False, fixed_text=fixed_text)
 
 
-register_method("textdfh", kind="learned", summary="Text-DFH: text-driven feature harmonisation on the frozen dfh-base network", reference="Infrared and visible image fusion driven by multimodal large language models (Sect. 3.3)")(textdfh_factory)
+register_method("textdfh", kind="learned", summary="Text-DFH: text-driven feature harmonisation on the frozen dfh-base network", reference="Infrared and visible image fusion driven by multimodal large language models (Sect. 3.3)", extra="text")(textdfh_factory)

@@ -26,8 +26,9 @@ def _qabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _qabf_preservation(g_src, a_src, g_f, a_f) -> np.ndarray:
     tg, kg, dg, ta, ka, da = 0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8
     # The reference's tie branch: where strengths are equal the "ratio" is the strength itself, not 1.
-    ratio = np.where(g_src > g_f, safe_divide(g_f, g_src, 0.0),
-                     np.where(g_src == g_f, g_f, safe_divide(g_src, g_f, 0.0)))
+    big, small = np.maximum(g_src, g_f), np.minimum(g_src, g_f)
+    ratio = np.divide(small, big, out=np.zeros_like(big), where=big > 0)
+    ratio = np.where(g_src == g_f, g_f, ratio)
     align = 1 - np.abs(a_src - a_f) / (np.pi / 2)
     return tg / (1 + np.exp(kg * (ratio - dg))) * ta / (1 + np.exp(ka * (align - da)))
 
@@ -128,8 +129,8 @@ def nabf(a, b, f) -> float:
         qa = 0.9995 / (1 + np.exp(-22.0 * (align - 0.5)))
         return np.sqrt(qg * qa)
 
-    wa = np.where(ga >= 2, ga ** 1.5, 0.001)
-    wb = np.where(gb >= 2, gb ** 1.5, 0.001)
+    wa = np.where(ga >= 2, ga * np.sqrt(ga), 0.001)  # ga ** 1.5
+    wb = np.where(gb >= 2, gb * np.sqrt(gb), 0.001)
     artifact = (gf > ga) & (gf > gb)
     loss = np.where(artifact, (1 - preservation(ga, aa)) * wa + (1 - preservation(gb, ab)) * wb, 0.0)
     return float(loss.sum() / (wa + wb).sum())

@@ -5,6 +5,8 @@ Neither the CDDFuse evaluator nor Tang's code has these; both conventions use VI
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -20,6 +22,28 @@ def _sobel_strength_5(img: np.ndarray) -> np.ndarray:
     return g2 * g2 * np.sqrt(g2)
 
 
+@functools.lru_cache(maxsize=4)
+def _csf_qcv(shape: tuple[int, int]) -> np.ndarray:
+    """Mannos–Sakrison CSF over the FFT grid of ``shape``, frequencies scaled by cols/8 and rows/8 (once per size)."""
+    rows, cols = shape
+    u, v = centered_frequencies(shape)
+    r = np.hypot(u * cols / 8, v * rows / 8)
+    csf = 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))
+    csf.flags.writeable = False
+    return csf
+
+
+@functools.lru_cache(maxsize=4)
+def _csf_qcb(shape: tuple[int, int]) -> np.ndarray:
+    """The DoG CSF of Qcb over the FFT grid of ``shape``, frequencies scaled by cols/30 and rows/30 (once per size)."""
+    rows, cols = shape
+    u, v = centered_frequencies(shape)
+    r = np.hypot(u * cols / 30, v * rows / 30)
+    csf = np.exp(-((r / 15.3870) ** 2)) - 0.7622 * np.exp(-((r / 1.3456) ** 2))
+    csf.flags.writeable = False
+    return csf
+
+
 def qcv(a, b, f) -> float:
     """Chen–Varshney Q_CV, lower is better (VIFB ``metricsQcv``, from Liu's ``metricChen.m``).
 
@@ -30,10 +54,7 @@ def qcv(a, b, f) -> float:
     weighted by the saliencies. 0 when neither source has an edge (the reference gives NaN).
     """
     a, b, f = normalize_255(a), normalize_255(b), normalize_255(f)
-    rows, cols = f.shape
-    u, v = centered_frequencies(f.shape)
-    r = np.hypot(u * cols / 8, v * rows / 8)
-    csf = 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))
+    csf = _csf_qcv(f.shape)
     num = den = 0.0
     for src in (b, a):
         saliency = block_reduce(_sobel_strength_5(src), 16, np.sum)
@@ -60,7 +81,8 @@ def _blur(img: np.ndarray, g: np.ndarray, sigma: float) -> np.ndarray:
 def _masked_contrast(img: np.ndarray, csf: np.ndarray) -> np.ndarray:
     filtered = fft_filter(spectrum(img), csf)
     contrast = np.abs(safe_divide(_blur(filtered, _G1, 2.0), _blur(filtered, _G2, 4.0), 1.0) - 1)
-    return contrast ** 3 / (contrast ** 2 + 1e-4)
+    c2 = contrast * contrast
+    return c2 * contrast / (c2 + 1e-4)
 
 
 def qcb(a, b, f) -> float:
@@ -74,10 +96,7 @@ def qcb(a, b, f) -> float:
     the ratio counts as 1 and the two weights as ½ each.
     """
     a, b, f = normalize_255(a), normalize_255(b), normalize_255(f)
-    rows, cols = f.shape
-    u, v = centered_frequencies(f.shape)
-    r = np.hypot(u * cols / 30, v * rows / 30)
-    csf = np.exp(-((r / 15.3870) ** 2)) - 0.7622 * np.exp(-((r / 1.3456) ** 2))
+    csf = _csf_qcb(f.shape)
     ca, cb, cf = (_masked_contrast(x, csf) for x in (b, a, f))
 
     def preserved(c):

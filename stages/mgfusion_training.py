@@ -27,16 +27,12 @@ On CPU a run is deterministic for a given ``seed``.
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from fuse_cli.images import LUMA_WEIGHTS, read_image, to_uint8
 from stages.encode import ClipImageEncoder, parse_pretrained, pretrained_label
@@ -79,39 +75,11 @@ def load_training_pair(ir_path: str | os.PathLike, vis_path: str | os.PathLike) 
     return to_uint8(np.concatenate([ir[None], np.moveaxis(vis, -1, 0)]))
 
 
-def crop_batch(images: Sequence[np.ndarray], crop: int, rng: np.random.Generator) -> torch.Tensor:
-    """One augmented patch per ``(4, H, W)`` uint8 pair → ``(B, 4, crop, crop)`` float32 in [0, 1].
-
-    Images smaller than ``crop`` are reflect-padded first; the same position,
-    flips and quarter-turn rotation apply to all channels.
-    """
-    patches = []
-    for image in images:
-        _, h, w = image.shape
-        pad_h, pad_w = max(0, crop - h), max(0, crop - w)
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "edge"
-            image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
-        y = int(rng.integers(0, image.shape[1] - crop + 1))
-        x = int(rng.integers(0, image.shape[2] - crop + 1))
-        patch = image[:, y:y + crop, x:x + crop]
-        if rng.random() < 0.5:
-            patch = patch[:, :, ::-1]
-        if rng.random() < 0.5:
-            patch = patch[:, ::-1, :]
-        patches.append(np.rot90(patch, k=int(rng.integers(0, 4)), axes=(1, 2)))
-    return torch.from_numpy(np.stack(patches).astype(np.float32) / 255.0)
-
-
 def split_patch(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(B, 4, h, w)`` → IR ``(B, 1, h, w)``, visible luminance ``(B, 1, h, w)``, visible RGB ``(B, 3, h, w)``."""
     weights = torch.as_tensor(LUMA_WEIGHTS, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
     rgb = batch[:, 1:]
     return batch[:, :1], (rgb * weights).sum(1, keepdim=True), rgb
-
-
-def _card_path(weights: Path) -> Path:
-    return weights.with_suffix(".json")
 
 
 def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int = DEFAULTS["epochs"],
@@ -136,13 +104,12 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
         progress: a tqdm bar with the running loss on stderr.
         log: called with one line per epoch.
     """
-    from stages.train import _dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json, optimiser_step
+    from stages.train import _dataset_counts, _load_optimizer, _optim_path, _versions, random_crop_batch, run_epochs
 
     if not pairs:
         raise ValueError("no training pairs given")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    weights_path = out / f"{METHOD}.safetensors"
     pretrained = parse_pretrained(pretrained)
     torch.manual_seed(seed)
     images = [load_training_pair(ir, vis) for ir, vis in pairs]
@@ -151,7 +118,7 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
         resume = Path(resume)
         model = load_mgfusion(resume, device)
         clip_model, pretrained = model.clip.model_name, model.clip.pretrained
-        card = json.loads(_card_path(resume).read_text())
+        card = json.loads(resume.with_suffix(".json").read_text())
         log(f"resuming {METHOD} from {resume} after epoch {card['epochs']}")
     else:
         clip = ClipImageEncoder.load(clip_model, pretrained, device)
@@ -180,33 +147,17 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
         "versions": _versions(),
     })
 
-    steps = math.ceil(len(images) / batch_size)
-    if max_steps is not None:
-        steps = min(steps, max_steps)
-    for epoch in range(card["epochs"], epochs):
-        started = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(images))
-        running, total = None, 0.0
-        bar = tqdm(range(steps), desc=f"{METHOD} epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                   disable=not progress, leave=False)
-        for step in bar:
-            step_lr = lr_at(epoch + step / steps, epochs, lr)
-            for group in opt.param_groups:
-                group["lr"] = step_lr
-            chosen = [images[i] for i in order[step * batch_size:(step + 1) * batch_size]]
-            ir, vis, vis_rgb = split_patch(crop_batch(chosen, crop, rng).to(device))
-            loss = mgfusion_loss(model(ir, vis, vis_rgb=vis_rgb), ir, vis)
-            value = optimiser_step(opt, loss)
-            total += value
-            running = value if running is None else 0.9 * running + 0.1 * value
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{step_lr:.1e}")
-        bar.close()
-        card["epochs"] = epoch + 1
-        card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
-        card["train_loss"].append(round(total / steps, 5))
-        save_mgfusion(model, weights_path, clip_model, pretrained)
-        _save_optimizer(opt, _optim_path(weights_path))
-        _write_json(card, _card_path(weights_path))
-        log(f"{METHOD} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f} lr {step_lr:.2e}")
-    return weights_path
+    def epoch_batches(epoch: int, rng: np.random.Generator, chunks: list[np.ndarray]):
+        for chosen in chunks:
+            channels = random_crop_batch([tuple(images[i]) for i in chosen], crop, rng)  # 4 × (B, 1, crop, crop)
+            yield split_patch(torch.cat(channels, dim=1).float().div_(255.0))
+
+    def step_loss(batch) -> tuple[torch.Tensor, dict[str, float]]:
+        ir, vis, vis_rgb = (t.to(device) for t in batch)
+        return mgfusion_loss(model(ir, vis, vis_rgb=vis_rgb), ir, vis), {}
+
+    return run_epochs(METHOD, model, opt, card, out, samples=len(images), batch_size=batch_size, epochs=epochs,
+                      seed=seed, batches=epoch_batches, step_loss=step_loss,
+                      lr_at=lambda progress: lr_at(progress, epochs, lr),
+                      save=lambda path: save_mgfusion(model, path, clip_model, pretrained),
+                      max_steps=max_steps, progress=progress, log=log)

@@ -12,7 +12,7 @@ once, and cached in memory and — with ``cache`` — on disk):
 Pairs larger than :data:`MAX_SIDE` (LLVIP's 1280×1024) are halved first (area
 averaging), so a crop covers a comparable part of the scene in every dataset.
 Crops, flips and rotations are :func:`stages.train.random_crop_batch`'s, applied
-identically to the mask (the same random draws). Text tokens are per pair.
+identically to the mask; the loop is :func:`stages.train.run_epochs`. Text tokens are per pair.
 
 Recipes (the papers'; shortened by ``epochs`` on a CPU):
 
@@ -26,10 +26,8 @@ and the model card ``out/<method>.json`` are written atomically.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -41,8 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.train import (_dataset_counts, _load_optimizer, _optim_path, _save_optimizer, _versions, _write_json, load_pair,
-                          optimiser_step, random_crop_batch)
+from stages.train import _dataset_counts, _load_optimizer, _optim_path, _versions, load_pair, random_crop_batch, run_epochs
 
 MAX_SIDE = 800
 
@@ -140,7 +137,6 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         raise ValueError("no training pairs given")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    weights_path, card_path = out / f"{method}.safetensors", out / f"{method}.json"
     torch.manual_seed(seed)
     started_all = time.perf_counter()
 
@@ -186,54 +182,30 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     if det_loss is not None:
         card["detection"] = {**det_loss.source, "weight": det_weight,
                              "pairs_labelled": sum(1 for i in ids if det_loss.labels.get(i) is not None)}
-        card.setdefault("train_det_loss", [None] * card["epochs"])
     if method == "textdfh":
         card["base_weights"] = str(base_weights or "stages/weights/dfh-base.safetensors")
 
-    steps = math.ceil(len(samples) / batch_size)
-    for epoch in range(card["epochs"], epochs):
-        started = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(samples))
-        total, det_total, running = 0.0, 0.0, None
-        bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not progress,
-                   leave=False)
-        for step in bar:
-            chosen = order[step * batch_size:(step + 1) * batch_size]
-            twin = copy.deepcopy(rng)  # the same draws give the masks the same crops, flips and rotations
-            ir, vis, crops = random_crop_batch([(samples[i]["ir"], samples[i]["vis"]) for i in chosen], crop, rng,
-                                               with_crops=True)
-            mask, _ = random_crop_batch([(samples[i]["mask"], samples[i]["mask"]) for i in chosen], crop, twin)
-            ir, vis, mask = ir.to(device), vis.to(device), (mask > 0.5).float().to(device)
-            text = text_tokens[chosen].to(device)
-            if method == "tesg":
-                fused = model(ir, vis, mask=mask, text=text)
-            else:
-                fused = model(ir, vis, text=text)
-            loss = loss_fn(fused, ir, vis, mask)
-            if det_loss is not None:
-                detection = det_loss(fused, [ids[i] for i in chosen], [c.affine() for c in crops])
-                det_total += float(detection.detach())
-                loss = loss + det_weight * detection.to(loss.device)
-            value = optimiser_step(opt, loss)
-            total += value
-            running = value if running is None else 0.9 * running + 0.1 * value
-            bar.set_postfix(loss=f"{running:.4f}")
-        bar.close()
-        card["epochs"] = epoch + 1
-        card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
-        card["train_loss"].append(round(total / steps, 5))
-        if "train_det_loss" in card:
-            card["train_det_loss"].append(round(det_total / steps, 5) if det_loss is not None else None)
-        save_text_network(model, method, weights_path, fixed_text)
-        _save_optimizer(opt, _optim_path(weights_path))
-        _write_json(card, card_path)
-        log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f} "
-            f"({time.perf_counter() - started:.0f} s)")
-        if max_seconds is not None and time.perf_counter() - started_all > max_seconds:
-            log(f"{method}: stopping after epoch {epoch + 1}, the time budget of {max_seconds:.0f} s is spent")
-            break
-    return weights_path
+    def epoch_batches(epoch: int, rng: np.random.Generator, chunks: list[np.ndarray]):
+        for chosen in chunks:
+            ir, vis, mask, crops = random_crop_batch([(samples[i]["ir"], samples[i]["vis"], samples[i]["mask"])
+                                                      for i in chosen], crop, rng, with_crops=True)
+            yield chosen, ir, vis, (mask > 0.5).float(), crops
+
+    def step_loss(batch) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, ir, vis, mask, crops = batch
+        ir, vis, mask = ir.to(device), vis.to(device), mask.to(device)
+        text = text_tokens[chosen].to(device)
+        fused = model(ir, vis, mask=mask, text=text) if method == "tesg" else model(ir, vis, text=text)
+        loss = loss_fn(fused, ir, vis, mask)
+        if det_loss is None:
+            return loss, {}
+        detection = det_loss(fused, [ids[i] for i in chosen], [c.affine() for c in crops])
+        return loss + det_weight * detection.to(loss.device), {"train_det_loss": float(detection.detach())}
+
+    return run_epochs(method, model, opt, card, out, samples=len(samples), batch_size=batch_size, epochs=epochs,
+                      seed=seed, batches=epoch_batches, step_loss=step_loss, lr_at=lambda progress: lr,
+                      save=lambda path: save_text_network(model, method, path, fixed_text),
+                      max_seconds=max_seconds, progress=progress, log=log)
 
 
 def _main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,11 @@
 """Training of the learned fusion networks (:data:`stages.nets.learned_methods.NETWORKS`).
 
+:func:`run_epochs` is the one training loop of every crop-trained network (this module's
+``NETWORKS``, :mod:`stages.text_training`'s ``tesg`` and ``textdfh``, :mod:`stages.mgfusion_training`):
+seeded epochs, cropping in a background thread, one checkpoint format (weights, optimiser state,
+model card) written after every epoch, exact resume. Each trainer gives it the network's batches,
+loss, learning-rate schedule and weights writer.
+
 :func:`train` follows the papers' recipes: random crops, random flips and 90°
 rotations (the same for both modalities), the paper's optimiser and learning
 rate (see the defaults in ``NETWORKS``), one random crop per training pair per
@@ -302,6 +308,77 @@ def validate(model: torch.nn.Module, images: Sequence[tuple[np.ndarray, np.ndarr
     return {name: round(total / len(images), 4) for name, total in sums.items()}
 
 
+def run_epochs(method: str, model: torch.nn.Module, opt: torch.optim.Optimizer, card: dict, out: Path, *,
+               samples: int, batch_size: int, epochs: int, seed: int,
+               batches: Callable[[int, np.random.Generator, list[np.ndarray]], Iterator],
+               step_loss: Callable[[object], tuple[torch.Tensor, dict[str, float]]],
+               lr_at: Callable[[float], float], save: Callable[[Path], object],
+               validate: Callable[[], dict | None] | None = None, max_steps: int | None = None,
+               max_seconds: float | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> Path:
+    """The training loop every crop-trained network shares; returns ``out/<method>.safetensors``.
+
+    Epoch ``e`` draws from ``numpy.random.default_rng([seed, e])``: first the order of the
+    ``samples`` training pairs, then whatever ``batches(e, rng, chunks)`` draws while it yields one
+    batch per chunk of indices (cropping runs in a background thread, :func:`prefetch`). So a run
+    resumed after epoch ``e`` (``card["epochs"]``) draws what an uninterrupted one would.
+    ``step_loss(batch)`` gives the loss to minimise and named parts to record (``train_det_loss`` …);
+    ``lr_at(epochs_done)`` the learning rate, set before every step (fractional epochs).
+
+    After every epoch, atomically, into ``out``: the weights (``save(path)``), the optimiser state
+    (``<method>.optim.safetensors``) and the model card (``<method>.json``: ``card`` with the epochs,
+    seconds, per-epoch mean losses and, with ``validate``, ``val_metrics``). ``max_steps`` caps the
+    steps of an epoch (smoke runs); ``max_seconds`` stops after the epoch that spends the budget.
+    """
+    weights_path = out / f"{method}.safetensors"
+    steps = math.ceil(samples / batch_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    started_all = time.perf_counter()
+    for epoch in range(card["epochs"], epochs):
+        started = time.perf_counter()
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(samples)
+        chunks = [order[step * batch_size:(step + 1) * batch_size] for step in range(steps)]
+        sums: dict[str, float] = {"train_loss": 0.0}
+        running = None
+        bar = tqdm(total=steps, desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr, disable=not progress,
+                   leave=False)
+        for step, batch in enumerate(prefetch(batches(epoch, rng, chunks))):
+            step_lr = lr_at(epoch + step / steps)
+            for group in opt.param_groups:
+                group["lr"] = step_lr
+            loss, parts = step_loss(batch)
+            value = optimiser_step(opt, loss)
+            for key, part in {"train_loss": value, **parts}.items():
+                sums[key] = sums.get(key, 0.0) + part
+            running = value if running is None else 0.9 * running + 0.1 * value
+            bar.set_postfix(loss=f"{running:.4f}")
+            bar.update()
+        bar.close()
+        for key in {*sums, *(k for k, v in card.items() if k.startswith("train_") and isinstance(v, list))}:
+            values = card.setdefault(key, [None] * epoch)
+            values.append(round(sums[key] / steps, 5) if key in sums else None)
+        metrics = validate() if validate is not None else None
+        if validate is not None:
+            card.setdefault("val_metrics", [None] * epoch).append(metrics)
+            model.train()
+        card["epochs"] = epoch + 1
+        card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
+        save(weights_path)
+        _save_optimizer(opt, _optim_path(weights_path))
+        _write_json(card, weights_path.with_suffix(".json"))
+        parts = ", ".join(f"{k[6:-5]} {sums[k] / steps:.4f}" for k in sorted(sums) if k != "train_loss")
+        shown = "" if metrics is None else "  " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+        log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f}{f' ({parts})' if parts else ''} "
+            f"lr {step_lr:.2e} ({time.perf_counter() - started:.0f} s){shown}")
+        if max_seconds is not None and time.perf_counter() - started_all > max_seconds:
+            log(f"{method}: stopping after epoch {epoch + 1}, the time budget of {max_seconds:.0f} s is spent")
+            break
+    return weights_path
+
+
+
 def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int, batch_size: int,
           lr: float, seed: int, device: str | torch.device = "cpu", crop: int = 256,
           resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
@@ -331,7 +408,6 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
     spec = NETWORKS[method]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    weights_path, card_path = out / f"{method}.safetensors", out / f"{method}.json"
     optimizer_name = optimizer or spec.defaults["optimizer"]
     momentum = spec.defaults["momentum"]
     schedule = spec.defaults["schedule"]
@@ -361,7 +437,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
     else:
         model = (spec.model() if init is None else load_network(method, init, "cpu")).to(device).train()
         opt = _make_optimizer(optimizer_name, model.parameters(), lr, momentum)
-        card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": [], "val_metrics": []}
+        card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": []}
         if init is not None:
             card["init"] = str(init)
             log(f"starting {method} from {init}")
@@ -369,8 +445,6 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         labelled = sum(1 for i in ids if det_loss.labels.get(i) is not None)
         card["detection"] = {**det_loss.source, "weight": det_weight, "pairs_labelled": labelled,
                              "dropped_classes": dict(det_loss.dropped)}
-        card.setdefault("train_det_loss", [None] * card["epochs"])
-        card.setdefault("train_fusion_loss", [None] * card["epochs"])
         log(f"detection loss ×{det_weight:g} from {det_loss.source.get('model')}: {labelled} of {len(ids)} "
             "training pairs have labels")
         if not labelled:
@@ -393,61 +467,30 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         "versions": _versions(),
     })
 
-    steps = math.ceil(len(images) / batch_size)
-    first_epoch = card["epochs"]
-    for epoch in range(first_epoch, epochs):
-        started = time.perf_counter()
-        epoch_lr = _epoch_lr(lr, schedule, epoch, epochs)
-        for group in opt.param_groups:
-            group["lr"] = epoch_lr
-        rng = np.random.default_rng([seed, epoch])
+    def epoch_batches(epoch: int, rng: np.random.Generator, chunks: list[np.ndarray]) -> Iterator:
         light_rng = np.random.default_rng([seed, epoch, 1])
-        order = rng.permutation(len(images))
-        running, total, det_total, fusion_total = None, 0.0, 0.0, 0.0
-        bar = tqdm(range(steps), desc=f"{method} epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                   disable=not progress, leave=False)
-        batches = prefetch(random_crop_batch([images[i] for i in order[step * batch_size:(step + 1) * batch_size]],
-                                             crop, rng, with_crops=True) for step in range(steps))
-        for step, (*arrays, crops) in zip(bar, batches):
-            indices = order[step * batch_size:(step + 1) * batch_size]
+        for indices in chunks:
+            *arrays, crops = random_crop_batch([images[i] for i in indices], crop, rng, with_crops=True)
             ir, vis = (a.float().div_(255.0) for a in arrays[:2])
             if low_light:
                 ir, vis = darken_as_night(ir, vis, light_rng, low_light)
-            ir, vis = ir.to(device), vis.to(device)
-            extra = {}
-            if spec.salient_targets:
-                extra["salient"] = salient_targets(ir, arrays[2].to(device))
-            fused = model(ir, vis)
-            loss = spec.loss(fused, ir, vis, **extra)
-            if det_loss is not None:
-                detection = det_loss(fused, [ids[i] for i in indices], [c.affine() for c in crops])
-                fusion_total += float(loss.detach())
-                det_total += float(detection.detach())
-                loss = loss + det_weight * detection.to(loss.device)
-            value = optimiser_step(opt, loss)
-            total += value
-            running = value if running is None else 0.9 * running + 0.1 * value
-            bar.set_postfix(loss=f"{running:.4f}")
-        bar.close()
+            yield indices, ir, vis, arrays[2:], crops
 
-        metrics = validate(model, val_images, device) if val_images else None
-        if val_images and metrics is None and epoch == first_epoch:
-            log("stages.metrics is not importable: validation metrics are not recorded")
-        card["epochs"] = epoch + 1
-        card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
-        card["train_loss"].append(round(total / steps, 5))
-        if det_loss is not None:
-            card["train_fusion_loss"].append(round(fusion_total / steps, 5))
-            card["train_det_loss"].append(round(det_total / steps, 5))
-        elif "train_det_loss" in card:  # resumed without the detector: keep the lists aligned with epochs
-            card["train_fusion_loss"].append(round(total / steps, 5))
-            card["train_det_loss"].append(None)
-        card["val_metrics"].append(metrics)
-        save_weights(model, method, weights_path)
-        _save_optimizer(opt, _optim_path(weights_path))
-        _write_json(card, card_path)
-        shown = "" if metrics is None else "  " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
-        detail = "" if det_loss is None else (f" (fusion {card['train_fusion_loss'][-1]:.4f}, "
-                                              f"detection {card['train_det_loss'][-1]:.4f})")
-        log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f}{detail} lr {epoch_lr:.2e}{shown}")
-    return weights_path
+    def step_loss(batch) -> tuple[torch.Tensor, dict[str, float]]:
+        indices, ir, vis, labels, crops = batch
+        ir, vis = ir.to(device), vis.to(device)
+        extra = {"salient": salient_targets(ir, labels[0].to(device))} if spec.salient_targets else {}
+        fused = model(ir, vis)
+        loss = spec.loss(fused, ir, vis, **extra)
+        if det_loss is None:
+            return loss, {}
+        detection = det_loss(fused, [ids[i] for i in indices], [c.affine() for c in crops])
+        parts = {"train_fusion_loss": float(loss.detach()), "train_det_loss": float(detection.detach())}
+        return loss + det_weight * detection.to(loss.device), parts
+
+    return run_epochs(method, model, opt, card, out, samples=len(images), batch_size=batch_size, epochs=epochs,
+                      seed=seed, batches=epoch_batches, step_loss=step_loss,
+                      lr_at=lambda progress: _epoch_lr(lr, schedule, int(progress), epochs),
+                      save=lambda path: save_weights(model, method, path),
+                      validate=(lambda: validate(model, val_images, device)) if val_images else None,
+                      progress=progress, log=log)

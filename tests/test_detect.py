@@ -312,9 +312,10 @@ def test_detect_cli_end_to_end(msrs_fused, tmp_path):
         again = runner.invoke(app, ["detect", "--detections", str(txt_only), "--labels", str(labels), "-r", str(records), "-f", "csv"])
         assert again.exit_code == 0, again.output
         assert [line.split(",")[2:] for line in again.stdout.splitlines()] == [line.split(",")[2:] for line in table]
-    # run the model and evaluate in one go (outputs exist: skipped and re-read); a skipped run still evaluates
+    # run the model and evaluate in one go (outputs of the same recipe exist: skipped and re-read); a skipped run
+    # still evaluates
     both = runner.invoke(app, ["detect", "-r", str(records), "-o", str(out), "--model", "yolov8n.yaml", "--imgsz", "160",
-                               "--labels", str(labels), "--device", "cpu", "-f", "markdown"])
+                               "--draw", "--conf", "0.0001", "--labels", str(labels), "--device", "cpu", "-f", "markdown"])
     assert both.exit_code == 0, both.output
     assert "| fused | all | 3 |" in both.stdout
 

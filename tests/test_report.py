@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from conftest import fuse_cli
 from fuse_cli.app import app
 from fuse_cli.images import luminance, read_image, write_image
-from stages.report.figure import FigureRow, Zoom, auto_boxes, disagreement, draw_figure, plan_zooms
+from stages.report.figure import FigureRow, Zoom, auto_boxes, disagreement, draw_figure, label_size, plan_zooms
 from stages.report.pairs import group_by_pair
 from stages.report.table import MeanTable, latex_table, markdown_table, rank_marks, record_dataset
 
@@ -175,6 +175,8 @@ def test_figure_grid_size_and_inset_positions(tmp_path):
         for edge in (png[y0 - 1:y0 + 2, x0:x1], png[y1 - 2:y1 + 1, x0:x1]):  # top and bottom border lines
             distance = np.abs(edge.astype(int) - rgb).max(axis=2).min(axis=0)
             assert np.median(distance) < 30, (rect, edge[:, :2])
+    # Labels share one size, shrunk so the widest fits its column.
+    assert 4 <= label_size(["IR", "a-long-method-name"], 0.4, 7) < 7 == label_size(["IR", "a"], 0.4, 7)
     draw_figure(rows, labels, plans, tmp_path / "f.svg")
     svg = (tmp_path / "f.svg").read_text()
     assert "<text" in svg and ">VIS<" in svg  # labels stay text in vector output

@@ -186,7 +186,7 @@ def draw_figure(rows: list[FigureRow], labels: list[str], zooms: list[list[Zoom]
     """Draw the grid and save it to ``path`` (``.png`` at ``dpi``, ``.pdf`` or ``.svg`` with text kept as text).
 
     ``width`` is the figure width in inches (7 is a two-column page); rows keep their
-    images' aspect. When a label does not fit its column, all labels are set smaller (down to 4 pt).
+    images' aspect. When a label does not fit its column, all labels are set smaller (:func:`label_size`).
     """
     import matplotlib
 
@@ -200,6 +200,7 @@ def draw_figure(rows: list[FigureRow], labels: list[str], zooms: list[list[Zoom]
     columns, gap = len(labels), 0.02  # inches between tiles
     tile_w = (width - gap * (columns - 1)) / columns
     heights = [tile_w * r.shape[0] / r.shape[1] for r in rows]
+    font_size = label_size(labels, tile_w, font_size)
     label_h = font_size * 2.2 / 72
     total_h = label_h + sum(heights) + gap * (len(rows) - 1)
     vector = suffix != ".png"
@@ -233,7 +234,9 @@ def draw_figure(rows: list[FigureRow], labels: list[str], zooms: list[list[Zoom]
             layout.tiles.append(tiles)
             layout.insets.append(insets)
             top -= gap
-        _column_labels(fig, labels, layout.tiles[0], total_h, label_h, font_size)
+        y = 1 - (label_h / 2) / total_h
+        for label, (left, _, tw, _) in zip(labels, layout.tiles[0]):
+            fig.text(left + tw / 2, y, label, ha="center", va="center", fontsize=font_size)
         with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format=suffix[1:])
         plt.close(fig)
@@ -261,14 +264,13 @@ def _inset_rect(tile: Rect, zoom: Zoom, shape: tuple[int, int], fraction: float)
     return left + tw * x / w, bottom + th * (1 - (y + ih) / h), tw * iw / w, th * ih / h
 
 
-def _column_labels(fig, labels: list[str], tiles: list[Rect], total_h: float, label_h: float, font_size: float) -> None:
-    """One label centred above each column, all in one size: the largest (up to ``font_size``) at which every label fits."""
-    renderer = fig.canvas.get_renderer()
-    y = 1 - (label_h / 2) / total_h
-    texts = [fig.text(left + tw / 2, y, label, ha="center", va="center", fontsize=font_size)
-             for label, (left, _, tw, _) in zip(labels, tiles)]
-    room = min(tw * fig.bbox.width * 0.96 / text.get_window_extent(renderer).width
-               for text, (_, _, tw, _) in zip(texts, tiles) if text.get_text())
-    size = max(4.0, min(font_size, int(font_size * room * 2) / 2))
-    for text in texts:
-        text.set_fontsize(size)
+def label_size(labels: list[str], column_width: float, font_size: float) -> float:
+    """The one label size for every column: ``font_size``, or smaller (down to 4 pt, in half points) until all fit."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    measure = TextToPath()
+    widest = max(measure.get_text_width_height_descent(label, FontProperties(size=font_size), ismath=False)[0]
+                 for label in labels)  # points
+    room = 0.96 * column_width * 72 / widest if widest else 1.0
+    return max(4.0, min(font_size, int(font_size * room * 2) / 2))

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import yaml
 
-from bench_quality import made_with_other_weights, stamp_weights, weights_stamp
+from bench_quality import made_otherwise, weights_stamp
+from stages.fuse import FuseStage  # noqa: E402 (bench_quality puts the project on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -91,12 +92,10 @@ def train_detector(root: Path, records: Path, pairs: int, work: Path, epochs: in
 
 
 def fused_records(held_out: list[dict], method: str, folder: Path, weights: Path | None = None) -> list[dict]:
-    """Held-out records with ``fused`` from ``folder`` (fused now where missing, or all when made with other weights)."""
+    """Held-out records with ``fused`` from ``folder`` (fused now where missing, or all when another recipe made them)."""
     args = ["fuse", "-m", method, "-o", folder, "-r", write_records(folder / "pairs.jsonl", held_out), "-q"]
-    stale = weights is None and made_with_other_weights(method, folder)
+    stale = made_otherwise(FuseStage(folder, method, "cpu", weights), held_out)
     fuse(*args, *(["--weights", weights] if weights else []), *(["--overwrite"] if stale else []))
-    if weights is None:
-        stamp_weights(method, folder)
     return [{**r, "fused": str(folder / f"{r['id']}.png")} for r in held_out]
 
 

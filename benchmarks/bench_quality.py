@@ -5,9 +5,9 @@
 
 Each registered method fuses the pairs through the real stage (``FuseStage`` under the
 batch runner) into ``CACHE/<set>/<method>/<id>.png``; pairs already there are reused,
-so a re-run only fuses what is missing (``--overwrite`` fuses them again); a folder
-made with other packaged weights than the current ones (its ``.weights`` stamp) is
-fused again. A learned
+so a re-run only fuses what is missing (``--overwrite`` fuses them again); images
+another recipe made (other packaged weights, options, or a fuse that kept no recipes)
+are fused again. A learned
 method without weights is skipped with a note. The fused images are scored by the
 score stage (``ScoreStage``, ``mmif`` convention); the table holds the mean over pairs,
 the best value of each column in bold. On TNO the published methods' own outputs
@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fuse_cli.options import RunOptions  # noqa: E402
+from fuse_cli.provenance import explain, read_recipe  # noqa: E402
 from fuse_cli.records import pair_directories  # noqa: E402
 from fuse_cli.runner import Reporter, run_stage  # noqa: E402
 from stages.fuse import FuseStage  # noqa: E402
@@ -48,37 +49,28 @@ def weights_stamp(method: str) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def made_with_other_weights(method: str, out_dir: Path) -> bool:
-    """Whether ``out_dir`` was fused with packaged weights other than the current ones (its ``.weights`` stamp)."""
-    stamp, stamp_file = weights_stamp(method), out_dir / ".weights"
-    return stamp is not None and stamp_file.is_file() and stamp_file.read_text() != stamp
-
-
-def stamp_weights(method: str, out_dir: Path) -> None:
-    """Record in ``out_dir/.weights`` which packaged weights of ``method`` made its images."""
-    if (stamp := weights_stamp(method)) is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / ".weights").write_text(stamp)
-
-
 def fuse_method(records: list[dict], method: str, out_dir: Path, device: str, overwrite: bool,
                 options: dict | None = None) -> tuple[list[dict], int] | None:
     """Fused records of ``method`` (cached outputs reused) and how many were fused now; ``None`` without weights.
 
     ``options`` go to the method's factory (e.g. ``{"fixed_text": "..."}`` for the text-guided networks).
-    Cached outputs of other packaged weights (``out_dir/.weights`` differs) are fused again.
+    Cached outputs another recipe made (other weights or options, or a fuse that kept no recipes) are fused again.
     """
     try:
         stage = FuseStage(out_dir, method, device, method_options=options)
     except FileNotFoundError:
         return None
-    overwrite = overwrite or made_with_other_weights(method, out_dir)
+    overwrite = overwrite or made_otherwise(stage, records)
     fused: list[dict] = []
     todo = len(records) if overwrite else sum(not stage.output_path(r).exists() for r in records)
     run_stage(stage, records, RunOptions(overwrite=overwrite, batch_size=1, quiet=True),
               Reporter("fuse", quiet=True), emit=fused.append)
-    stamp_weights(method, out_dir)
     return fused, todo
+
+
+def made_otherwise(stage: FuseStage, records: list[dict]) -> bool:
+    """Whether a cached output of ``records`` carries another recipe than ``stage``'s (:mod:`fuse_cli.provenance`)."""
+    return any(explain(read_recipe(path), stage.recipe(r)) for r in records if (path := stage.output_path(r)).exists())
 
 
 def published_records(root: Path, records: list[dict]) -> list[dict]:

@@ -4,7 +4,8 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
-# This machine carries these torch wheels locally; elsewhere pip fetches them.
+# This machine carries these torch wheels locally; elsewhere pip fetches them. fuse never imports
+# torchvision, but open_clip and ultralytics (extras) need it: pinned here to match torch.
 TORCH    = torch==2.14.1 torchvision==0.29.1
 
 .PHONY: venv demo test bench clean
@@ -13,7 +14,9 @@ $(BIN)/fuse: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,clip,detect,text,ray]'
+	$(BIN)/pip install -q -e '.[test,all]'
+	# an editable install skips data files: link the man pages where man(1) looks (beside bin/)
+	mkdir -p $(VENV)/share/man/man1 && ln -sf $(CURDIR)/man/*.1 $(VENV)/share/man/man1/
 	touch $(BIN)/fuse
 
 venv: $(BIN)/fuse

@@ -21,6 +21,7 @@ import typer
 
 from fuse_cli import __version__
 from fuse_cli import options as opt
+from fuse_cli.examples import add_examples
 from fuse_cli.inputs import gather_compared, gather_records, report_unmatched, usage_error
 from fuse_cli.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
@@ -96,7 +97,7 @@ def _list_methods_and_exit(value: bool) -> None:
 @app.command("fuse")
 @opt.stage_options(batch_size=4)
 def fuse_command(
-    method: Annotated[str, typer.Option("--method", "-m", help="Fusion method; see --list-methods.")] = "laplacian",
+    method: Annotated[str, typer.Option("--method", "-m", help="Fusion method: mean, max, laplacian, gff (classical); refinefuse, dfh-base, tard, tesg, textdfh, mgfusion (learned). --list-methods says what each needs.")] = "laplacian",
     out: opt.OutDir = Path("fused"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
@@ -235,6 +236,7 @@ def _register_command_modules() -> None:
 
 
 _register_command_modules()
+add_examples(app)
 
 
 def _terminate(signum, frame) -> None:

@@ -16,6 +16,7 @@ import typer
 
 from fuse_cli import __version__
 from fuse_cli.app import app
+from fuse_cli.examples import EXAMPLES, PIPELINES
 
 
 ASCII_FOR = {"…": "...", "—": "--", "–": "-", "→": "->", "←": "<-", "↔": "<->", "×": "x", "≥": ">=", "≤": "<=", "²": "^2"}
@@ -52,6 +53,19 @@ def _options(command: click.Command, ctx: click.Context) -> list[str]:
     return lines
 
 
+def _examples(examples: list[tuple[str, str]]) -> list[str]:
+    """The EXAMPLES section: each example's purpose as a shell comment, then its command line, unfilled."""
+    lines = [".SH EXAMPLES", ".nf"]
+    for what, line in examples:
+        lines += [_escape(f"# {what}"), _escape(line), ""]
+    return lines[:-1] + [".fi"]
+
+
+def _summary(command: click.Command) -> str:
+    """The first paragraph of the command's help, whole (click's short help cuts it off at a width)."""
+    return " ".join((command.help or "").split("\n\n")[0].split())
+
+
 def command_page(command: click.Command, name: str) -> str:
     """The page of ``fuse <name>`` (``name`` may hold a sub-command: ``detect export``)."""
     ctx = click.Context(command, info_name=f"fuse {name}")
@@ -60,6 +74,7 @@ def command_page(command: click.Command, name: str) -> str:
     lines = _header(f"fuse-{name.replace(' ', '-')}", summary)
     lines += [".SH SYNOPSIS", f"\\fBfuse {name}\\fR {_escape(usage)}", ".SH DESCRIPTION", _escape(command.help or "")]
     lines += _options(command, ctx)
+    lines += _examples(EXAMPLES[name])
     lines += [".SH SEE ALSO", "\\fBfuse\\fR(1)"]
     return "\n".join(lines) + "\n"
 
@@ -69,7 +84,8 @@ def main_page(group: click.Group) -> str:
     lines += [".SH SYNOPSIS", "\\fBfuse\\fR [\\-\\-version] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]", ".SH DESCRIPTION"]
     lines += [_escape(group.help or ""), ".SH COMMANDS"]
     for name, command in group.commands.items():
-        lines += [".TP", f"\\fBfuse {name}\\fR", _escape(command.get_short_help_str(limit=100))]
+        lines += [".TP", f"\\fBfuse {name}\\fR", _escape(_summary(command))]
+    lines += _examples(PIPELINES)
     lines += [
         ".SH EXIT STATUS",
         "0 on success, 1 when any pair failed (its record carries \"error\"), 2 for usage errors.",

@@ -1,7 +1,7 @@
 """fuse from Python: fuse two images and score the result, on arrays rather than files.
 
     >>> import numpy as np, fuse_api
-    >>> ir = np.zeros((64, 64), np.uint8); vis = np.full((64, 64, 3), 200, np.uint8)
+    >>> ir = np.zeros((64, 64), np.uint8); vis = np.full((64, 64, 3), (200, 120, 40), np.uint8)
     >>> fused = fuse_api.fuse(ir, vis, method="laplacian")
     >>> fused.shape, fused.dtype
     ((64, 64, 3), dtype('uint8'))
@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["fuse", "score", "methods", "metrics"]
+from stages.extras import MissingExtra
+
+__all__ = ["MissingExtra", "fuse", "score", "methods", "metrics"]
 
 
 def methods() -> list[str]:
@@ -102,7 +104,7 @@ def fuse(ir, vis, method: str = "refinefuse", *, weights: str | Path | None = No
 
     Raises:
         ValueError: sizes differ, a shape or value range that is not an image.
-        stages.extras.MissingExtra: the method needs an extra that is not installed.
+        MissingExtra: the method needs an extra that is not installed (an ``ImportError``).
     """
     ir_float, vis_float = _as_float(ir, "ir"), _as_float(vis, "vis")
     if ir_float.shape[:2] != vis_float.shape[:2]:

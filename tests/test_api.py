@@ -1,7 +1,9 @@
 """The Python API (``fuse_api``): arrays in, the same pixels and scores as the command line out."""
 from __future__ import annotations
 
+import doctest
 import json
+import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -69,3 +71,14 @@ def test_bad_input_says_what_was_expected(pair):
     with pytest.raises(ValueError, match="unknown metric"):
         fuse_api.score(ir, vis, vis, metrics=["XYZ"])
     assert "refinefuse" in fuse_api.methods() and "Qabf" in fuse_api.metrics()
+
+
+def test_missing_extra_raises_one_clear_error(pair, monkeypatch):
+    ir, vis, _, _ = pair
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if the 'text' extra were not installed
+    with pytest.raises(fuse_api.MissingExtra, match=r"fusion method 'tesg' needs the 'text' extra: pip install 'fuse-cli\[text\]'"):
+        fuse_api.fuse(ir, vis, method="tesg", device="cpu")
+
+
+def test_docstring_example_runs():
+    assert doctest.testmod(fuse_api).failed == 0

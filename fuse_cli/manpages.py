@@ -69,7 +69,7 @@ def _summary(command: click.Command) -> str:
 def command_page(command: click.Command, name: str) -> str:
     """The page of ``fuse <name>`` (``name`` may hold a sub-command: ``detect export``)."""
     ctx = click.Context(command, info_name=f"fuse {name}")
-    summary = command.get_short_help_str(limit=80)
+    summary = _summary(command)
     usage = " ".join(command.collect_usage_pieces(ctx))
     lines = _header(f"fuse-{name.replace(' ', '-')}", summary)
     lines += [".SH SYNOPSIS", f"\\fBfuse {name}\\fR {_escape(usage)}", ".SH DESCRIPTION", _escape(command.help or "")]

@@ -76,6 +76,7 @@ def test_man_pages_have_examples_and_whole_command_summaries():
     assert set(generated) == {"fuse.1", *(f"fuse-{name.replace(' ', '-')}.1" for name in COMMANDS)}
     for filename, text in generated.items():
         assert ".SH EXAMPLES" in text, filename
+        assert not text.split(".SH NAME\n", 1)[1].splitlines()[0].endswith("..."), filename
     commands = generated["fuse.1"].split(".SH COMMANDS", 1)[1].split(".SH", 1)[0]
     assert "..." not in commands  # click's short help cut the summaries off at 100 characters
 

@@ -35,6 +35,8 @@ def fuse_without(modules: str, *args) -> subprocess.CompletedProcess:
     ("open_clip", ["encode", "-o", "{tmp}"], "fuse encode", "clip"),
     ("open_clip", ["train", "-m", "mgfusion", "-o", "{tmp}"], "fuse train -m mgfusion", "clip"),
     ("open_clip", ["mask", "--backend", "text", "--keyword", "person", "-o", "{tmp}"], "fuse mask --backend text", "clip"),
+    ("transformers", ["caption", "--backend", "blip", "-o", "{tmp}"], "fuse caption --backend blip", "text"),
+    ("sentence_transformers", ["train", "-m", "tesg", "-o", "{tmp}"], "fuse train -m tesg", "text"),
 ])
 def test_missing_extra_is_one_line_naming_it(synthetic_pairs, tmp_path, blocked, command, words, extra):
     args = [arg.replace("{tmp}", str(tmp_path / "out")) for arg in command]

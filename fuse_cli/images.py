@@ -304,7 +304,5 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, re
             if text:
                 info.add_itxt(RECIPE_KEY, text)
             iio.imwrite(tmp, data, extension=suffix, pnginfo=info, compress_level=png_compression)
-        elif suffix == ".png":
-            iio.imwrite(tmp, data, extension=suffix, compress_level=png_compression)
         else:
             iio.imwrite(tmp, data, extension=suffix)

@@ -210,8 +210,9 @@ def luminance(img: np.ndarray) -> np.ndarray:
 
 
 #: Temporary names: ``.<stem>.part-<host>-<pid>-<n><suffix>`` beside the target, unique
-#: per write (``n`` counts this process's writes, so threads never share one).
-_TEMPORARY = re.compile(r"^\..+\.part-(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9]+(\.[^.]*)?$")
+#: per write (``n`` counts this process's writes, so threads never share one). The
+#: pattern also matches ``.<stem>.part-<pid><suffix>``, what fuse wrote before.
+_TEMPORARY = re.compile(r"^\..+\.part-(?:(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9]+|(?P<old_pid>[0-9]+))(\.[^.]*)?$")
 _HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
 _writes = itertools.count()
 
@@ -241,9 +242,9 @@ def temporary_path(path: Path, pid: int | None = None) -> Path:
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporaries of :func:`atomic_file` in ``folder`` that a killed process left; return them.
 
-    Only names of our own pattern, made on this host by a process that no
-    longer runs, are removed: a concurrent run (another shard, another host
-    writing to shared storage) keeps its files.
+    Only names of our own pattern whose process no longer runs on this host are
+    removed; a concurrent run (another shard) keeps its files, and so do names
+    tagged with another host (one writing to the same shared storage).
     """
     removed = []
     try:
@@ -252,7 +253,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if match and match["host"] == _HOST and not _running(int(match["pid"])) and entry.is_file(follow_symlinks=False):
+        if not match or match["host"] not in (_HOST, None):
+            continue
+        if not _running(int(match["pid"] or match["old_pid"])) and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
             removed.append(Path(entry.path))
     return removed

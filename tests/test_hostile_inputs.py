@@ -239,11 +239,13 @@ def test_a_rerun_removes_temporaries_a_killed_run_left(synthetic_pairs, tmp_path
     dead = int(finished.stdout)  # a process that has ended, as one killed with -9
     stale = temporary_path(tmp_path / "scene_00.png", pid=dead)
     stale.write_bytes(b"")
+    older = tmp_path / f".scene_00.part-{dead}.png"  # as fuse named temporaries before
+    older.write_bytes(b"")
     alive = temporary_path(tmp_path / "scene_01.png")  # this test's process runs: its file is not ours to remove
     alive.write_bytes(b"")
     done = fuse_cli("fuse", "-m", "mean", "-o", tmp_path, "-v", input=_records(synthetic_pairs))
     assert done.returncode == 0 and f"{stale}: removed" in done.stderr
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and not older.exists() and alive.exists()
     assert (tmp_path / "scene_00.png").is_file()
 
 

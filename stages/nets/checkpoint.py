@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported when a network is loaded, not when the CLI catches WeightsError
     from torch import nn
 
+#: The ``format`` metadata of a fusion network's weights file (every learned method's own networks).
+CHECKPOINT_FORMAT = "fuse-network-1"
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
 PICKLE_STARTS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # torch.save's zip, a bare pickle
 

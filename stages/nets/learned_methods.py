@@ -35,13 +35,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from stages.nets.checkpoint import check_method, config_of, load_checked
+from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked
 from stages.nets.dfh_base import DFHBase, dfh_loss
 from stages.nets.refinefuse import RefineFuse, refinefuse_loss
 from stages.registry import register_method
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-CHECKPOINT_FORMAT = "fuse-network-1"
 
 
 class NetworkSpec(NamedTuple):

@@ -4,7 +4,7 @@ Frontiers in Neurorobotics 2024, doi:10.3389/fnbot.2024.1521603 (``../shared/pap
 Architecture (Sect. 3, Figs. 1–3), on luminance ``(B, 1, H, W)`` in [0, 1]:
 
 * **IRE / VIE** — two feature-extraction layers (3×3 conv, stride 1, BatchNorm,
-  LeakyReLU) then ``blocks`` Restormer blocks (MDTA + GDFN, Zamir et al. 2022)
+  LeakyReLU) then ``blocks`` Restormer blocks (MDTA + GDFN, Zamir et al. 2022; :mod:`stages.nets.restormer`)
   → ``F_i``, ``F_v`` ``(B, C, H, W)``.
 * **CII** (one per modality) — frozen CLIP image embeddings ``e_i``, ``e_v``
   ``(B, E)`` mixed by a learnable ``W ∈ R^E``: ``F_c = A(e_i ⊙ W + e_v ⊙ (1 − W))``
@@ -56,13 +56,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stages.encode import ClipImageEncoder, embedding_metadata, load_embeddings, pretrained_label
-from stages.nets.checkpoint import check_method, config_of, invalid, read_header
+from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, invalid, read_header
 from stages.nets.learned_methods import fuse_tiled, resolve_weights
 from stages.nets.losses import sobel_magnitude, texture_loss_max
+from stages.nets.restormer import RestormerBlock
 from stages.registry import register_method
 
 METHOD = "mgfusion"
-CHECKPOINT_FORMAT = "fuse-network-1"
 LOSS_WEIGHT = 0.2  # λ of Eq. 6
 #: What the registry shows: ``register_method("mgfusion", kind="learned", **REGISTRY_INFO)(mgfusion_factory)``.
 REGISTRY_INFO = {
@@ -75,73 +75,6 @@ NO_WEIGHTS_MESSAGE = (
     "`fuse train -m mgfusion --pretrained openai --ir DIR --vis DIR -o runs/`, "
     "then run `fuse fuse -m mgfusion --weights runs/mgfusion.safetensors`."
 )
-
-
-# --------------------------------------------------------------------------- Restormer
-
-
-class LayerNorm2d(nn.Module):
-    """Restormer's bias-free/with-bias LayerNorm over channels of ``(B, C, H, W)`` (with bias here)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).pow(2).mean(1, keepdim=True)
-        return (x - mu) / torch.sqrt(var + 1e-5) * self.weight[:, None, None] + self.bias[:, None, None]
-
-
-class MDTA(nn.Module):
-    """Multi-Dconv head transposed attention: attention across channels, linear in ``H·W``."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} must be divisible by the number of heads {heads}")
-        self.heads = heads
-        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
-        self.qkv_dw = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=False)
-        self.proj = nn.Conv2d(dim, dim, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
-        q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w) for t in (q, k, v))
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
-        return self.proj((attn @ v).reshape(b, c, h, w))
-
-
-class GDFN(nn.Module):
-    """Gated-Dconv feed-forward network."""
-
-    def __init__(self, dim: int, expansion: float):
-        super().__init__()
-        hidden = int(dim * expansion)
-        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=False)
-        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=False)
-        self.project_out = nn.Conv2d(hidden, dim, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
-
-
-class RestormerBlock(nn.Module):
-    """``x + MDTA(LN(x))`` then ``x + GDFN(LN(x))``; shape preserved."""
-
-    def __init__(self, dim: int, heads: int, expansion: float):
-        super().__init__()
-        self.norm1, self.attn = LayerNorm2d(dim), MDTA(dim, heads)
-        self.norm2, self.ffn = LayerNorm2d(dim), GDFN(dim, expansion)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
 
 
 # --------------------------------------------------------------------------- MGFusion blocks
@@ -175,7 +108,7 @@ class FeatureEncoder(nn.Module):
     def __init__(self, dim: int, blocks: int, heads: int, expansion: float, in_ch: int = 1):
         super().__init__()
         self.layers = nn.Sequential(_extract(in_ch, dim), _extract(dim, dim),
-                                    *[RestormerBlock(dim, heads, expansion) for _ in range(blocks)])
+                                    *[RestormerBlock(dim, heads, expansion, fused=True) for _ in range(blocks)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -216,7 +149,7 @@ class FusionDecoder(nn.Module):
 
     def __init__(self, dim: int, blocks: int, heads: int, expansion: float):
         super().__init__()
-        self.blocks = nn.Sequential(*[RestormerBlock(2 * dim, heads, expansion) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[RestormerBlock(2 * dim, heads, expansion, fused=True) for _ in range(blocks)])
         self.extract = _extract(2 * dim, dim)
         self.reconstruct = nn.Conv2d(dim, 1, 3, padding=1)
 

@@ -56,6 +56,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stages.nets.checkpoint import invalid, load_checked, read_header
+from stages.nets.losses import sobel_magnitude
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "register.safetensors"
 DEFAULT_SIZE = (160, 256)
@@ -152,16 +153,6 @@ def warp(x: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     Outside the image the result is 0.
     """
     return F.grid_sample(x, flow_to_grid(disp, x.shape[-2:]), mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
-def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
-    """``|Gx| + |Gy|`` of the 3x3 Sobel operator, replicate padding: ``(B, 1, H, W)`` → same."""
-    kernel = torch.stack([_SOBEL_X, _SOBEL_X.t()]).unsqueeze(1).to(img)
-    grad = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel)
-    return grad.abs().sum(1, keepdim=True)
 
 
 def standardise(x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from stages.nets.checkpoint import load_checked
-from stages.nets.registration import FEATURES, RegistrationNet, conv_block, resize, sobel_magnitude, state_config, warp
+from stages.nets.losses import texture_loss_max
+from stages.nets.registration import FEATURES, RegistrationNet, conv_block, resize, state_config, warp
 from stages.registry import register_method
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tard.safetensors"
@@ -36,7 +37,7 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, gamma:
     Returns ``{"fusion": l_f, "luminance": l_b, "gradient": l_g}`` (scalars).
     """
     l_b = (fused - torch.maximum(ir, vis)).abs().mean()
-    l_g = (sobel_magnitude(fused) - torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))).abs().mean()
+    l_g = texture_loss_max(fused, ir, vis)
     return {"fusion": l_b + gamma * l_g, "luminance": l_b, "gradient": l_g}
 
 

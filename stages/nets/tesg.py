@@ -17,7 +17,7 @@ Forward pass (Sect. 3, Fig. 2), on luminance ``(B, 1, H, W)`` in [0, 1], a mask
 
 Choices where the paper is silent or too heavy for a CPU:
 
-* Transformer block = Restormer's block (LayerNorm over channels, multi-Dconv
+* Transformer block = Restormer's block (:mod:`stages.nets.restormer`; LayerNorm over channels, multi-Dconv
   *transposed* head attention — attention across channels, linear in ``H·W`` —
   and a gated-Dconv feed-forward). The image↔image cross-attention of MGCA is the
   same transposed attention with queries from the first argument and keys/values
@@ -49,75 +49,14 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from stages.nets.losses import sobel_magnitude
+from stages.nets.losses import texture_loss_max
+from stages.nets.restormer import LayerNorm2d, RestormerBlock, TransposedAttention
 from stages.nets.text_common import TextFusionCallable, load_text_network
 from stages.registry import register_method
 from stages.text_features import MINILM_DIM
 
 LOSS_WEIGHTS = {"ssim": 1.0, "grad": 2.0, "int": 2.0}
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of ``(B, C, H, W)``."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class TransposedAttention(nn.Module):
-    """Restormer's multi-Dconv head transposed attention; ``forward(x, y)`` is cross-attention (Q from x, K/V from y)."""
-
-    def __init__(self, channels: int, heads: int = 2):
-        super().__init__()
-        self.heads = heads
-        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
-        self.q = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.Conv2d(channels, channels, 3, padding=1, groups=channels))
-        self.kv = nn.Sequential(nn.Conv2d(channels, 2 * channels, 1),
-                                nn.Conv2d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels))
-        self.out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        b, c, h, w = x.shape
-        y = x if y is None else y
-        q = self.q(x).reshape(b, self.heads, c // self.heads, h * w)
-        k, v = self.kv(y).reshape(b, 2, self.heads, c // self.heads, h * w).unbind(1)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
-        return self.out((attn @ v).reshape(b, c, h, w))
-
-
-class GatedFeedForward(nn.Module):
-    """Restormer's gated-Dconv feed-forward network."""
-
-    def __init__(self, channels: int, expansion: float = 2.0):
-        super().__init__()
-        hidden = int(channels * expansion)
-        self.inp = nn.Conv2d(channels, 2 * hidden, 1)
-        self.dw = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
-        self.out = nn.Conv2d(hidden, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.dw(self.inp(x)).chunk(2, dim=1)
-        return self.out(F.gelu(a) * b)
-
-
-class TransformerBlock(nn.Module):
-    """``x + Attn(LN(x))``, then ``x + FFN(LN(x))``."""
-
-    def __init__(self, channels: int, heads: int = 2):
-        super().__init__()
-        self.norm1, self.attn = LayerNorm2d(channels), TransposedAttention(channels, heads)
-        self.norm2, self.ffn = LayerNorm2d(channels), GatedFeedForward(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
 
 
 class CrossAttention(nn.Module):
@@ -155,7 +94,7 @@ class Encoder(nn.Module):
     def __init__(self, channels: int, blocks: int, heads: int):
         super().__init__()
         self.embed = nn.Conv2d(1, channels, 3, padding=1)
-        self.blocks = nn.Sequential(*(TransformerBlock(channels, heads) for _ in range(blocks)))
+        self.blocks = nn.Sequential(*(RestormerBlock(channels, heads) for _ in range(blocks)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.embed(x))
@@ -197,7 +136,7 @@ class TeSG(nn.Module):
         self.gate_i = nn.Conv2d(channels, channels, 3, padding=1)
         self.spatial = nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.ReLU(inplace=True),
                                      nn.Conv2d(channels, 1, 1))
-        self.decoder = nn.Sequential(*(TransformerBlock(channels, heads) for _ in range(decoder_blocks)))
+        self.decoder = nn.Sequential(*(RestormerBlock(channels, heads) for _ in range(decoder_blocks)))
         self.head = nn.Conv2d(channels, 1, 3, padding=1)
 
     def mgca(self, ir: torch.Tensor, vis: torch.Tensor, mask: torch.Tensor | None):
@@ -243,7 +182,7 @@ def tesg_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, mask: to
     """The training loss (see the module docstring); inputs ``(B, 1, H, W)``, ``mask`` in {0, 1} or ``None``."""
     w = {**LOSS_WEIGHTS, **(weights or {})}
     l_ssim = 0.5 * (_ssim_loss(fused, ir) + _ssim_loss(fused, vis))
-    l_grad = (sobel_magnitude(fused) - torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))).abs().mean()
+    l_grad = texture_loss_max(fused, ir, vis)
     target = torch.maximum(ir, vis)
     if mask is not None:
         target = mask * ir + (1 - mask) * target

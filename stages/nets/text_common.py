@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stages.nets.checkpoint import check_method, config_of, load_checked
-from stages.nets.learned_methods import CHECKPOINT_FORMAT, WEIGHTS_DIR, pad_to_multiple, save_weights
+from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked
+from stages.nets.learned_methods import WEIGHTS_DIR, pad_to_multiple, save_weights
 
 __all__ = ["save_text_network", "load_text_network", "prepare_guidance", "TextFusionCallable", "WEIGHTS_DIR"]
 

@@ -152,7 +152,7 @@ def train(
     if method == "register":
         from stages.register_training import train_register
 
-        path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **{"epochs": 30, **settings}, **common, init=init)
+        path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **settings, **common, init=init)
     elif method == "tard":
         from stages.detection_eval import parse_class_map
         from stages.tard_training import LAMBDA_DET, train_tard_detection

@@ -64,6 +64,7 @@ ELASTIC_LATTICE, MAX_ELASTIC_STD, IDENTITY_FRACTION = (4, 6), 0.02, 0.1
 INVERSE_ITERATIONS = 10
 BN_BATCHES = 64
 MIN_LR_FRACTION = 0.02
+EPOCHS = 50  # phase 1's default, for `fuse train -m register` and this module's command line
 
 
 def training_pairs(data: Path = DATA, exclude_set: str = "unaligned/roadscene") -> tuple[list[dict], list[str]]:
@@ -275,7 +276,7 @@ def train_register(
     pairs: list[dict],
     out: str | Path,
     *,
-    epochs: int,
+    epochs: int = EPOCHS,
     batch_size: int = 8,
     lr: float = 1e-3,
     seed: int = 0,
@@ -472,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--fusion-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)

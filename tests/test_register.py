@@ -259,6 +259,28 @@ def test_single_pass_is_refused_for_ecc(tmp_path):
     assert done.exit_code == 2 and "not ecc" in done.stderr and not (tmp_path / "out").exists()
 
 
+def test_fuse_train_register_leaves_the_defaults_to_the_trainer(tmp_path, monkeypatch):
+    """`fuse train -m register` passes on only the options given, so the trainer's defaults (EPOCHS) apply."""
+    from typer.testing import CliRunner
+
+    import stages.register_training as register_training
+    from fuse_cli.app import app
+
+    for folder in ("ir", "vis"):
+        (tmp_path / folder).mkdir()
+    rec = shifted_pair(tmp_path)
+    for folder in ("ir", "vis"):
+        Path(rec[folder]).rename(tmp_path / folder / "p1.png")
+    calls = []
+    monkeypatch.setattr(register_training, "train_register",
+                        lambda pairs, out, **kwargs: calls.append(kwargs) or Path(out) / "register.safetensors")
+    args = ["train", "-m", "register", "--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis"), "-o", str(tmp_path / "run")]
+    for extra in ([], ["--epochs", "3"]):
+        done = CliRunner().invoke(app, args + extra)
+        assert done.exit_code == 0, done.output
+    assert "epochs" not in calls[0] and calls[1]["epochs"] == 3
+
+
 def test_tard_fuses_any_size_in_range():
     net = TardNet(size=(64, 128)).eval()
     fused = net.fuse(torch.rand(1, 1, 45, 77), torch.rand(1, 1, 45, 77))

@@ -8,7 +8,7 @@ BIN      = $(VENV)/bin
 # torchvision, but open_clip and ultralytics (extras) need it: pinned here to match torch.
 TORCH    = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-speed clean
 
 $(BIN)/fuse: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: venv
 # Every benchmark; writes benchmarks/results/report.md and report.png. Smoke run: make bench BENCH_ARGS=--quick
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# The speed tables only (scoring, classical fusion, networks on CPU, start-up), printed; nothing is written.
+bench-speed: venv
+	$(BIN)/python benchmarks/bench_metrics.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_fuse.py --methods mean,max,laplacian,gff $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_nets.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_startup.py $(BENCH_ARGS)
 
 clean:
 	rm -rf demo .pytest_cache

@@ -129,6 +129,7 @@ def detect(
     if detections is not None:
         if labels is None:
             raise usage_error("--detections needs --labels to evaluate against")
+        require_extra("detect", "fuse detect --detections")
         status = _evaluate_existing(detections, labels, label_classes, mapping, fmt, report, name, ir, vis, records, reporter)
         raise typer.Exit(status)
 

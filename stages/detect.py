@@ -8,8 +8,8 @@ For each record the stage reads one image (``fused`` by default, or ``ir`` /
   and ultralytics ``save_txt --save_conf`` use;
 * ``OUT/<id>.json``: ``{"id", "image", "source", "model", "width", "height",
   "boxes": [{"class", "class_id", "score", "xyxy"}]}`` with pixel corners;
-* with ``draw``: ``OUT/<id>.jpg``, the image with its boxes (OpenCV's built-in
-  Hershey font, so nothing is downloaded).
+* with ``draw``: ``OUT/<id>.jpg``, the image with its boxes (ultralytics'
+  ``Annotator`` with OpenCV's built-in Hershey font, so nothing is downloaded).
 
 The record gains ``detections`` (the json path) and ``counts`` (boxes per class
 name among those scoring at least ``show_conf``).
@@ -40,8 +40,6 @@ from stages.base import Stage, StageError, record_path
 
 IMAGE_KEYS = ("fused", "ir", "vis")
 DEFAULT_SHOW_CONF = 0.25
-PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
-           (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0)]  # BGR
 
 
 class ModelError(ValueError):
@@ -155,22 +153,14 @@ def to_bgr(img: np.ndarray) -> np.ndarray:
 
 
 def draw_boxes(bgr: np.ndarray, boxes: list[dict]) -> np.ndarray:
-    """A copy of ``bgr`` with each box and its ``class score`` label (Hershey font, nothing to download)."""
-    import cv2
+    """A copy of ``bgr`` with each box and its ``class score`` label in its class colour: ultralytics' ``Annotator``
+    in its OpenCV mode (Hershey font, so nothing is downloaded)."""
+    from ultralytics.utils.plotting import Annotator, colors
 
-    out = bgr.copy()
-    thickness = max(1, round(sum(out.shape[:2]) / 600))
-    scale = max(0.35, thickness / 3)
+    annotator = Annotator(bgr.copy())
     for box in boxes:
-        x1, y1, x2, y2 = (round(v) for v in box["xyxy"])
-        colour = PALETTE[box["class_id"] % len(PALETTE)]
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
-        label = f"{box['class']} {box['score']:.2f}"
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1
-        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
-        cv2.putText(out, label, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+        annotator.box_label(box["xyxy"], f"{box['class']} {box['score']:.2f}", color=colors(box["class_id"], bgr=True))
+    return annotator.result()
 
 
 def count_boxes(boxes: list[dict], min_score: float) -> dict[str, int]:

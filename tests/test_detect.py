@@ -41,7 +41,7 @@ CLASSES = ["person", "bicycle", "car"]
 
 def _pycocotools_eval(gt: dict[str, Boxes], dt: dict[str, Boxes], classes: list[str], size=(640, 480)):
     """Per-class (AP50, AP75, AP50:95) and the overall stats[:3] of pycocotools on the same boxes (in pixels)."""
-    cocoeval = pytest.importorskip("pycocotools.cocoeval", reason="pycocotools is not installed (pip install pycocotools)")
+    from pycocotools import cocoeval
     from pycocotools.coco import COCO
 
     ids = sorted(gt)  # pycocotools orders images by id; our evaluator by id string: the same order
@@ -145,6 +145,13 @@ def test_evaluator_edge_cases():
     hard = {"a": Boxes(["person", "person"], [[10, 10, 50, 90], [200, 10, 240, 90]], ignore=[False, True])}
     both = {"a": Boxes(["person", "person"], [[10, 10, 50, 90], [200, 10, 240, 90]], [0.9, 0.95])}
     assert evaluate(hard, both).overall["AP50"] == pytest.approx(1.0)
+    # P and R at the best-F1 score threshold, not at the lowest score: ranked TP TP FP FP FP TP against 3 objects
+    # give (P, R) = (1, 1/3), (1, 2/3), (2/3, 2/3), (1/2, 2/3), (2/5, 2/3), (1/2, 1); F1 peaks at (1, 2/3)
+    boxes = [[x, 10, x + 40, 90] for x in (10, 100, 200, 300, 400, 500)]
+    three = {"a": Boxes(["person"] * 3, boxes[:3])}
+    ranked = {"a": Boxes(["person"] * 6, [boxes[i] for i in (0, 1, 3, 4, 5, 2)], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])}
+    row = evaluate(three, ranked).overall
+    assert (row["P"], row["R"]) == (1.0, pytest.approx(2 / 3)) and row["detections"] == 6 and row["instances"] == 3
     table = format_table(result.rows("fused"), "markdown")
     assert table.splitlines()[0].startswith("| source | class |") and "| fused | all |" in table
 
@@ -267,6 +274,19 @@ def msrs_fused(tmp_path_factory) -> tuple[Path, Path]:
         lines.append(json.dumps({"id": pair, "ir": str(ir), "vis": str(vis), "fused": str(folder / f"{pair}.png")}))
     (folder / "fused.jsonl").write_text("\n".join(lines) + "\n")
     return folder, folder / "fused.jsonl"
+
+
+def test_draw_boxes_outlines_each_box_in_its_class_colour():
+    from ultralytics.utils.plotting import colors
+
+    from stages.detect import draw_boxes
+
+    grey = np.full((120, 160, 3), 128, np.uint8)
+    drawn = draw_boxes(grey, [{"class": "person", "class_id": 0, "score": 0.5, "xyxy": [40.3, 50.2, 120.6, 110.1]}])
+    assert (grey == 128).all()  # a copy is drawn on
+    assert tuple(drawn[80, 40]) == tuple(drawn[80, 120]) == colors(0, bgr=True)  # left and right edges, mid-height
+    assert (drawn[60:100, 50:110] == 128).all() and (drawn[55:, 125:] == 128).all()  # inside and beside: untouched
+    assert (drawn[:50, 40:90] != 128).any()  # the label above the box
 
 
 def test_detect_cli_end_to_end(msrs_fused, tmp_path):

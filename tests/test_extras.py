@@ -32,6 +32,7 @@ def fuse_without(modules: str, *args) -> subprocess.CompletedProcess:
     ("sentence_transformers", ["fuse", "-m", "tesg", "-o", "{tmp}"], "fuse fuse -m tesg", "text"),
     ("sentence_transformers", ["fuse", "-m", "textdfh", "-o", "{tmp}"], "fuse fuse -m textdfh", "text"),
     ("ultralytics", ["detect", "-o", "{tmp}"], "fuse detect", "detect"),
+    ("pycocotools", ["detect", "--detections", "{tmp}", "--labels", "{tmp}"], "fuse detect --detections", "detect"),
     ("open_clip", ["encode", "-o", "{tmp}"], "fuse encode", "clip"),
     ("open_clip", ["train", "-m", "mgfusion", "-o", "{tmp}"], "fuse train -m mgfusion", "clip"),
     ("open_clip", ["mask", "--backend", "text", "--keyword", "person", "-o", "{tmp}"], "fuse mask --backend text", "clip"),

@@ -136,7 +136,7 @@ def salient_mask(ir: np.ndarray, vis: np.ndarray, *, contrast: bool = True, **pa
     >>> from fuse_cli.synthetic import make_pair
     >>> ir, vis = make_pair(0)
     >>> m = salient_mask(ir, vis.mean(-1))
-    >>> m.dtype, m.shape, 0 < m.mean() < 0.2
+    >>> m.dtype, m.shape, bool(0 < m.mean() < 0.2)
     (dtype('bool'), (240, 320), True)
     """
     settings = {**SALIENT_DEFAULTS, **params}

@@ -1,18 +1,22 @@
-"""Every learned fusion network (``NETWORKS``) on small inputs: shapes, gradients,
+"""Every learned method of the registry: gradients; every ``NETWORKS`` network on small inputs: shapes,
 training, checkpoints, determinism, tiling and the missing-weights message."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 from stages.nets import learned_methods
 from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
+from stages.registry import list_methods
+from stages.text_features import MINILM_DIM
 from stages.train import load_pair, train
 
 torch.set_num_threads(1)
@@ -23,6 +27,7 @@ needs_data = pytest.mark.skipif(not (ROADSCENE / "ir").is_dir(),
                                 reason=f"real pairs not found at {ROADSCENE} (../shared/data is absent)")
 
 NAMES = sorted(NETWORKS)
+LEARNED = [m.name for m in list_methods("learned")]
 
 
 def fresh_model(name: str, seed: int = 0) -> nn.Module:
@@ -45,16 +50,73 @@ def test_fuser_keeps_any_size(name, size):
     assert 0.0 <= float(fused.min()) and float(fused.max()) <= 1.0
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_gradients_reach_every_parameter(name):
-    model = fresh_model(name).train()
-    ir, vis = synthetic_pair(32, 48)
+def network_and_loss(name: str) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """A fresh small network of the learned method ``name`` and ``loss(model, ir, vis)``, its training loss.
+
+    ``ir``, ``vis``: ``(2, 1, 64, 128)``. Every learned method in the registry needs a case here.
+    """
+    gen = torch.Generator().manual_seed(1)
+    text = torch.randn(2, 5, MINILM_DIM, generator=gen)
+    if name in NETWORKS:
+        spec = NETWORKS[name]
+        return spec.model(), lambda m, ir, vis: spec.loss(m(ir, vis), ir, vis)
+    if name == "tesg":
+        from stages.nets.tesg import TeSG, tesg_loss
+
+        return TeSG(), lambda m, ir, vis: tesg_loss(m(ir, vis, mask=(ir > 0.5).float(), text=text), ir, vis,
+                                                    (ir > 0.5).float())
+    if name == "textdfh":
+        from stages.nets.textdfh import TextDFH, textdfh_loss
+
+        return TextDFH(), lambda m, ir, vis: textdfh_loss(m(ir, vis, text=text), ir, vis, (ir > 0.5).float())
+    if name == "mgfusion":
+        pytest.importorskip("open_clip", reason="mgfusion needs the clip extra")
+        from stages.encode import ClipImageEncoder, load_clip
+        from stages.nets.mgfusion import MGFusion, mgfusion_loss
+
+        clip = ClipImageEncoder(load_clip("ViT-S-32", None).visual, "ViT-S-32", None)  # random weights, offline
+        return MGFusion(dim=8, blocks=1, heads=2, clip=clip), lambda m, ir, vis: mgfusion_loss(m(ir, vis), ir, vis)
+    if name == "tard":  # both training phases: registration (l_c + 10 l_reg), then fusion (l_s + 5 l_f)
+        import random
+
+        from stages.nets.tard import TardNet
+        from stages.register_training import fusion_losses, invert_grid, random_correction, registration_losses
+
+        def tard_loss(m, ir, vis):
+            phi = random_correction(ir.shape[0], ir.shape[-2:], torch.Generator().manual_seed(2))
+            deformed = F.grid_sample(ir, invert_grid(phi), align_corners=False)
+            return (registration_losses(m, ir, vis, deformed, phi)["total"]
+                    + fusion_losses(m, ir, vis, deformed, phi, random.Random(0))["total"])
+
+        return TardNet(size=(64, 128)), tard_loss
+    raise AssertionError(f"learned method {name!r} has no case in network_and_loss: add one")
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_gradients_reach_every_trainable_parameter(name):
+    """Forward and backward on a small pair; frozen parts (CLIP, Text-DFH's base) get none.
+
+    Zero-initialised layers (residual branches, registration heads) pass no gradient
+    upstream at first, so after one SGD step every trainable parameter's must be non-zero.
+    """
+    torch.manual_seed(0)
+    model, loss = network_and_loss(name)
+    model.train()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    ir, vis = synthetic_pair(64, 128)
     ir, vis = torch.cat([ir, vis.flip(-1)]), torch.cat([vis, ir.flip(-1)])
-    NETWORKS[name].loss(model(ir, vis), ir, vis).backward()
-    for pname, param in model.named_parameters():
-        assert param.grad is not None, f"{pname} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{pname} has a non-finite gradient"
-        assert param.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+    optimizer = torch.optim.SGD(trainable.values(), lr=0.1)
+    for step in range(2):
+        optimizer.zero_grad()
+        loss(model, ir, vis).backward()
+        for pname, param in model.named_parameters():
+            if pname not in trainable:
+                assert param.grad is None, f"frozen {pname} got a gradient"
+                continue
+            assert param.grad is not None, f"{pname} got no gradient"
+            assert torch.isfinite(param.grad).all(), f"{pname} has a non-finite gradient"
+            assert step == 0 or param.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+        optimizer.step()
 
 
 @needs_data

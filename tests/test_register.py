@@ -67,6 +67,15 @@ def shifted_pair(tmp_path: Path, dx: int = 9, dy: int = 5, rgb_ir: bool = False)
     return {"id": "p1", "ir": str(tmp_path / "ir.png"), "vis": str(tmp_path / "vis.png")}
 
 
+def pair_folders(tmp_path: Path) -> list[str]:
+    """:func:`shifted_pair` as ``tmp_path/ir/p1.png`` and ``tmp_path/vis/p1.png``: the ``--ir DIR --vis DIR`` arguments."""
+    rec = shifted_pair(tmp_path)
+    for folder in ("ir", "vis"):
+        (tmp_path / folder).mkdir()
+        Path(rec[folder]).rename(tmp_path / folder / "p1.png")
+    return ["--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis")]
+
+
 # --- the dataset convention -------------------------------------------------------------
 
 
@@ -249,13 +258,8 @@ def test_single_pass_is_refused_for_ecc(tmp_path):
 
     from fuse_cli.app import app
 
-    for folder in ("ir", "vis"):
-        (tmp_path / folder).mkdir()
-    rec = shifted_pair(tmp_path)
-    for folder in ("ir", "vis"):
-        Path(rec[folder]).rename(tmp_path / folder / "p1.png")
-    done = CliRunner().invoke(app, ["register", "-m", "ecc", "--single-pass", "--ir", str(tmp_path / "ir"),
-                                    "--vis", str(tmp_path / "vis"), "-o", str(tmp_path / "out")])
+    done = CliRunner().invoke(app, ["register", "-m", "ecc", "--single-pass", *pair_folders(tmp_path),
+                                    "-o", str(tmp_path / "out")])
     assert done.exit_code == 2 and "not ecc" in done.stderr and not (tmp_path / "out").exists()
 
 
@@ -266,15 +270,10 @@ def test_fuse_train_register_leaves_the_defaults_to_the_trainer(tmp_path, monkey
     import stages.register_training as register_training
     from fuse_cli.app import app
 
-    for folder in ("ir", "vis"):
-        (tmp_path / folder).mkdir()
-    rec = shifted_pair(tmp_path)
-    for folder in ("ir", "vis"):
-        Path(rec[folder]).rename(tmp_path / folder / "p1.png")
     calls = []
     monkeypatch.setattr(register_training, "train_register",
                         lambda pairs, out, **kwargs: calls.append(kwargs) or Path(out) / "register.safetensors")
-    args = ["train", "-m", "register", "--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis"), "-o", str(tmp_path / "run")]
+    args = ["train", "-m", "register", *pair_folders(tmp_path), "-o", str(tmp_path / "run")]
     for extra in ([], ["--epochs", "3"]):
         done = CliRunner().invoke(app, args + extra)
         assert done.exit_code == 0, done.output
@@ -293,12 +292,7 @@ def test_fuse_tard_tiles_large_images(tmp_path):
 
     from fuse_cli.app import app
 
-    for folder in ("ir", "vis"):
-        (tmp_path / folder).mkdir()
-    rec = shifted_pair(tmp_path)
-    for folder in ("ir", "vis"):
-        Path(rec[folder]).rename(tmp_path / folder / "p1.png")
-    args = ["fuse", "-m", "tard", "--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis")]
+    args = ["fuse", "-m", "tard", *pair_folders(tmp_path)]
     for out, extra in (("whole", []), ("tiled", ["--tile", "64", "--tile-overlap", "16"])):
         done = CliRunner().invoke(app, [*args, "-o", str(tmp_path / out), *extra])
         assert done.exit_code == 0, done.output

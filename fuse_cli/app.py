@@ -22,7 +22,7 @@ import typer
 from fuse_cli import __version__
 from fuse_cli import options as opt
 from fuse_cli.examples import add_examples
-from fuse_cli.inputs import gather_compared, gather_records, report_unmatched, usage_error
+from fuse_cli.inputs import gather_compared, gather_records, report_pairing, usage_error
 from fuse_cli.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
 from stages.extras import MissingExtra, require_extra
@@ -62,21 +62,21 @@ def pairs(
     vis_dir: Annotated[Path, typer.Argument(help="Folder of visible (or second-modality, e.g. CT/PET) images.")],
     rs: opt.RS = False,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Print one JSON record per image pair, matched by file stem across extensions.
 
-    Files without a partner are reported on stderr (exit status 1 if any).
+    A folder lacking files the other has is named on stderr with the count of
+    pairs dropped (exit status 1); -v lists each unpaired file.
     """
-    reporter = Reporter("pairs", quiet=quiet)
+    reporter = Reporter("pairs", quiet, verbose)
     try:
         pairing = pair_directories({"ir": ir_dir, "vis": vis_dir})
     except FileNotFoundError as exc:
         raise usage_error(str(exc)) from None
-    report_unmatched(pairing, reporter)
+    report_pairing(pairing, reporter)
     write_records(pairing.records, rs=rs)
-    if not pairing.records:
-        reporter.warn(f"no pairs found in {ir_dir} and {vis_dir}")
-    raise typer.Exit(1 if pairing.unmatched or pairing.duplicates else 0)
+    raise typer.Exit(1 if reporter.errors or pairing.duplicates else 0)
 
 
 def _list_methods_and_exit(value: bool) -> None:
@@ -179,7 +179,7 @@ def score(
     verbose: opt.Verbose = False,
 ) -> None:
     from stages.metrics import CONVENTIONS
-    from stages.score import ScoreStage, format_rows, parse_metric_names, plot_means, score_rows
+    from stages.score import ScoreStage, format_rows, image_row, mean_rows, parse_metric_names, plot_means, score_rows
 
     if fmt not in ("csv", "json", "table", "markdown", "latex"):
         raise usage_error(f"--format {fmt!r}: use csv, json, table, markdown or latex")
@@ -202,17 +202,28 @@ def score(
                               verbose=verbose, engine=engine, concurrency=concurrency, num_gpus=num_gpus)
     make_stage = functools.partial(ScoreStage, names, convention, grid_gt, aligned,
                                    workers if engine == "local" else 1)
-    status = run_stage(make_stage(), source, run_opts, reporter, emit=scored.append, make_stage=make_stage)
-    rows = score_rows(scored, names, convention)
-    if fmt in ("markdown", "latex"):
+    streaming = fmt in ("csv", "json")  # a row per pair as it is scored, the mean rows at the end
+
+    def keep(record: dict) -> None:
+        scored.append(record)
+        if streaming and "scores" in record:
+            sys.stdout.write(format_rows([image_row(record, convention)], names, fmt, header=False))
+            sys.stdout.flush()
+
+    if fmt == "csv":
+        sys.stdout.write(format_rows([], names, fmt))
+    status = run_stage(make_stage(), source, run_opts, reporter, emit=keep, make_stage=make_stage)
+    if streaming:
+        sys.stdout.write(format_rows(mean_rows(scored, names, convention), names, fmt, header=False))
+    elif fmt == "table":
+        sys.stdout.write(format_rows(score_rows(scored, names, convention), names, fmt))
+    else:
         from stages.report.table import MeanTable, latex_table, markdown_table
 
         to_text = latex_table if fmt == "latex" else markdown_table
         sys.stdout.write(to_text(MeanTable.from_records(scored, names, group_by), convention, precision, group_layout))
-    else:
-        sys.stdout.write(format_rows(rows, names, fmt))
     if plot is not None:
-        plot_means(rows, names, plot)
+        plot_means(score_rows(scored, names, convention), names, plot)
     raise typer.Exit(status)
 
 
@@ -221,6 +232,8 @@ score.__doc__ = f"""Fusion metrics per image and a mean row per method.
 Reads records with ir, vis and fused (from `fuse fuse`), or --ir/--vis with one
 or more --fused folders to compare methods side by side. --workers N scores
 N pairs at a time in N processes; the values and the row order do not change.
+csv and json print each pair's row as soon as it is scored, the mean rows at
+the end, so a pipe shows scores while earlier stages still run.
 
 {CONVENTION_HELP}
 """

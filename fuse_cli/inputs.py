@@ -5,12 +5,12 @@ Shared by every command module, with the usage-error convention (exit 2).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
 
-from fuse_cli.records import pair_directories, read_records_file, read_stdin_records
+from fuse_cli.records import IMAGE_SUFFIXES, Pairing, pair_directories, read_records_file, read_stdin_records
 from fuse_cli.runner import Reporter
 
 
@@ -21,8 +21,11 @@ def usage_error(message: str) -> typer.Exit:
 
 def gather_records(
     ir: Path | None, vis: Path | None, records: Path | None, reporter: Reporter, **extra_dirs: Path | None
-) -> Iterator[dict]:
-    """Records from ``--records FILE`` (``-``: stdin), from paired folders, or from stdin — in that order of preference."""
+) -> Iterable[dict]:
+    """Records from ``--records FILE`` (``-``: stdin), from paired folders, or from stdin — in that order of preference.
+
+    Folders and a regular records file give a list (its length is the progress bar's total); pipes stream.
+    """
     if records is not None:
         try:
             return read_records_file(records)
@@ -38,23 +41,41 @@ def gather_records(
             pairing = pair_directories(folders)
         except FileNotFoundError as exc:
             raise usage_error(str(exc)) from None
-        report_unmatched(pairing, reporter)
-        return iter(pairing.records)
+        report_pairing(pairing, reporter)
+        return pairing.records
     if sys.stdin is None or sys.stdin.isatty():
         raise usage_error("no input: pipe records on stdin, or give --records FILE or --ir DIR --vis DIR")
     return read_stdin_records()
 
 
-def report_unmatched(pairing, reporter: Reporter) -> None:
+def report_pairing(pairing: Pairing, reporter: Reporter) -> None:
+    """Summary lines, not one per file: a folder lacking files (an error: pairs dropped), duplicates, an empty folder.
+
+    With ``-v`` each unpaired or duplicate file gets its own line as well.
+    """
+    for folder, stems in pairing.missing.items():
+        shown = ", ".join(stems[:3]) + (", …" if len(stems) > 3 else "")
+        reporter.error(f"{folder}: lacks {len(stems)} of the {pairing.found} images the other folder(s) have "
+                       f"({shown}); {len(stems)} pair(s) dropped")
+    if pairing.duplicates:
+        reporter.warn(f"{len(pairing.duplicates)} file(s) share a stem with another file of their folder and are "
+                      f"ignored ({', '.join(str(p) for p in pairing.duplicates[:3])}{', …' if len(pairing.duplicates) > 3 else ''})")
     for path in pairing.unmatched:
-        reporter.warn(f"{path}: no file with the same stem in the other folder; not paired")
+        reporter.info(f"{path}: no file with the same stem in the other folder(s); not paired")
     for path in pairing.duplicates:
-        reporter.warn(f"{path}: another file in this folder has the same stem; ignored")
+        reporter.info(f"{path}: another file in this folder has the same stem; ignored")
+    if pairing.empty:
+        folders = " and ".join(str(folder) for folder in pairing.empty)
+        problem = f"{folders}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        if pairing.found:
+            reporter.error(f"{problem}; {pairing.found} pair(s) dropped")
+        else:
+            reporter.warn(problem)
 
 
 def gather_compared(
     ir: Path | None, vis: Path | None, fused: list[Path] | None, records: Path | None, reporter: Reporter
-) -> Iterator[dict] | list[dict]:
+) -> Iterable[dict]:
     """Records of several methods: one per pair and ``--fused`` folder (``method`` = folder name), else as above."""
     if not fused:
         return gather_records(ir, vis, records, reporter)

@@ -19,13 +19,13 @@ InputIR = Annotated[Optional[Path], typer.Option("--ir", help="Folder of infrare
 InputVIS = Annotated[Optional[Path], typer.Option("--vis", help="Folder of visible images (paired with --ir by file stem).", show_default=False)]
 RecordsFile = Annotated[
     Optional[Path],
-    typer.Option("--records", "-r", help="Read records from this JSON Lines file instead of stdin: any readable path (a FIFO, <(cmd), /dev/stdin), - for stdin.", show_default=False),
+    typer.Option("--records", "-r", help="Read records from this JSON Lines file instead of stdin: any readable path (a FIFO, <(cmd), /dev/stdin), - for stdin. A relative path in it not found from here is read from the file's folder.", show_default=False),
 ]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for output files, named <id>.<ext>.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Recompute outputs that already exist. Default: skip an output made by the same recipe (method, weights, options) from the same inputs, so re-runs are incremental; refuse one made otherwise (one error line, exit 1).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print on stderr what would be written; write nothing.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N. auto picks CUDA when available.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Pairs per batch.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Pairs per batch at most: a batch takes the pairs that have arrived and goes when the input pauses.")]
 Workers = Annotated[int, typer.Option("--workers", "-j", min=1, help="Threads for parallel image decode/encode and per-pair work.")]
 Shard = Annotated[
     Optional[str],

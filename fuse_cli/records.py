@@ -100,17 +100,37 @@ def shown_id(pair_id: object) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
-def read_records_file(path: str | Path) -> Iterator[dict]:
+#: Record keys that hold file paths (those a records file's folder can resolve).
+PATH_KEYS = ("ir", "vis", "fused", "mask", "grid", "valid", "embedding", "detections", "ir_unregistered")
+
+
+def read_records_file(path: str | Path) -> Iterable[dict]:
     """Records from any readable path — a file, a FIFO, ``/dev/stdin``, ``<(cmd)`` — or ``-`` for stdin.
 
     The file is opened now, so one that cannot be read raises ``OSError`` here
     rather than mid-run. Bytes that are not UTF-8 become U+FFFD (the line then
-    fails as a record of its own instead of stopping the stream).
+    fails as a record of its own instead of stopping the stream). A relative
+    path in a record that does not exist as given but does in the records
+    file's folder is read from there (:func:`resolve_paths`), so a records file
+    works from any directory. A regular file is read whole and returned as a
+    list (its length gives the progress bar a total); a pipe streams.
     """
     if str(path) == "-":
         return read_stdin_records()
     stream = open(path, encoding="utf-8", errors="replace")
-    return _records_then_close(stream, str(path))
+    records = (resolve_paths(record, Path(path).parent) for record in _records_then_close(stream, str(path)))
+    return list(records) if Path(path).is_file() else records
+
+
+def resolve_paths(record: dict, folder: Path) -> dict:
+    """``record`` with each relative path of :data:`PATH_KEYS` that is missing as given but present under ``folder`` joined to it."""
+    for key in PATH_KEYS:
+        value = record.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists():
+            candidate = folder / value
+            if candidate.exists():
+                record[key] = str(candidate)
+    return record
 
 
 def read_stdin_records() -> Iterator[dict]:
@@ -144,6 +164,9 @@ class Pairing:
     records: list[dict]
     unmatched: list[Path]  # files with no partner in the other folder(s)
     duplicates: list[Path]  # a second file with the same stem in one folder
+    missing: dict[Path, list[str]]  # per folder holding images, the stems other folders have and it lacks
+    found: int  # stems seen in any folder
+    empty: list[Path]  # folders holding no image file
 
 
 def _images_by_stem(folder: Path) -> tuple[dict[str, Path], list[Path]]:
@@ -173,10 +196,14 @@ def pair_directories(folders: dict[str, Path]) -> Pairing:
         duplicates += dups
     common = set.intersection(*(set(t) for t in tables.values()))
     unmatched = sorted(p for t in tables.values() for stem, p in t.items() if stem not in common)
+    every = set.union(*(set(t) for t in tables.values()))
+    missing = {Path(folders[key]): sorted(every - set(table), key=natural_key) for key, table in tables.items()}
     records = [
         {"id": stem, **{key: str(tables[key][stem]) for key in folders}} for stem in sorted(common, key=natural_key)
     ]
-    return Pairing(records, unmatched, duplicates)
+    empty = [Path(folders[key]) for key, table in tables.items() if not table]
+    missing = {folder: stems for folder, stems in missing.items() if stems and folder not in empty}
+    return Pairing(records, unmatched, duplicates, missing, len(every), empty)
 
 
 def natural_key(text: str) -> list:

@@ -4,7 +4,9 @@ It owns what users expect of every stage, so stages never repeat it:
 selecting the shard, refusing ids that cannot name files and duplicate ids,
 skipping pairs whose outputs the same recipe made (and refusing outputs made
 otherwise) unless ``--overwrite`` (see :class:`Planner`), ``--dry-run``,
-batching, parallel workers, the progress bar (stderr, only on a terminal), one
+batching that never waits on a slow producer (:func:`available_batches`),
+parallel workers, the progress bar (stderr, only on a terminal, with a total
+when the input is a list), one
 clear error line per failed pair with the record passed on carrying
 ``"error"``, records on stdout in input order, and the exit status (0 all
 good, 1 when any pair failed).
@@ -20,10 +22,11 @@ file; a re-run removes the temporaries killed runs left and finishes the rest.
 """
 from __future__ import annotations
 
+import queue
 import sys
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
@@ -61,9 +64,56 @@ def select_shard(records: Iterable[dict], shard: tuple[int, int]) -> Iterator[di
     return (r for i, r in enumerate(records) if i % n == k - 1)
 
 
-def _batches(records: Iterator[dict], size: int) -> Iterator[list[dict]]:
-    while batch := list(islice(records, size)):
-        yield batch
+#: How long a partial batch waits for the next record before it goes (seconds).
+STALL_SECONDS = 0.05
+_END = object()
+
+
+def available_batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Batches of at most ``size`` records, each holding what has arrived: a partial batch goes when input stalls.
+
+    A thread reads ``records`` (stdin may block) into a queue; a batch waits for
+    its first record, then takes more until it is full or none comes for
+    :data:`STALL_SECONDS`, so a slow producer's pair is fused as soon as it arrives.
+    An exception raised while reading is raised here.
+    """
+    arrived: queue.Queue = queue.Queue(maxsize=2 * size)
+
+    def read() -> None:
+        try:
+            for record in records:
+                arrived.put(record)
+            arrived.put(_END)
+        except BaseException as exc:  # noqa: BLE001 — handed to the consuming thread
+            arrived.put(exc)
+
+    threading.Thread(target=read, name="fuse-records", daemon=True).start()
+    batch: list[dict] = []
+    while True:
+        try:
+            item = arrived.get(timeout=STALL_SECONDS if batch else None)
+        except queue.Empty:  # the input stalled: what has arrived goes now
+            yield batch
+            batch = []
+            continue
+        if item is _END or isinstance(item, BaseException):
+            if batch:
+                yield batch
+            if item is _END:
+                return
+            raise item
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+
+
+def count_selected(records: Iterable[dict], shard: tuple[int, int]) -> int | None:
+    """How many records the shard selects when the input's length is known (a list), else ``None``."""
+    if not isinstance(records, Sized):
+        return None
+    k, n = shard
+    return len(range(k - 1, len(records), n))
 
 
 def error_text(record: dict, exc: BaseException) -> str:
@@ -97,11 +147,13 @@ class Planner:
 
     def __init__(self, stage: Stage, opts: RunOptions, reporter: Reporter):
         self.stage, self.opts, self.reporter = stage, opts, reporter
+        self.seen = 0  # records planned
         self.inherited = 0  # records that arrived with an error from an earlier stage
         self.claimed: set[Path] = set()  # the files earlier records of this run write
 
     def __call__(self, record: dict) -> dict | object | None:
         """The record to emit as it is (error or skipped), ``None`` (dry run: nothing to emit) or :data:`COMPUTE`."""
+        self.seen += 1
         if "error" in record:
             if isinstance(record, MalformedRecord):
                 self.reporter.error(record["error"])
@@ -179,13 +231,16 @@ def run_stage(
     show_bar = not opts.quiet and sys.stderr.isatty()
     plan = Planner(stage, opts, reporter)
     selected = select_shard(records, opts.shard)
-    with tqdm(desc=f"fuse {stage.name}", unit="pair", disable=not show_bar, file=sys.stderr) as bar:
+    total = count_selected(records, opts.shard)
+    with tqdm(desc=f"fuse {stage.name}", unit="pair", total=total, disable=not show_bar, file=sys.stderr) as bar:
         if opts.engine == "ray" and not opts.dry_run:
             if make_stage is None:
                 raise ValueError("engine 'ray' needs make_stage, the factory each actor builds its stage with")
             _run_on_ray(make_stage, selected, plan, opts, reporter, emit, bar)
         else:
             _run_local(stage, selected, plan, opts, reporter, emit, bar)
+    if not plan.seen:
+        reporter.warn("no records to process: the input holds no pairs")
     if plan.inherited:
         reporter.warn(f"{plan.inherited} record(s) arrived with an error from an earlier stage and were passed on untouched")
     return 1 if reporter.errors or plan.inherited else 0
@@ -196,7 +251,7 @@ def _run_local(stage: Stage, records: Iterator[dict], plan: Planner, opts: RunOp
     """Batch by batch in this process: plan, compute (over ``opts.workers`` threads), emit in input order."""
     pool = ThreadPoolExecutor(opts.workers) if opts.workers > 1 else None
     try:
-        for batch in _batches(records, opts.batch_size):
+        for batch in available_batches(records, opts.batch_size):
             todo, results = [], {}
             for index, record in enumerate(batch):
                 decision = plan(record)

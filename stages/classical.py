@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from stages.registry import register_method
+from stages.registry import register_factory
 
 Tensor = torch.Tensor
 _BURT_ADELSON = np.array([1, 4, 6, 4, 1], dtype=np.float32) / 16  # the 5-tap generating kernel
@@ -165,17 +165,7 @@ def _classical(fn):
     return factory
 
 
-register_method("mean", kind="classical", summary="pixel-wise average of IR and VIS luminance")(_classical(fuse_mean))
-register_method("max", kind="classical", summary="pixel-wise maximum (choose-max)")(_classical(fuse_max))
-register_method(
-    "laplacian",
-    kind="classical",
-    summary="Laplacian pyramid, max-abs detail, averaged base",
-    reference="Burt & Adelson 1983; Burt & Kolczynski 1993",
-)(_classical(fuse_laplacian))
-register_method(
-    "gff",
-    kind="classical",
-    summary="guided-filter fusion of base and detail layers",
-    reference="Li, Kang & Hu, IEEE TIP 2013",
-)(_classical(fuse_gff))
+register_factory("mean")(_classical(fuse_mean))
+register_factory("max")(_classical(fuse_max))
+register_factory("laplacian")(_classical(fuse_laplacian))
+register_factory("gff")(_classical(fuse_gff))

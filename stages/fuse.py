@@ -25,8 +25,7 @@ from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 from fuse_cli.images import PNG_COMPRESSION, ImageError, luminance, read_image, write_image
 from fuse_cli.provenance import weights_digest
 from stages.base import Stage, StageError, record_path
-from stages.nets.learned_methods import WEIGHTS_DIR
-from stages.registry import get_method
+from stages.registry import WEIGHTS_DIR, get_method
 
 
 def _to_tensor(img: np.ndarray, device: str) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """Registry of fusion methods, in the manner of timm's ``register_model``.
 
-Every fusion method — classical or learned — registers a *factory* under a
-name. ``fuse fuse --list-methods``, the tests and the benchmarks all iterate
-:func:`list_methods`, so a method added here is automatically listed, tested
-and benchmarked.
+:data:`METHODS` lists every fusion method — classical or learned — with what
+``fuse fuse --list-methods`` shows and the module that implements it; that
+module registers the method's *factory* with :func:`register_factory` when it
+is imported, which happens only when the factory is first asked for. So
+listing methods, or running one, imports no other method's network.
+``--list-methods``, the tests and the benchmarks all iterate
+:func:`list_methods`, so a method added here is listed, tested and benchmarked.
 
 A factory is called as ``factory(device=..., weights=None, **options)`` and
 returns a callable ``fuse(ir, vis) -> fused`` on luminance tensors:
@@ -18,7 +21,8 @@ outside the methods, in :mod:`stages.fuse`.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,55 +31,82 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What the registry knows about one fusion method."""
+    """What the registry knows about one fusion method, without importing it."""
 
     name: str
-    factory: Callable
+    module: str  # the module that registers its factory
     kind: str  # "classical" or "learned"
     summary: str  # one line for --list-methods
     reference: str = ""  # the paper or formulation it follows
-    options: dict = field(default_factory=dict)
     extra: str | None = None  # the fuse-cli extra it needs (stages.extras), None: the base install
+
+    @property
+    def factory(self) -> Callable:
+        """The method's factory; imports its module on first use."""
+        if self.name not in _FACTORIES:
+            importlib.import_module(self.module)
+        return _FACTORIES[self.name]
 
     def weights_shipped(self) -> bool:
         """Whether the package carries weights for it (classical methods need none)."""
         return (WEIGHTS_DIR / f"{self.name}.safetensors").is_file()
 
 
-_METHODS: dict[str, MethodInfo] = {}
+_MLLM_PAPER = "Infrared and visible image fusion driven by multimodal large language models"
+METHODS: dict[str, MethodInfo] = {info.name: info for info in (
+    MethodInfo("mean", "stages.classical", "classical", "pixel-wise average of IR and VIS luminance"),
+    MethodInfo("max", "stages.classical", "classical", "pixel-wise maximum (choose-max)"),
+    MethodInfo("laplacian", "stages.classical", "classical", "Laplacian pyramid, max-abs detail, averaged base",
+               "Burt & Adelson 1983; Burt & Kolczynski 1993"),
+    MethodInfo("gff", "stages.classical", "classical", "guided-filter fusion of base and detail layers",
+               "Li, Kang & Hu, IEEE TIP 2013"),
+    MethodInfo("refinefuse", "stages.nets.learned_methods", "learned",
+               "RefineFuse multi-scale interaction network (SFIM, PSIM cross-attention, FIM)",
+               "RefineFuse: multi-scale interaction network for multi-modal image fusion"),
+    MethodInfo("dfh-base", "stages.nets.learned_methods", "learned",
+               "Text-DFH base fusion network (IR/VI encoders + F-Decoder), no text guidance", f"{_MLLM_PAPER} (Sect. 3.2)"),
+    MethodInfo("tard", "stages.nets.tard", "learned",
+               "target-aware unregistered fusion: built-in registration + common/specific feature fusion head",
+               "Target-aware unregistered infrared and visible image fusion (Hu et al., Front. Phys. 2025)"),
+    MethodInfo("tesg", "stages.nets.tesg", "learned",
+               "TeSG: text-guided fusion with mask-guided cross-attention (MGCA) and text-driven fusion (TDAF)",
+               "TeSG: textual semantic guidance for infrared and visible image fusion", extra="text"),
+    MethodInfo("textdfh", "stages.nets.textdfh", "learned",
+               "Text-DFH: text-driven feature harmonisation on the frozen dfh-base network",
+               f"{_MLLM_PAPER} (Sect. 3.3)", extra="text"),
+    MethodInfo("mgfusion", "stages.nets.mgfusion", "learned",
+               "MGFusion: CLIP-guided fusion (CLIP semantic injection CII, CLIP-weighted feature fusion CFF)",
+               "MGFusion: infrared and visible image fusion driven by a multimodal large language model "
+               "(CLIP), Front. Neurorobot. 2024, doi:10.3389/fnbot.2024.1521603", extra="clip"),
+)}
+_FACTORIES: dict[str, Callable] = {}
 
 
-def register_method(name: str, *, kind: str, summary: str, reference: str = "", extra: str | None = None):
-    """Decorator registering ``factory`` as fusion method ``name`` (``extra``: the optional dependency it needs)."""
+def register_factory(name: str):
+    """Decorator registering ``factory`` for method ``name``, which :data:`METHODS` must list."""
 
     def wrap(factory: Callable) -> Callable:
-        if name in _METHODS:
+        if name not in METHODS:
+            raise ValueError(f"fusion method {name!r} is not listed in stages.registry.METHODS")
+        if name in _FACTORIES:
             raise ValueError(f"fusion method {name!r} is registered twice")
-        _METHODS[name] = MethodInfo(name, factory, kind, summary, reference, extra=extra)
+        _FACTORIES[name] = factory
         return factory
 
     return wrap
 
 
-def _load_all() -> None:
-    # Importing the modules runs their @register_method decorators.
-    from stages import classical  # noqa: F401
-    from stages.nets import learned_methods, mgfusion, tard, tesg, textdfh  # noqa: F401
-
-
 def list_methods(kind: str | None = None) -> list[MethodInfo]:
-    """All registered methods (optionally of one ``kind``), sorted by name."""
-    _load_all()
-    return sorted((m for m in _METHODS.values() if kind in (None, m.kind)), key=lambda m: m.name)
+    """All methods (optionally of one ``kind``), sorted by name; imports none of them."""
+    return sorted((m for m in METHODS.values() if kind in (None, m.kind)), key=lambda m: m.name)
 
 
 def get_method(name: str) -> MethodInfo:
-    """The method registered as ``name``; ``KeyError`` with the closest name and the valid names otherwise."""
-    _load_all()
+    """The method called ``name``; ``KeyError`` with the closest name and the valid names otherwise."""
     try:
-        return _METHODS[name]
+        return METHODS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _METHODS, n=1)
+        close = difflib.get_close_matches(name, METHODS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        valid = ", ".join(sorted(_METHODS))
+        valid = ", ".join(sorted(METHODS))
         raise KeyError(f"unknown fusion method {name!r}{hint}; choose one of: {valid}") from None

@@ -192,17 +192,24 @@ def _identity_grid(h: int, w: int) -> np.ndarray:
 
 def score_rows(records: list[dict], metrics: list[str], convention: str) -> list[dict]:
     """Per-image rows then one ``mean`` row per method, in first-seen method order."""
-    rows, by_method = [], {}
+    rows = [image_row(record, convention) for record in records if "scores" in record]
+    return rows + mean_rows(records, metrics, convention)
+
+
+def image_row(record: dict, convention: str) -> dict:
+    """The row of one scored record."""
+    return {"id": record["id"], "method": record.get("method", ""), "convention": convention, **record["scores"]}
+
+
+def mean_rows(records: list[dict], metrics: list[str], convention: str) -> list[dict]:
+    """One ``mean`` row per method of the scored records, in first-seen method order."""
+    by_method: dict[str, list[dict]] = {}
     for record in records:
-        if "scores" not in record:
-            continue
-        method = record.get("method", "")
-        rows.append({"id": record["id"], "method": method, "convention": convention, **record["scores"]})
-        by_method.setdefault(method, []).append(record["scores"])
-    for method, scores in by_method.items():
-        mean = {m: _nanmean([s.get(m, math.nan) for s in scores]) for m in metrics}
-        rows.append({"id": "mean", "method": method, "convention": convention, **mean})
-    return rows
+        if "scores" in record:
+            by_method.setdefault(record.get("method", ""), []).append(record["scores"])
+    return [{"id": "mean", "method": method, "convention": convention,
+             **{m: _nanmean([s.get(m, math.nan) for s in scores]) for m in metrics}}
+            for method, scores in by_method.items()]
 
 
 def _nanmean(values: list[float]) -> float:
@@ -210,8 +217,8 @@ def _nanmean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def format_rows(rows: list[dict], metrics: list[str], fmt: str) -> str:
-    """Render rows as ``csv``, ``json`` (JSON Lines) or ``table`` (aligned text).
+def format_rows(rows: list[dict], metrics: list[str], fmt: str, header: bool = True) -> str:
+    """Render rows as ``csv``, ``json`` (JSON Lines) or ``table`` (aligned text); ``header=False``: csv without it.
 
     The paper table of means (markdown, LaTeX) is :mod:`stages.report.table`.
     """
@@ -221,7 +228,8 @@ def format_rows(rows: list[dict], metrics: list[str], fmt: str) -> str:
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
+        if header:
+            writer.writeheader()
         writer.writerows({c: _cell(row.get(c)) for c in columns} for row in rows)
         return buffer.getvalue()
     cells = [columns] + [[_cell(row.get(c)) for c in columns] for row in rows]

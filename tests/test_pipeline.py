@@ -39,8 +39,11 @@ def test_pairs_match_by_stem_across_extensions_and_report_unmatched(tmp_path):
     records = records_of(done.stdout)
     assert [r["id"] for r in records] == ["FLIR_00006", "b2", "b10"]  # natural order: b2 before b10
     assert records[0]["ir"].endswith("FLIR_00006.jpg") and records[0]["vis"].endswith("FLIR_00006.png")
-    assert "only_ir.png" in done.stderr and "only_vis.tif" in done.stderr
+    lines = done.stderr.splitlines()  # one line per folder lacking a file, naming the stem
+    assert len(lines) == 2 and "(only_vis)" in lines[0] and "(only_ir)" in lines[1]
     assert done.returncode == 1
+    verbose = fuse_cli("pairs", tmp_path / "ir", tmp_path / "vis", "-v")
+    assert "only_ir.png" in verbose.stderr and "only_vis.tif" in verbose.stderr
 
 
 def test_rs_framing_written_and_accepted(synthetic_pairs, tmp_path):

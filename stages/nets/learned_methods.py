@@ -38,7 +38,7 @@ from torch import nn
 from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked
 from stages.nets.dfh_base import DFHBase, dfh_loss
 from stages.nets.refinefuse import RefineFuse, refinefuse_loss
-from stages.registry import register_method
+from stages.registry import register_factory
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -250,24 +250,14 @@ def load_fuser(method: str, device: str | torch.device = "cpu", weights: str | o
     return NetworkFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
 
 
-@register_method(
-    "refinefuse",
-    kind="learned",
-    summary="RefineFuse multi-scale interaction network (SFIM, PSIM cross-attention, FIM)",
-    reference="RefineFuse: multi-scale interaction network for multi-modal image fusion",
-)
+@register_factory("refinefuse")
 def refinefuse(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
                tile: int | None = 1024, tile_overlap: int = 64, half: bool = True) -> NetworkFuser:
     """RefineFuse as a fusion callable; options as :class:`NetworkFuser`."""
     return load_fuser("refinefuse", device, weights, tile=tile, tile_overlap=tile_overlap, half=half)
 
 
-@register_method(
-    "dfh-base",
-    kind="learned",
-    summary="Text-DFH base fusion network (IR/VI encoders + F-Decoder), no text guidance",
-    reference="Infrared and visible image fusion driven by multimodal large language models (Sect. 3.2)",
-)
+@register_factory("dfh-base")
 def dfh_base(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
              tile: int | None = 1024, tile_overlap: int = 64, half: bool = True) -> NetworkFuser:
     """The Text-DFH base network as a fusion callable; options as :class:`NetworkFuser`."""

@@ -60,16 +60,10 @@ from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, i
 from stages.nets.learned_methods import fuse_tiled, resolve_weights
 from stages.nets.losses import sobel_magnitude, texture_loss_max
 from stages.nets.restormer import RestormerBlock
-from stages.registry import register_method
+from stages.registry import register_factory
 
 METHOD = "mgfusion"
 LOSS_WEIGHT = 0.2  # λ of Eq. 6
-#: What the registry shows: ``register_method("mgfusion", kind="learned", **REGISTRY_INFO)(mgfusion_factory)``.
-REGISTRY_INFO = {
-    "summary": "MGFusion: CLIP-guided fusion (CLIP semantic injection CII, CLIP-weighted feature fusion CFF)",
-    "reference": "MGFusion: infrared and visible image fusion driven by a multimodal large language model "
-                 "(CLIP), Front. Neurorobot. 2024, doi:10.3389/fnbot.2024.1521603",
-}
 NO_WEIGHTS_MESSAGE = (
     "no trained weights for fusion method 'mgfusion': train them with "
     "`fuse train -m mgfusion --pretrained openai --ir DIR --vis DIR -o runs/`, "
@@ -408,4 +402,4 @@ def mgfusion_factory(device: str | torch.device = "cpu", weights: str | os.PathL
     return MGFusionFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
 
 
-register_method("mgfusion", kind="learned", extra="clip", **REGISTRY_INFO)(mgfusion_factory)
+register_factory("mgfusion")(mgfusion_factory)

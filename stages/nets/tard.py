@@ -27,7 +27,7 @@ from stages.nets.checkpoint import load_checked
 from stages.nets.learned_methods import fuse_tiled
 from stages.nets.losses import texture_loss_max
 from stages.nets.registration import FEATURES, RegistrationNet, conv_block, resize, state_config, warp
-from stages.registry import register_method
+from stages.registry import register_factory
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tard.safetensors"
 GAMMA = 2.0
@@ -150,9 +150,4 @@ def tard_factory(device: str | torch.device = "cpu", weights: str | Path | None 
     return fuse
 
 
-register_method(
-    "tard",
-    kind="learned",
-    summary="target-aware unregistered fusion: built-in registration + common/specific feature fusion head",
-    reference="Target-aware unregistered infrared and visible image fusion (Hu et al., Front. Phys. 2025)",
-)(tard_factory)
+register_factory("tard")(tard_factory)

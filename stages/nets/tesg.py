@@ -53,7 +53,7 @@ import torch.nn as nn
 from stages.nets.losses import texture_loss_max
 from stages.nets.restormer import LayerNorm2d, RestormerBlock, TransposedAttention
 from stages.nets.text_common import TextFusionCallable, load_text_network
-from stages.registry import register_method
+from stages.registry import register_factory
 from stages.text_features import MINILM_DIM
 
 LOSS_WEIGHTS = {"ssim": 1.0, "grad": 2.0, "int": 2.0}
@@ -205,4 +205,4 @@ def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike 
     return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
 
 
-register_method("tesg", kind="learned", summary="TeSG: text-guided fusion with mask-guided cross-attention (MGCA) and text-driven fusion (TDAF)", reference="TeSG: textual semantic guidance for infrared and visible image fusion", extra="text")(tesg_factory)
+register_factory("tesg")(tesg_factory)

@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from stages.nets.dfh_base import DFHBase, dfh_loss
 from stages.nets.text_common import TextFusionCallable, load_text_network
-from stages.registry import register_method
+from stages.registry import register_factory
 from stages.text_features import MINILM_DIM
 
 TARGET_WEIGHT = 1.0
@@ -156,4 +156,4 @@ def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLi
     return TextFusionCallable(model, device, uses_mask=False, fixed_text=fixed_text)
 
 
-register_method("textdfh", kind="learned", summary="Text-DFH: text-driven feature harmonisation on the frozen dfh-base network", reference="Infrared and visible image fusion driven by multimodal large language models (Sect. 3.3)", extra="text")(textdfh_factory)
+register_factory("textdfh")(textdfh_factory)

@@ -31,7 +31,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fuse_cli.images import remove_stale_temporaries
 from fuse_cli.options import RunOptions
 from fuse_cli.provenance import explain, read_recipe
 from fuse_cli.records import MalformedRecord, format_record, id_problem, shown_id
@@ -224,6 +223,8 @@ def run_stage(
     building its own stage with ``make_stage`` (a picklable factory, e.g.
     ``functools.partial(FuseStage, ...)``); ``stage`` then only plans.
     """
+    from fuse_cli.images import remove_stale_temporaries  # numpy, Pillow, imageio: not for commands that run no stage
+
     emit = emit or (lambda record: print_record(record, opts.rs))
     if opts.out is not None and not opts.dry_run:
         for path in remove_stale_temporaries(opts.out):

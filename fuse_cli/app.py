@@ -198,7 +198,7 @@ def score(
     source = gather_compared(ir, vis, fused, records, reporter)
     scored: list[dict] = []
     # --workers N scores pairs in N processes (the stage's own pool); batches give each several pairs.
-    run_opts = opt.RunOptions(batch_size=8 * workers, workers=1, shard=opt.parse_shard(shard), quiet=quiet,
+    run_opts = opt.RunOptions(batch_size=8 * workers if workers > 1 else 1, workers=1, shard=opt.parse_shard(shard), quiet=quiet,
                               verbose=verbose, engine=engine, concurrency=concurrency, num_gpus=num_gpus)
     make_stage = functools.partial(ScoreStage, names, convention, grid_gt, aligned,
                                    workers if engine == "local" else 1)

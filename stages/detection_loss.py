@@ -46,8 +46,8 @@ def patch_affine(full_size: tuple[int, int], x: int, y: int, crop: int, hflip: b
     ``hflip`` (``patch[:, :, ::-1]``), ``vflip`` (``patch[:, ::-1, :]``), then
     ``np.rot90(patch, k=rot90, axes=(1, 2))``.
 
-    >>> patch_affine((640, 480), 100, 50, 64) @ [0.25, 0.25, 1]
-    array([60., 70.])
+    >>> (patch_affine((640, 480), 100, 50, 64) @ [0.25, 0.25, 1]).round(6).tolist()
+    [60.0, 70.0]
     """
     w, h = full_size
     m = np.array([[w, 0.0, -x], [0.0, h, -y], [0, 0, 1]])  # normalised → patch pixels

@@ -156,10 +156,7 @@ def fuse_command(
 def score(
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
-    fused: Annotated[
-        Optional[list[Path]],
-        typer.Option("--fused", help="Folder of fused images; repeat to compare methods side by side (method = folder name).", show_default=False),
-    ] = None,
+    fused: opt.FusedFolders = None,
     records: opt.RecordsFile = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).", show_default=False)] = None,
     convention: Annotated[str, typer.Option("--convention", help="Reference implementation to reproduce; see below.")] = "mmif",

@@ -18,10 +18,7 @@ from fuse_cli.runner import Reporter
 def figure(
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
-    fused: Annotated[
-        Optional[list[Path]],
-        typer.Option("--fused", help="Folder of fused images; repeat for each method (column label = folder name).", show_default=False),
-    ] = None,
+    fused: opt.FusedFolders = None,
     records: opt.RecordsFile = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .pdf or .svg (vector text).")] = Path("figure.png"),
     ids: Annotated[Optional[str], typer.Option("--ids", help="Comma-separated pair ids, one row each, in this order (default: the first 4 pairs).", show_default=False)] = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,10 +24,7 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html, scores.png and any converted images.")] = Path("report"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
-    fused: Annotated[
-        Optional[list[Path]],
-        typer.Option("--fused", help="Folder of fused images; repeat for each method (method = folder name).", show_default=False),
-    ] = None,
+    fused: opt.FusedFolders = None,
     records: opt.RecordsFile = None,
     metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated metrics for the score table.")] = REPORT_METRICS,
     convention: Annotated[str, typer.Option("--convention", help="Metric convention, as fuse score: mmif or vifb.")] = "mmif",

@@ -17,6 +17,10 @@ import typer
 
 InputIR = Annotated[Optional[Path], typer.Option("--ir", help="Folder of infrared images (paired with --vis by file stem).", show_default=False)]
 InputVIS = Annotated[Optional[Path], typer.Option("--vis", help="Folder of visible images (paired with --ir by file stem).", show_default=False)]
+FusedFolders = Annotated[
+    Optional[list[Path]],
+    typer.Option("--fused", help="Folder of fused images; repeat to compare methods side by side (method = folder name).", show_default=False),
+]
 RecordsFile = Annotated[
     Optional[Path],
     typer.Option("--records", "-r", help="Read records from this JSON Lines file instead of stdin: any readable path (a FIFO, <(cmd), /dev/stdin), - for stdin. A relative path in it not found from here is read from the file's folder.", show_default=False),

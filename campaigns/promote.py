@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,26 +31,28 @@ DATA = ROOT.parent / "shared" / "data"
 EVALUATION = {"msrs": DATA / "msrs", "tno": DATA / "tno"}
 
 
-def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
-    """``(ir, vis)`` paths of ``root/ir/*`` with a same-stem file in ``root/vis/``."""
+def folder_pairs(root: Path) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+    """Ids and ``(ir, vis)`` float luminance images of ``root/ir/*`` with a same-stem file in ``root/vis/``."""
     vis = {p.stem: p for p in (root / "vis").iterdir()}
-    return [(p, vis[p.stem]) for p in sorted((root / "ir").iterdir()) if p.stem in vis]
+    irs = [p for p in sorted((root / "ir").iterdir()) if p.stem in vis]
+    return [p.stem for p in irs], [load_pair(p, vis[p.stem]) for p in irs]
 
 
-def scores(model: torch.nn.Module, pairs: list[tuple[Path, Path]]) -> dict[str, float]:
+def scores(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """Mean validation metrics (``stages.train.VAL_METRICS``, mmif) of ``model`` on full-size pairs."""
-    return validate(model, [load_pair(ir, vis) for ir, vis in pairs], "cpu")
+    return validate(model, images, "cpu")
 
 
-def training_loss(method: str, model: torch.nn.Module | None, pairs: list[tuple[Path, Path]]) -> float:
+def training_loss(method: str, model: torch.nn.Module | None, images: list[tuple[np.ndarray, np.ndarray]]) -> float:
     """Mean of the method's own training loss on full-size pairs, for ``model``'s output or, with ``None``,
     for pixel-max (does the network reach the loss of the baseline it must beat?)."""
     from stages.nets.learned_methods import NETWORKS, NetworkFuser
 
+    fuser = None if model is None else NetworkFuser(model, half=False)
     losses = []
-    for ir_path, vis_path in pairs:
-        ir, vis = (torch.from_numpy(a)[None, None] for a in load_pair(ir_path, vis_path))
-        fused = torch.maximum(ir, vis) if model is None else NetworkFuser(model, half=False)(ir, vis)
+    for ir_np, vis_np in images:
+        ir, vis = (torch.from_numpy(a)[None, None] for a in (ir_np, vis_np))
+        fused = torch.maximum(ir, vis) if fuser is None else fuser(ir, vis)
         losses.append(float(NETWORKS[method].loss(fused, ir, vis)))
     return round(sum(losses) / len(losses), 5)
 
@@ -77,12 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     shipped_card = json.loads(shipped_card_path.read_text())
     candidate, shipped = load_network(args.method, candidate_path), load_network(args.method)
 
-    val_pairs = folder_pairs(args.val)
-    val_new, val_old = scores(candidate, val_pairs), scores(shipped, val_pairs)
-    print(f"validation ({len(val_pairs)} pairs): shipped Qabf {val_old['Qabf']:.4f} VIF {val_old['VIF']:.4f}; "
+    val_ids, val_images = folder_pairs(args.val)
+    val_new, val_old = scores(candidate, val_images), scores(shipped, val_images)
+    print(f"validation ({len(val_ids)} pairs): shipped Qabf {val_old['Qabf']:.4f} VIF {val_old['VIF']:.4f}; "
           f"candidate (epoch {card['epochs']}) Qabf {val_new['Qabf']:.4f} VIF {val_new['VIF']:.4f}")
-    val_loss = {"candidate": training_loss(args.method, candidate, val_pairs),
-                "shipped_before": training_loss(args.method, shipped, val_pairs), "max": training_loss(args.method, None, val_pairs)}
+    val_loss = {"candidate": training_loss(args.method, candidate, val_images),
+                "shipped_before": training_loss(args.method, shipped, val_images),
+                "max": training_loss(args.method, None, val_images)}
     print(f"validation loss ({args.method}'s own): {val_loss}")
     if not (val_new["Qabf"] > val_old["Qabf"] and val_new["VIF"] >= val_old["VIF"]):
         print("not promoted: validation did not improve")
@@ -90,17 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = {}
     for name, root in EVALUATION.items():
         if (root / "ir").is_dir():
-            pairs = folder_pairs(root)
-            evaluation[name] = {"pairs": len(pairs), "candidate": scores(candidate, pairs),
-                                "shipped_before": scores(shipped, pairs)}
-            print(f"{name} ({len(pairs)} pairs, reported only): before {evaluation[name]['shipped_before']}, "
+            ids, images = folder_pairs(root)
+            evaluation[name] = {"pairs": len(ids), "candidate": scores(candidate, images),
+                                "shipped_before": scores(shipped, images)}
+            print(f"{name} ({len(ids)} pairs, reported only): before {evaluation[name]['shipped_before']}, "
                   f"after {evaluation[name]['candidate']}")
     if args.dry_run:
         return 0
     run = summary(card)
     promotion = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "campaign": str(args.campaign),
                  **{k: run[k] for k in ("epochs", "steps", "samples_seen", "seconds_trained", "data")},
-                 "validation": {"pairs": [p[0].stem for p in val_pairs], "candidate": val_new, "shipped_before": val_old,
+                 "validation": {"pairs": val_ids, "candidate": val_new, "shipped_before": val_old,
                                 "loss": val_loss},
                  "evaluation_reported_only": evaluation}
     lineage = shipped_card.get("lineage", []) + ([] if shipped_card.get("lineage") else [summary(shipped_card)])

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Training campaign: the registration network (register, tard) fine-tuned with night pairs in the mix.
+#
+#   nohup bash campaigns/register-night.sh > runs/register-night.log 2>&1 &
+#
+# Starts from the shipped stages/weights/tard.safetensors; after any stop, the same command resumes
+# exactly from campaigns/register-night/checkpoint.pt (weights, Adam state, random streams, one per
+# epoch, written atomically; commit it to keep the campaign across sessions).
+# Data (../shared/data, training sets only): roadscene (less the scenes of unaligned/roadscene), llvip,
+# msrs_extra less its 8 validation pairs (stages.register_training.HELD_OUT). No evaluation pair is read.
+# Validation: python benchmarks/bench_register.py --deform runs/register-night/val --weights ...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+OUT=campaigns/register-night
+EPOCHS=${EPOCHS:-24}
+FUSION_EPOCHS=${FUSION_EPOCHS:-3}
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=${THREADS:-1}
+
+mkdir -p "$OUT" runs/register-night/val/ir runs/register-night/val/vis
+for id in $("$PY" -c "from stages.register_training import HELD_OUT; print(' '.join(h.split('/')[1] for h in HELD_OUT))"); do
+  ln -sfn "$(realpath "$DATA/msrs_extra/ir/$id.png")" "runs/register-night/val/ir/$id.png"
+  ln -sfn "$(realpath "$DATA/msrs_extra/vis/$id.png")" "runs/register-night/val/vis/$id.png"
+done
+if [ -f "$OUT/checkpoint.pt" ]; then
+  start=(--resume "$OUT/checkpoint.pt")
+else
+  start=(--init stages/weights/tard.safetensors)
+fi
+# The shipped run's recipe (crop 320, batch 4), a lower rate for fine-tuning.
+echo "$(date -u +%FT%TZ) python -m stages.register_training ${start[*]} (epochs $EPOCHS + $FUSION_EPOCHS)"
+exec "$PY" -m stages.register_training --data "$DATA" --out "$OUT" "${start[@]}" --epochs "$EPOCHS" \
+  --fusion-epochs "$FUSION_EPOCHS" --batch-size 4 --crop 320 --lr 3e-4 --seed 0 --no-progress

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from fuse_cli.images import write_image
+from stages.core.images import write_image
 from fuse_cli.options import RunOptions
-from fuse_cli.records import pair_directories
+from stages.core.records import pair_directories
 from fuse_cli.runner import Reporter, run_stage
 from stages.fuse import FuseStage, load_pair
 from stages.registry import list_methods

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fuse_cli.images import luminance, read_image  # noqa: E402
+from stages.core.images import luminance, read_image  # noqa: E402
 from stages.mask import read_mask, salient_mask  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fuse_cli.images import read_uint8, write_image  # noqa: E402
+from stages.core.images import read_uint8, write_image  # noqa: E402
 from stages.metrics import CONVENTIONS, METRICS, compute_metrics  # noqa: E402
 from stages.score import ScoreStage  # noqa: E402
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fuse_cli.options import RunOptions  # noqa: E402
-from fuse_cli.provenance import explain, read_recipe  # noqa: E402
-from fuse_cli.records import pair_directories  # noqa: E402
+from stages.core.provenance import explain, read_recipe  # noqa: E402
+from stages.core.records import pair_directories  # noqa: E402
 from fuse_cli.runner import Reporter, run_stage  # noqa: E402
 from stages.fuse import FuseStage  # noqa: E402
 from stages.metrics import DEFAULT_CONVENTION, METRICS  # noqa: E402
@@ -69,7 +69,7 @@ def fuse_method(records: list[dict], method: str, out_dir: Path, device: str, ov
 
 
 def made_otherwise(stage: FuseStage, records: list[dict]) -> bool:
-    """Whether a cached output of ``records`` carries another recipe than ``stage``'s (:mod:`fuse_cli.provenance`)."""
+    """Whether a cached output of ``records`` carries another recipe than ``stage``'s (:mod:`stages.core.provenance`)."""
     return any(explain(read_recipe(path), stage.recipe(r)) for r in records if (path := stage.output_path(r)).exists())
 
 

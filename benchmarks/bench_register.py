@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fuse_cli.images import luminance, read_image
+from stages.core.images import luminance, read_image
 from stages.metrics.registration import registration_metrics
 from stages.metrics.registration import residual_displacement
 from stages.register import RegisterStage, apply_grid
@@ -117,7 +117,7 @@ def fusion_table(root: Path, methods: list[str], fusion: str, cache: Path, weigh
     """
     from bench_quality import fuse_method, score_table
     from fuse_cli.options import RunOptions
-    from fuse_cli.records import pair_directories
+    from stages.core.records import pair_directories
     from fuse_cli.runner import Reporter, run_stage
 
     records = pair_directories({"ir": root / "ir_warp", "vis": root / "vis"}).records[:limit]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_quality import DATA, ROOT, fuse_method, score_table  # noqa: E402
-from fuse_cli.records import pair_directories  # noqa: E402
+from stages.core.records import pair_directories  # noqa: E402
 from stages.score import parse_metric_names  # noqa: E402
 
 FIXED_TEXT = "an infrared and visible image of a scene"

@@ -44,7 +44,7 @@ def metrics() -> list[str]:
 
 def _as_float(image, name: str) -> np.ndarray:
     """``image`` as float32 in [0, 1], ``(H, W)`` or ``(H, W, 3)``; ``ValueError`` saying what was expected."""
-    from fuse_cli.images import _channels, _normalise
+    from stages.core.images import _channels, _normalise
 
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -112,7 +112,7 @@ def fuse(ir, vis, method: str = "refinefuse", *, weights: str | Path | None = No
                          f"vis is {vis_float.shape[1]}x{vis_float.shape[0]}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from fuse_cli.images import luminance
+    from stages.core.images import luminance
 
     stage = _stage(method, device, str(weights) if weights else None, tuple(sorted(options.items())))
     fused = stage.fuse_images([luminance(ir_float)], [vis_float])[0]
@@ -132,7 +132,7 @@ def score(ir, vis, fused, metrics: list[str] | None = None, *, convention: str =
     Returns:
         ``{metric name: value}`` in the order asked.
     """
-    from fuse_cli.images import to_uint8
+    from stages.core.images import to_uint8
     from stages.metrics import CONVENTIONS, compute_metrics
     from stages.score import parse_metric_names
 

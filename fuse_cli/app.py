@@ -23,18 +23,18 @@ from fuse_cli import __version__
 from fuse_cli import options as opt
 from fuse_cli.examples import add_examples
 from fuse_cli.inputs import gather_compared, gather_records, report_pairing, usage_error
-from fuse_cli.records import pair_directories, write_records
+from stages.core.records import pair_directories, write_records
 from fuse_cli.runner import Reporter, run_stage
 from stages.extras import MissingExtra, require_extra
-from stages.metrics import CONVENTION_HELP
+from stages.metrics import CONVENTION_HELP, CONVENTIONS, METRIC_NAMES, REGISTRATION_METRICS
 from stages.nets.checkpoint import WeightsError
+from stages.registry import METHODS
 
 app = typer.Typer(
     name="fuse",
     help="Multimodal image fusion (infrared + visible, medical) as composable shell stages.\n\n"
     "Example: fuse pairs ir/ vis/ | fuse fuse -m laplacian -o fused/ | fuse score",
     no_args_is_help=True,
-    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -94,24 +94,29 @@ def _list_methods_and_exit(value: bool) -> None:
         raise typer.Exit()
 
 
+Method = opt.choice(METHODS, "--method", "-m", what="fusion method",
+                    help="Fusion method: mean, max, laplacian and gff are classical, the others networks; "
+                    "--list-methods says what each needs.")
+OutFormat = opt.choice(("png", "tif", "jpg"), "--out-format", what="output format", help="Image format of the outputs.")
+Resize = opt.choice(("vis", "ir"), "--resize", what="--resize side", optional=True, show_default=False,
+                    help="When pair sizes differ: 'vis' resamples IR to the VIS size, 'ir' the reverse.")
+
+
 @app.command("fuse")
 @opt.stage_options(batch_size=4)
 def fuse_command(
-    method: Annotated[str, typer.Option("--method", "-m", help="Fusion method: mean, max, laplacian, gff (classical); refinefuse, dfh-base, tard, tesg, textdfh, mgfusion (learned). --list-methods says what each needs.")] = "laplacian",
+    method: Method = "laplacian",
     out: opt.OutDir = Path("fused"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
     records: opt.RecordsFile = None,
     weights: opt.Weights = None,
-    out_format: Annotated[str, typer.Option("--out-format", help="png, tif or jpg.")] = "png",
+    out_format: OutFormat = "png",
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16 (16 needs png or tif).")] = 8,
     png_compression: Annotated[int, typer.Option(
         "--png-compression", min=0, max=9,
         help="zlib level of PNG output: 1 is the fastest, 9 the smallest files; every level stores the same pixels.")] = 1,
-    resize: Annotated[
-        Optional[str],
-        typer.Option("--resize", help="When pair sizes differ: 'vis' resamples IR to the VIS size, 'ir' the reverse.", show_default=False),
-    ] = None,
+    resize: Resize = None,
     tile: Annotated[int, typer.Option("--tile", help="Learned methods: tile size for large images (0: whole image).")] = 0,
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Learned methods: overlap between tiles, pixels.")] = 32,
     list_methods: Annotated[
@@ -128,28 +133,36 @@ def fuse_command(
     chroma kept); gray gives gray. The output has the input's size.
     """
     from stages.fuse import FuseStage
-    from stages.registry import get_method
 
-    if out_format not in ("png", "tif", "jpg"):
-        raise usage_error(f"--out-format {out_format!r}: use png, tif or jpg")
     if bit_depth not in (8, 16) or bit_depth == 16 and out_format == "jpg":
         raise usage_error("--bit-depth must be 8 or 16, and 16 needs --out-format png or tif")
-    if resize not in (None, "vis", "ir"):
-        raise usage_error(f"--resize {resize!r}: use vis or ir")
     reporter = Reporter("fuse", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     options = {"tile": tile, "tile_overlap": tile_overlap} if tile else {}
+    require_extra(METHODS[method].extra, f"fuse fuse -m {method}")
+    make_stage = functools.partial(FuseStage, out, method, device, weights, out_format, bit_depth, resize, options,
+                                   png_compression=png_compression)
     try:
-        require_extra(get_method(method).extra, f"fuse fuse -m {method}")
-        make_stage = functools.partial(FuseStage, out, method, device, weights, out_format, bit_depth, resize, options,
-                                       png_compression=png_compression)
         stage = make_stage()
-    except KeyError as exc:
-        raise usage_error(exc.args[0]) from None
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"fuse fuse: error: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
+
+
+Metrics = Annotated[Optional[str], typer.Option(
+    "--metrics", show_default=False, autocompletion=opt.complete_list((*METRIC_NAMES, *REGISTRATION_METRICS)),
+    help=f"Comma-separated metric names (default: all): {', '.join(METRIC_NAMES)}; with --grid-gt or --aligned "
+    f"also {', '.join(REGISTRATION_METRICS)}, then the default.")]
+Convention = opt.choice(CONVENTIONS, "--convention", what="convention", help="Reference implementation to reproduce; see below.")
+ScoreFormat = opt.choice(("csv", "json", "table", "markdown", "latex"), "--format", "-f", what="format", help=(
+    "csv, json (JSON Lines) or table: every image and the mean rows; markdown or latex (booktabs): the table of means, "
+    "one row per method, best bold, second underlined, arrows for each metric's direction."))
+GroupBy = opt.choice(("dataset",), "--group-by", what="grouping", optional=True, show_default=False, help=(
+    "markdown, latex: 'dataset' gives each dataset its own means: the record's dataset key, else the folder holding "
+    "its IR folder (tno/ir/x.png: tno)."))
+GroupLayout = opt.choice(("columns", "tables"), "--group-layout", what="layout", help=(
+    "With --group-by: 'columns' (datasets side by side as column groups) or 'tables' (one table each)."))
 
 
 @app.command()
@@ -158,12 +171,12 @@ def score(
     vis: opt.InputVIS = None,
     fused: opt.FusedFolders = None,
     records: opt.RecordsFile = None,
-    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).", show_default=False)] = None,
-    convention: Annotated[str, typer.Option("--convention", help="Reference implementation to reproduce; see below.")] = "mmif",
-    fmt: Annotated[str, typer.Option("--format", "-f", help="csv, json (JSON Lines) or table: every image and the mean rows; markdown or latex (booktabs): the table of means, one row per method, best bold, second underlined, arrows for each metric's direction.")] = "csv",
+    metrics: Metrics = None,
+    convention: Convention = "mmif",
+    fmt: ScoreFormat = "csv",
     precision: Annotated[int, typer.Option("--precision", min=0, max=10, help="markdown, latex: decimals shown (marks compare the shown values, so equal cells tie).")] = 3,
-    group_by: Annotated[Optional[str], typer.Option("--group-by", help="markdown, latex: 'dataset' gives each dataset its own means: the record's dataset key, else the folder holding its IR folder (tno/ir/x.png: tno).", show_default=False)] = None,
-    group_layout: Annotated[str, typer.Option("--group-layout", help="With --group-by: 'columns' (datasets side by side as column groups) or 'tables' (one table each).")] = "columns",
+    group_by: GroupBy = None,
+    group_layout: GroupLayout = "columns",
     grid_gt: Annotated[Optional[Path], typer.Option("--grid-gt", help="Registration: folder of ground-truth deformations <id>.npy (the dataset convention); adds EPE.", show_default=False)] = None,
     aligned: Annotated[Optional[Path], typer.Option("--aligned", help="Registration: folder of aligned IR images; adds MAE and NCC of the record's ir.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw a bar chart per metric (one bar per method) to this PNG.", show_default=False)] = None,
@@ -175,17 +188,10 @@ def score(
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
 ) -> None:
-    from stages.metrics import CONVENTIONS
     from stages.score import ScoreStage, format_rows, image_row, mean_rows, parse_metric_names, plot_means, score_rows
 
-    if fmt not in ("csv", "json", "table", "markdown", "latex"):
-        raise usage_error(f"--format {fmt!r}: use csv, json, table, markdown or latex")
-    if group_by not in (None, "dataset") or group_layout not in ("columns", "tables"):
-        raise usage_error("--group-by takes dataset; --group-layout columns or tables")
     if group_by and fmt not in ("markdown", "latex"):
         raise usage_error("--group-by needs --format markdown or latex")
-    if convention not in CONVENTIONS:
-        raise usage_error(f"--convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
     opt.check_engine(engine)
     try:
         names = parse_metric_names(metrics, registration=bool(grid_gt or aligned))
@@ -260,7 +266,7 @@ def run() -> None:
     # A closed pipe (`fuse pairs ... | head`) ends the command quietly, as it does any Unix filter.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        app()
+        app(prog_name="fuse")  # also under `python -m fuse_cli`: usage lines and completion scripts name `fuse`
     except MissingExtra as exc:  # an optional dependency the command needs, checked before any work
         typer.echo(str(exc), err=True)
         sys.exit(2)

@@ -22,11 +22,12 @@ import typer
 
 from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
-from fuse_cli.records import parse_records, read_records_file
+from stages.core.records import parse_records, read_records_file
 from fuse_cli.runner import Reporter, print_record, run_stage
 from stages.extras import require_extra
 
 FORMATS = ("table", "markdown", "csv", "json")
+TableFormat = opt.choice(FORMATS, "--format", "-f", what="format", help="Evaluation table: table, markdown, csv or json (JSON Lines).")
 EVAL_CONF = 0.001  # the confidence floor detectors are evaluated at (ultralytics val, YOLOv5 val)
 
 Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .safetensors from fuse detect train (loads no code), a .pt path (a pickle: loading it runs any code it carries, so give only files you trust), a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: a tard_detector.safetensors you trained (fuse train -m tard --labels DIR; no head is packaged) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
@@ -42,7 +43,7 @@ ClassMap = Annotated[
     list[str] | None,
     typer.Option("--class-map", help="Rename classes before matching, FROM=TO (repeat, or comma-separate): People=person.", show_default=False),
 ]
-ImageKey = Annotated[str, typer.Option("--image", help="Which image of each record: fused, ir or vis.")]
+ImageKey = opt.choice(("fused", "ir", "vis"), "--image", what="image", help="Which image of each record: fused, ir or vis.")
 
 detect_app = typer.Typer(
     add_completion=False,
@@ -101,7 +102,7 @@ def detect(
         str | None,
         typer.Option("--detections", help="Evaluate existing detections instead of running a model: a folder of YOLO txt with a score column or of fuse json, a COCO results json, a .jsonl of records from fuse detect, or - for such records on stdin.", show_default=False),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Evaluation table: table, markdown, csv or json (JSON Lines).")] = "table",
+    fmt: TableFormat = "table",
     report: Annotated[
         Path | None,
         typer.Option("--report", help="Write the evaluation table to this file and keep printing records on stdout.", show_default=False),
@@ -120,10 +121,6 @@ def detect(
     """
     if ctx.invoked_subcommand is not None:
         return
-    if fmt not in FORMATS:
-        raise usage_error(f"--format {fmt!r}: use {', '.join(FORMATS)}")
-    if image not in ("fused", "ir", "vis"):
-        raise usage_error(f"--image {image!r}: use fused, ir or vis")
     mapping = _class_map(class_map)
     reporter = Reporter("detect", run.quiet, run.verbose)
     if detections is not None:
@@ -247,7 +244,7 @@ def _evaluate_existing(detections: str, labels: Path, label_classes: Path | None
 def _evaluate(detections: dict, image_ids: list[str] | None, labels: Path, label_classes: Path | None,
               mapping: dict[str, str], fmt: str, report: Path | None, source_name: str, sizes, reporter: Reporter,
               gt=None) -> int:
-    from fuse_cli.images import atomic_file
+    from stages.core.images import atomic_file
     from stages.detection_eval import AnnotationError, evaluate, format_table, load_ground_truth, names_by_index
 
     try:
@@ -295,8 +292,6 @@ def export(
     from stages.detection_dataset import export_dataset
     from stages.detection_eval import AnnotationError
 
-    if image not in ("fused", "ir", "vis"):
-        raise usage_error(f"--image {image!r}: use fused, ir or vis")
     if not labels.exists():
         raise usage_error(f"--labels {labels}: no such folder or file")
     mapping = _class_map(class_map)

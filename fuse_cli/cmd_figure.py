@@ -39,9 +39,10 @@ def figure(
     Reads records from `fuse fuse` (several methods' records concatenated), or
     --ir/--vis with one --fused folder per method. Each zoom region has one colour on
     every image; its inset goes to the corner that covers neither another region nor
-    the warm IR targets. Colour images stay in colour, gray stays gray.
+    the warm IR targets. Colour images stay in colour, gray stays gray. Pairs dropped
+    because a folder lacks their file are named on stderr and give exit status 1.
     """
-    from fuse_cli.images import ImageError, read_image
+    from stages.core.images import ImageError, read_image
     from stages.report.figure import FORMATS, FigureRow, draw_figure, parse_box, plan_zooms
     from stages.report.pairs import group_by_pair
 
@@ -89,6 +90,7 @@ def figure(
             regions = "; ".join(f"{','.join(map(str, z.box))} ({z.corner})" for z in plan)
             typer.echo(f"{row.pair_id}: {regions or 'no zoom'}", err=True)
         typer.echo(f"wrote {out}", err=True)
+    raise typer.Exit(1 if reporter.errors else 0)  # pairs dropped: a folder lacked files
 
 
 def register(app: typer.Typer) -> None:

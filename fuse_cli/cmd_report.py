@@ -15,9 +15,13 @@ import typer
 from fuse_cli import options as opt
 from fuse_cli.inputs import gather_compared, usage_error
 from fuse_cli.runner import Reporter, run_stage
+from stages.metrics import CONVENTIONS, METRIC_NAMES
 
 #: The metrics the papers' tables share, scored unless --metrics says otherwise.
 REPORT_METRICS = "EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM"
+Metrics = Annotated[str, typer.Option("--metrics", autocompletion=opt.complete_list(METRIC_NAMES),
+                                      help=f"Comma-separated metrics for the score table, of {', '.join(METRIC_NAMES)}.")]
+Convention = opt.choice(CONVENTIONS, "--convention", what="convention", help="Metric convention, as fuse score.")
 
 
 def report(
@@ -26,8 +30,8 @@ def report(
     vis: opt.InputVIS = None,
     fused: opt.FusedFolders = None,
     records: opt.RecordsFile = None,
-    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated metrics for the score table.")] = REPORT_METRICS,
-    convention: Annotated[str, typer.Option("--convention", help="Metric convention, as fuse score: mmif or vifb.")] = "mmif",
+    metrics: Metrics = REPORT_METRICS,
+    convention: Convention = "mmif",
     precision: Annotated[int, typer.Option("--precision", min=0, max=10, help="Decimals shown in the tables.")] = 3,
     source_labels: Annotated[str, typer.Option("--source-labels", help="Names of the two sources, e.g. MRI,CT.")] = "IR,VIS",
     workers: opt.Workers = 1,
@@ -44,15 +48,12 @@ def report(
     index.html#sort=Qabf&compare=max,gff&split=40. Scores are computed as fuse
     score computes them; pairs that fail are reported and left out (exit status 1).
     """
-    from fuse_cli.images import atomic_file
-    from stages.metrics import CONVENTIONS
+    from stages.core.images import atomic_file
     from stages.report.html import browser_url, render_page
     from stages.report.pairs import group_by_pair
     from stages.report.table import MeanTable
     from stages.score import ScoreStage, parse_metric_names, plot_means, score_rows
 
-    if convention not in CONVENTIONS:
-        raise usage_error(f"--convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
     labels = tuple(s.strip() for s in source_labels.split(","))
     if len(labels) != 2 or not all(labels):
         raise usage_error(f"--source-labels {source_labels!r}: give two labels, e.g. IR,VIS")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from fuse_cli.records import IMAGE_SUFFIXES, Pairing, pair_directories, read_records_file, read_stdin_records
+from stages.core.records import IMAGE_SUFFIXES, Pairing, pair_directories, read_records_file, read_stdin_records
 from fuse_cli.runner import Reporter
 
 

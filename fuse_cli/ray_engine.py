@@ -36,7 +36,7 @@ import ray.data
 
 from fuse_cli.options import RunOptions
 from fuse_cli.runner import error_text, process_safely
-from stages.base import Stage, StageError
+from stages.core.stage import Stage, StageError
 
 #: How often a batch is retried after its actor died (a pair that kills its worker every time fails the run).
 MAX_TASK_RETRIES = 3

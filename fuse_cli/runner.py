@@ -17,7 +17,7 @@ imported only then: the whole input is planned first, then the pairs go to
 Ray actors and the records come back in input order).
 
 Output files are written atomically by the stages (see
-:func:`fuse_cli.images.atomic_file`), so an interrupted run leaves no partial
+:func:`stages.core.images.atomic_file`), so an interrupted run leaves no partial
 file; a re-run removes the temporaries killed runs left and finishes the rest.
 """
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fuse_cli.options import RunOptions
-from fuse_cli.provenance import explain, read_recipe
-from fuse_cli.records import MalformedRecord, format_record, id_problem, shown_id
-from stages.base import Stage, StageError
+from stages.core.provenance import explain, read_recipe
+from stages.core.records import MalformedRecord, format_record, id_problem, shown_id
+from stages.core.stage import Stage, StageError
 
 
 class Reporter:
@@ -136,10 +136,10 @@ class Planner:
     """Decides what happens to each record before any work is sent, whatever the engine.
 
     A record is refused (one error line, the record passed on with ``"error"``)
-    when its id cannot name files (:func:`fuse_cli.records.id_problem`), when an
+    when its id cannot name files (:func:`stages.core.records.id_problem`), when an
     earlier record of this run writes the same files (a duplicate id), or when
     its output exists but was made by another recipe (another method, weights,
-    pixel-changing option or other inputs; :mod:`fuse_cli.provenance`) and
+    pixel-changing option or other inputs; :mod:`stages.core.provenance`) and
     ``--overwrite`` is not given. It is skipped when every output exists and the
     first one carries this run's recipe; otherwise it is computed.
     """
@@ -223,7 +223,7 @@ def run_stage(
     building its own stage with ``make_stage`` (a picklable factory, e.g.
     ``functools.partial(FuseStage, ...)``); ``stage`` then only plans.
     """
-    from fuse_cli.images import remove_stale_temporaries  # numpy, Pillow, imageio: not for commands that run no stage
+    from stages.core.images import remove_stale_temporaries  # numpy, Pillow, imageio: not for commands that run no stage
 
     emit = emit or (lambda record: print_record(record, opts.rs))
     if opts.out is not None and not opts.dry_run:

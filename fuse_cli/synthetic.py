@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from fuse_cli.images import write_image
+from stages.core.images import write_image
 
 
 def _person_mask(h: int, w: int, cx: float, base: float, height: float) -> np.ndarray:

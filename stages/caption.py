@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from fuse_cli.images import ImageError, atomic_file, luminance, read_image
-from stages.base import Stage, StageError, record_path
+from stages.core.images import ImageError, atomic_file, luminance, read_image
+from stages.core.stage import Stage, StageError, record_path
 
 BACKENDS = ("advisor", "blip", "coca")
 DEFAULT_ASK = "To improve the accuracy of pedestrian detection, how can the quality of this image be enhanced?"

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse_cli.images import ImageError, atomic_file, luminance, read_image, to_uint8
-from fuse_cli.provenance import weights_digest
-from stages.base import Stage, StageError, record_path
+from stages.core.images import ImageError, atomic_file, luminance, read_image, to_uint8
+from stages.core.provenance import weights_digest
+from stages.core.stage import Stage, StageError, record_path
 
 IMAGE_KEYS = ("fused", "ir", "vis")
 DEFAULT_SHOW_CONF = 0.25

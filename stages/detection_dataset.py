@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse_cli.images import atomic_file
-from fuse_cli.records import id_problem, shown_id
+from stages.core.images import atomic_file
+from stages.core.records import id_problem, shown_id
 from stages.detection_eval import AnnotationError, Boxes, load_ground_truth
 
 

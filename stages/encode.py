@@ -55,9 +55,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from fuse_cli.images import ImageError, atomic_file, read_image
-from fuse_cli.provenance import RECIPE_KEY, recipe_text
-from stages.base import Stage, StageError, record_path
+from stages.core.images import ImageError, atomic_file, read_image
+from stages.core.provenance import RECIPE_KEY, recipe_text
+from stages.core.stage import Stage, StageError, record_path
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
-from fuse_cli.images import PNG_COMPRESSION, ImageError, luminance, read_image, write_image
-from fuse_cli.provenance import weights_digest
-from stages.base import Stage, StageError, record_path
+from stages.core.images import PNG_COMPRESSION, ImageError, luminance, read_image, write_image
+from stages.core.provenance import weights_digest
+from stages.core.stage import Stage, StageError, record_path
 from stages.registry import WEIGHTS_DIR, get_method
 
 

@@ -59,8 +59,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from fuse_cli.images import ImageError, luminance, read_image, write_image
-from stages.base import Stage, StageError, record_path
+from stages.core.images import ImageError, luminance, read_image, write_image
+from stages.core.stage import Stage, StageError, record_path
 
 BACKENDS = ("salient", "text", "boxes")
 

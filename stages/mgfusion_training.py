@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fuse_cli.images import LUMA_WEIGHTS, read_image, to_uint8
+from stages.core.images import LUMA_WEIGHTS, read_image, to_uint8
 from stages.encode import ClipImageEncoder, parse_pretrained, pretrained_label
 from stages.nets.mgfusion import LOSS_WEIGHT, METHOD, MGFusion, load_mgfusion, mgfusion_loss, save_mgfusion
 

@@ -63,9 +63,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fuse_cli.images import ImageError, atomic_file, luminance, read_image, write_image
-from fuse_cli.provenance import weights_digest
-from stages.base import Stage, StageError, record_path
+from stages.core.images import ImageError, atomic_file, luminance, read_image, write_image
+from stages.core.provenance import weights_digest
+from stages.core.stage import Stage, StageError, record_path
 
 METHODS = ("ecc", "net", "net-ecc")
 ECC_MODELS = {"affine": cv2.MOTION_AFFINE, "homography": cv2.MOTION_HOMOGRAPHY}

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fuse_cli.images import atomic_file, luminance, read_image
+from stages.core.images import atomic_file, luminance, read_image
 from stages.nets.registration import identity_grid, resize, save_state, to_pixels
 from stages.nets.tard import TardNet, fusion_loss
 

@@ -1,7 +1,7 @@
 """The ``score`` stage: fusion metrics per pair, and the table of them.
 
 Each record needs ``ir``, ``vis`` and ``fused``. Images are read as 8-bit, as
-every reference implementation does (:func:`fuse_cli.images.read_uint8`); the
+every reference implementation does (:func:`stages.core.images.read_uint8`); the
 metric definitions and the colour handling of each convention live in
 :mod:`stages.metrics`.
 """
@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fuse_cli.images import ImageError, luminance, read_image, read_uint8
-from fuse_cli.provenance import read_recipe
-from stages.base import Stage, StageError, record_path
-from stages.metrics import DEFAULT_CONVENTION, METRICS, compute_metrics, registration_metrics
+from stages.core.images import ImageError, luminance, read_image, read_uint8
+from stages.core.provenance import read_recipe
+from stages.core.stage import Stage, StageError, record_path
+from stages.metrics import DEFAULT_CONVENTION, METRICS, REGISTRATION_METRICS, compute_metrics, registration_metrics
 from stages.metrics.registration import residual_displacement
-
-#: Registration metrics (lower EPE/MAE, higher NCC is better), reported with --grid-gt / --aligned.
-REGISTRATION_METRICS = ("EPE", "MAE", "NCC")
+from stages.registry import unknown_name
 
 
 def parse_metric_names(text: str | None, registration: bool = False) -> list[str]:
@@ -41,7 +39,7 @@ def parse_metric_names(text: str | None, registration: bool = False) -> list[str
     names = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part.lower() not in canonical:
-            raise ValueError(f"unknown metric {part!r}; choose from: {', '.join(known)}")
+            raise ValueError(unknown_name("metric", part, known))
         names.append(canonical[part.lower()])
     return names
 
@@ -156,7 +154,7 @@ def _load_grid(path: Path, size: tuple[int, int], pair: str) -> np.ndarray:
 def method_label(record: dict) -> dict:
     """``{"method": ...}`` from the recipe the fused file carries, when the record's label does not name that method.
 
-    The file says what made it (:mod:`fuse_cli.provenance`); a record's label
+    The file says what made it (:mod:`stages.core.provenance`); a record's label
     that starts with that method (a variant's name, ``"textdfh (fixed text)"``)
     is kept, any other label is replaced. Files without a recipe (published
     methods' outputs) keep the record's label.
@@ -254,7 +252,7 @@ def plot_means(rows: list[dict], metrics: list[str], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fuse_cli.images import atomic_file
+    from stages.core.images import atomic_file
 
     means = [row for row in rows if row["id"] == "mean"]
     methods = [row["method"] or "fused" for row in means]

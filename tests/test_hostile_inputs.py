@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, fuse_cli, records_of
-from fuse_cli.images import atomic_file, read_image, temporary_path, write_image
-from fuse_cli.provenance import read_recipe
-from fuse_cli.records import MAX_ID_BYTES, id_problem
+from stages.core.images import atomic_file, read_image, temporary_path, write_image
+from stages.core.provenance import read_recipe
+from stages.core.records import MAX_ID_BYTES, id_problem
 
 #: Ids that must be refused, one pair each: they leave -o, name a sub-folder, or cannot be a file name.
 BAD_IDS = ["../escape", "../../../x/escape2", "ABSOLUTE", "sub/dir", "back\\slash", "", "nul\x00id", "x" * 300,

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from conftest import fuse_cli, records_of
-from fuse_cli.images import ImageError, read_image, write_image
+from stages.core.images import ImageError, read_image, write_image
 
 
 def _pair(root, name="a", size=(48, 64), ir=None):

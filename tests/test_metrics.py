@@ -223,7 +223,7 @@ PAIRS = sorted({tuple(case.split("/")[:2]) for conv in CONVENTIONS for case in R
 def test_matches_reference_implementations(dataset, stem):
     if not (DATA / dataset).is_dir():
         pytest.skip(f"shared dataset {DATA / dataset} is not available on this machine")
-    from fuse_cli.images import read_uint8
+    from stages.core.images import read_uint8
     ir = read_uint8(next((DATA / dataset / "ir").glob(stem + ".*")))
     vis = read_uint8(next((DATA / dataset / "vis").glob(stem + ".*")))
     for fusion, fused in _fusions(ir, vis).items():

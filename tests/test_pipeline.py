@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from conftest import fuse_cli, records_of, shared
-from fuse_cli.images import read_image, write_image
+from stages.core.images import read_image, write_image
 
 
 def _copy_pairs(src: Path, dst: Path, ids: list[str] | None = None) -> Path:
@@ -190,7 +190,7 @@ def test_a_corrupt_image_gets_the_same_message_once_ultralytics_is_imported(tmp_
     corrupt = tmp_path / "frame.png"
     corrupt.write_bytes(b"not a png")
     script = (
-        "import sys\nfrom fuse_cli.images import read_image\n"
+        "import sys\nfrom stages.core.images import read_image\n"
         "def message():\n"
         "    try:\n        read_image(sys.argv[1])\n    except ValueError as exc:\n        return str(exc)\n"
         "before = message()\nimport ultralytics\nprint(before)\nprint(message())\n"

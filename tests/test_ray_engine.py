@@ -21,11 +21,11 @@ from conftest import records_of
 from typer.testing import CliRunner
 
 from fuse_cli.app import app
-from fuse_cli.images import atomic_file
+from stages.core.images import atomic_file
 from fuse_cli.options import RunOptions
-from fuse_cli.records import pair_directories
+from stages.core.records import pair_directories
 from fuse_cli.runner import Reporter, run_stage
-from stages.base import Stage
+from stages.core.stage import Stage
 
 
 @pytest.fixture(scope="module", autouse=True)

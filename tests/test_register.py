@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fuse_cli.images import luminance, read_image, write_image
-from stages.base import StageError
+from stages.core.images import luminance, read_image, write_image
+from stages.core.stage import StageError
 from stages.nets.registration import RegistrationNet, load_registration_net, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import TardNet, load_tard, tard_factory

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import fuse_cli
 from fuse_cli.app import app
-from fuse_cli.images import luminance, read_image, write_image
+from stages.core.images import luminance, read_image, write_image
 from stages.report.figure import FigureRow, Zoom, auto_boxes, disagreement, draw_figure, label_size, plan_zooms
 from stages.report.pairs import group_by_pair
 from stages.report.table import MeanTable, latex_table, markdown_table, rank_marks, record_dataset

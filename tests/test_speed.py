@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from fuse_cli.images import write_image
+from stages.core.images import write_image
 from stages.metrics import METRICS
 from stages.score import ScoreStage
 from conftest import fuse_cli
@@ -16,8 +16,8 @@ from conftest import fuse_cli
 @pytest.fixture(scope="module")
 def scored_records(synthetic_pairs, tmp_path_factory) -> list[dict]:
     """Records of the generated pairs with a mean fusion written beside them, plus one whose fused file is missing."""
-    from fuse_cli.images import read_image
-    from fuse_cli.records import pair_directories
+    from stages.core.images import read_image
+    from stages.core.records import pair_directories
 
     out = tmp_path_factory.mktemp("fused")
     records = pair_directories({"ir": synthetic_pairs / "ir", "vis": synthetic_pairs / "vis"}).records
@@ -59,7 +59,7 @@ def test_score_workers_cli_keeps_values_and_row_order(scored_records, tmp_path):
 
 @pytest.mark.parametrize("shape,bit_depth", [((37, 53), 8), ((37, 53, 3), 8), ((37, 53), 16)])
 def test_fast_png_round_trips_exactly(tmp_path, shape, bit_depth):
-    from fuse_cli.images import PNG_COMPRESSION, read_image
+    from stages.core.images import PNG_COMPRESSION, read_image
 
     top = 2 ** bit_depth - 1
     img = np.random.default_rng(0).integers(0, top + 1, size=shape).astype(np.float64) / top

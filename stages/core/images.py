@@ -277,13 +277,13 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, re
     """Write ``(H, W)`` or ``(H, W, 3)`` float [0, 1] as an 8- or 16-bit file, atomically.
 
     The format follows the suffix (``.png``, ``.tif``, ``.jpg``, ``.bmp``). JPEG and
-    BMP are 8-bit only. ``recipe`` (what made the image, :mod:`fuse_cli.provenance`)
+    BMP are 8-bit only. ``recipe`` (what made the image, :mod:`stages.core.provenance`)
     goes into the PNG text chunk ``fuse-recipe``, the TIFF ImageDescription tag or
     the JPEG comment; BMP cannot carry it. ``png_compression`` is zlib's level for
     PNG, 0–9: the default 1 encodes several times faster than Pillow's 6, for larger
     files; 9 gives the smallest. Every level stores the same pixels.
     """
-    from fuse_cli.provenance import RECIPE_KEY, recipe_text
+    from stages.core.provenance import RECIPE_KEY, recipe_text
 
     path = Path(path)
     suffix = path.suffix.lower()

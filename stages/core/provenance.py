@@ -11,7 +11,7 @@ time), and refuses to touch an output made otherwise unless ``--overwrite``.
 Where the recipe lives, by the carrier file's format:
 
 * PNG: an ``iTXt`` chunk ``fuse-recipe``; TIFF: the ImageDescription tag;
-  JPEG: the comment (COM) segment — all written by :func:`fuse_cli.images.write_image`;
+  JPEG: the comment (COM) segment — all written by :func:`stages.core.images.write_image`;
 * ``.safetensors``: the ``fuse-recipe`` metadata entry;
 * ``.json``: the document's ``"recipe"`` key.
 
@@ -27,7 +27,7 @@ import os
 import struct
 from pathlib import Path
 
-from fuse_cli import __version__
+from stages.core import __version__
 
 #: The name of the PNG text chunk and of the safetensors metadata entry.
 RECIPE_KEY = "fuse-recipe"

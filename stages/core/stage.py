@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fuse_cli.provenance import make_recipe
+from stages.core.provenance import make_recipe
 
 
 class StageError(Exception):
@@ -26,7 +26,7 @@ class Stage:
     records its path under ``output_key`` only sets those three attributes;
     others override :meth:`outputs` and :meth:`skip_update`.
 
-    A stage that writes files also says what makes them (:mod:`fuse_cli.provenance`):
+    A stage that writes files also says what makes them (:mod:`stages.core.provenance`):
     ``settings`` (set in ``__init__``) and ``input_keys``. The first of
     :meth:`outputs` carries the :meth:`recipe` and is written last, so it vouches
     for the others.

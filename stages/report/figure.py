@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from fuse_cli.images import atomic_file, luminance
+from stages.core.images import atomic_file, luminance
 
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels of the pair
 Rect = tuple[float, float, float, float]  # left, bottom, width, height in figure fractions

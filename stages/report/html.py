@@ -32,7 +32,7 @@ def browser_url(path: str, out_dir: Path, name: str) -> str:
     source = Path(path)
     if source.suffix.lower() in BROWSER_SUFFIXES and not _is_16_bit_png(source):
         return quote(Path(os.path.relpath(source.resolve(), out_dir.resolve())).as_posix())
-    from fuse_cli.images import read_image, write_image
+    from stages.core.images import read_image, write_image
 
     target = out_dir / "images" / f"{name}.png"
     if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:

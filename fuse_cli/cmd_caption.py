@@ -16,14 +16,21 @@ from fuse_cli.runner import Reporter, run_stage
 from stages.extras import require_extra
 
 
+#: stages.caption.BACKENDS, named here so --help imports no backend.
+BACKENDS = ("advisor", "blip", "coca")
+Backend = opt.choice(BACKENDS, "--backend", what="caption backend", help="advisor (offline, no weights), blip or coca.")
+CaptionedImage = opt.choice(("vis", "fused", "ir"), "--image", what="image",
+                            help="Image the model describes: vis, fused (needs a 'fused' key) or ir.")
+
+
 @opt.stage_options(batch_size=4)
 def caption(
-    backend: Annotated[str, typer.Option("--backend", help="advisor (offline, no weights), blip or coca.")] = "advisor",
+    backend: Backend = "advisor",
     out: opt.OutDir = Path("captions"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
     records: opt.RecordsFile = None,
-    image: Annotated[str, typer.Option("--image", help="Image the model describes: vis, fused (needs a 'fused' key) or ir.")] = "vis",
+    image: CaptionedImage = "vis",
     ask: Annotated[Optional[str], typer.Option("--ask", help="A question for backends that answer prompts (blip; advisor reads the task and target from it), e.g. the MLLM-guided paper's \"To improve the accuracy of pedestrian detection, how can the quality of this image be enhanced?\"", show_default=False)] = None,
     keyword: Annotated[Optional[str], typer.Option("--keyword", help="TeSG's target word: adds caption_without_keyword (the caption with the word removed).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="blip: local model folder or hub name; coca: open_clip architecture.", show_default=False)] = None,
@@ -39,12 +46,8 @@ def caption(
     ("the visible image is dark (mean 0.13); raise brightness; two warm targets
     are invisible in VIS (middle right, centre); keep their IR intensity").
     """
-    from stages.caption import BACKENDS, CaptionStage
+    from stages.caption import CaptionStage
 
-    if backend not in BACKENDS:
-        raise usage_error(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if image not in ("vis", "ir", "fused"):
-        raise usage_error(f"--image {image!r}: use vis, fused or ir")
     if backend == "coca" and ask:
         raise usage_error("--ask: coca captions but does not answer prompts; use --backend blip or advisor")
     require_extra({"blip": "text", "coca": "clip"}.get(backend), f"fuse caption --backend {backend}")

@@ -18,9 +18,15 @@ from fuse_cli.runner import Reporter, run_stage
 from stages.extras import require_extra
 
 
+#: stages.mask.BACKENDS, named here so --help imports no backend.
+BACKENDS = ("salient", "text", "boxes")
+Backend = opt.choice(BACKENDS, "--backend", what="mask backend", help=(
+    "salient (IR targets + high IR contrast), text (CLIP dense similarity to --keyword) or boxes (the record's detections)."))
+
+
 @opt.stage_options(batch_size=4)
 def mask(
-    backend: Annotated[str, typer.Option("--backend", help="salient (IR targets + high IR contrast), text (CLIP dense similarity to --keyword) or boxes (the record's detections).")] = "salient",
+    backend: Backend = "salient",
     out: opt.OutDir = Path("masks"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
@@ -36,10 +42,8 @@ def mask(
     device: str,
 ) -> None:
     """Write a binary mask OUT/<id>.png (255 = target) per pair and add "mask" to the record."""
-    from stages.mask import BACKENDS, MaskStage
+    from stages.mask import MaskStage
 
-    if backend not in BACKENDS:
-        raise usage_error(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "text" and not keyword:
         raise usage_error("--backend text needs --keyword WORD (e.g. person)")
     if backend == "text":

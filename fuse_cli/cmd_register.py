@@ -12,15 +12,23 @@ from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
 
 
+#: stages.register.METHODS and ECC_MODELS, named here so --help imports neither torch nor OpenCV.
+METHODS = ("ecc", "net", "net-ecc")
+ECC_MODELS = ("affine", "homography")
+Method = opt.choice(METHODS, "--method", "-m", what="registration method", help=(
+    "ecc (classical, no weights), net (the paper's network) or net-ecc (ECC started from the network)."))
+EccModel = opt.choice(ECC_MODELS, "--ecc-model", what="ECC motion model", help="ECC motion model: affine or homography.")
+
+
 @opt.stage_options(batch_size=1)
 def register_command(
-    method: Annotated[str, typer.Option("--method", "-m", help="ecc (classical, no weights), net (the paper's network) or net-ecc (ECC started from the network).")] = "ecc",
+    method: Method = "ecc",
     out: opt.OutDir = Path("registered"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
     records: opt.RecordsFile = None,
     weights: opt.Weights = None,
-    ecc_model: Annotated[str, typer.Option("--ecc-model", help="ECC motion model: affine or homography.")] = "affine",
+    ecc_model: EccModel = "affine",
     max_displacement: Annotated[Optional[float], typer.Option("--max-displacement", help="Fail a pair whose estimated field moves a pixel farther than this (VIS pixels).", show_default=False)] = None,
     mask_invalid: Annotated[bool, typer.Option("--mask-invalid", help="Write OUT/<id>.valid.png and zero pixels that fall outside the IR image instead of repeating its border.")] = False,
     save_overlay: Annotated[bool, typer.Option("--save-overlay", help="Write OUT/<id>.overlay.png: registered IR in red over VIS in cyan.")] = False,

@@ -40,6 +40,15 @@ from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter
 from stages.extras import require_extra
+from stages.registry import list_methods
+
+#: Every learned fusion method trains, and so does the registration network.
+TRAINABLE = (*(info.name for info in list_methods("learned")), "register")
+Method = opt.choice(TRAINABLE, "--method", "-m", what="trainable network", help="Network to train.")
+Optimizer = opt.choice(("sgd", "adam"), "--optimizer", what="optimizer", optional=True, show_default=False,
+                       help="refinefuse, dfh-base: sgd or adam (default: the paper's).")
+TextEncoder = opt.choice(("minilm", "clip"), "--text-encoder", what="text encoder",
+                         help="tesg, textdfh: minilm (offline, packaged) or clip (open_clip text tower).")
 
 
 def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
@@ -53,7 +62,7 @@ def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
 
 
 def train(
-    method: Annotated[str, typer.Option("--method", "-m", help="Network to train: refinefuse, dfh-base, mgfusion, register, tesg, textdfh.")],
+    method: Method,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the checkpoint and its model card.")] = Path("runs"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
@@ -64,7 +73,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (default: the paper's).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: the paper's).", show_default=False)] = None,
     crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Random crop size (default: the paper's).", show_default=False)] = None,
-    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="refinefuse, dfh-base: sgd or adam (default: the paper's).", show_default=False)] = None,
+    optimizer: Optimizer = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; runs on CPU are deterministic.")] = 0,
     clip_model: Annotated[str, typer.Option("--clip-model", help="mgfusion: open_clip model name.")] = "ViT-B-32",
     pretrained: Annotated[str, typer.Option("--pretrained", help="mgfusion: open_clip tag (downloaded by open_clip), a local checkpoint, or none.")] = "openai",
@@ -73,7 +82,7 @@ def train(
     base_weights: Annotated[Optional[Path], typer.Option("--base-weights", help="textdfh: the frozen dfh-base weights it refines (default: the shipped ones).", show_default=False)] = None,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="tesg: foreground/background mask guidance (MGCA); --no-mask-guidance trains the paper's ablation.")] = True,
     fixed_text: Annotated[Optional[str], typer.Option("--fixed-text", help="tesg, textdfh: one text for every pair instead of the advisor's captions (the fixed-text ablation).", show_default=False)] = None,
-    text_encoder: Annotated[str, typer.Option("--text-encoder", help="tesg, textdfh: minilm (offline, packaged) or clip (open_clip text tower).")] = "minilm",
+    text_encoder: TextEncoder = "minilm",
     cache: Annotated[Optional[Path], typer.Option("--cache", help="tesg, textdfh: folder caching each pair's mask and caption between runs.", show_default=False)] = None,
     det_model: Annotated[Optional[Path], typer.Option("--det-model", help="refinefuse, dfh-base, textdfh, tesg: a YOLO detector (.pt, or a model YAML; a .pt is a pickle that runs any code it carries: trusted files only) whose loss on the fused image is added to the fusion loss; it stays frozen. Needs --labels.", show_default=False)] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="With --det-model: ground truth per pair (by IR file stem): YOLO txt (with classes.txt), VOC xml or a COCO json.", show_default=False)] = None,
@@ -90,10 +99,7 @@ def train(
 
     from stages.text_training import RECIPES as TEXT_RECIPES
 
-    trainable = [*NETWORKS, "mgfusion", "register", "tard", *TEXT_RECIPES]
     detection_trainable = [*NETWORKS, *TEXT_RECIPES]
-    if method not in trainable:
-        raise usage_error(f"-m {method!r}: trainable networks are {', '.join(trainable)}")
     if resume is not None and not resume.is_file():
         raise usage_error(f"--resume {resume}: no such checkpoint")
     if init is not None:
@@ -132,10 +138,6 @@ def train(
         raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m {method}")
     if base_weights is not None and not base_weights.is_file():
         raise usage_error(f"--base-weights {base_weights}: no such file")
-    if optimizer not in (None, "sgd", "adam"):
-        raise usage_error(f"--optimizer {optimizer!r}: choose sgd or adam")
-    if text_encoder not in ("minilm", "clip"):
-        raise usage_error(f"--text-encoder {text_encoder!r}: choose minilm or clip")
     if method == "mgfusion" or method in TEXT_RECIPES and text_encoder == "clip":
         require_extra("clip", f"fuse train -m {method}")
     elif method in TEXT_RECIPES:

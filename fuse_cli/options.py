@@ -9,11 +9,43 @@ import functools
 import importlib.util
 import inspect
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
+
+from stages.registry import unknown_name
+
+
+def choice(names: Sequence[str], *param_decls: str, what: str, optional: bool = False, **option: Any) -> Any:
+    """The type of an option taking one of ``names``, for a parameter's annotation.
+
+    ``Literal[names]`` makes ``--help`` and shell completion list them; the parser
+    makes any other value a usage error naming them and the closest one.
+    """
+    names = tuple(names)
+
+    def parse(value: str) -> str:
+        if value not in names:
+            raise typer.BadParameter(unknown_name(what, value, names))
+        return value
+
+    kind = Literal[names]
+    return Annotated[Optional[kind] if optional else kind, typer.Option(*param_decls, parser=parse, **option)]
+
+
+def complete_list(names: Sequence[str]) -> Callable[[str], list[str]]:
+    """Shell completion of a comma-separated list of ``names``: ``EN,S`` offers ``EN,SD``, ``EN,SF``, ..."""
+
+    def complete(incomplete: str) -> list[str]:
+        done, _, last = incomplete.rpartition(",")
+        prefix = f"{done}," if done else ""
+        return [prefix + name for name in names if name.lower().startswith(last.lower())]
+
+    return complete
+
 
 InputIR = Annotated[Optional[Path], typer.Option("--ir", help="Folder of infrared images (paired with --vis by file stem).", show_default=False)]
 InputVIS = Annotated[Optional[Path], typer.Option("--vis", help="Folder of visible images (paired with --ir by file stem).", show_default=False)]
@@ -38,10 +70,8 @@ Shard = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no progress bar.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say what is skipped and written.")]
 RS = Annotated[bool, typer.Option("--rs", help="Write RFC 7464 framing (each record prefixed by the RS character).")]
-Engine = Annotated[
-    str,
-    typer.Option("--engine", help="local (this process) or ray (Ray Data actors; joins the cluster at $RAY_ADDRESS, else starts Ray here)."),
-]
+Engine = choice(("local", "ray"), "--engine", what="engine",
+                help="local (this process) or ray (Ray Data actors; joins the cluster at $RAY_ADDRESS, else starts Ray here).")
 Concurrency = Annotated[int, typer.Option("--concurrency", min=1, help="--engine ray: actors, each holding one copy of the stage.")]
 NumGPUs = Annotated[float, typer.Option("--num-gpus", min=0, help="--engine ray: GPUs per actor (a fraction shares a GPU between actors).")]
 Weights = Annotated[Optional[Path], typer.Option("--weights", help="Model weights file (.safetensors) instead of the shipped ones.", show_default=False)]
@@ -94,9 +124,7 @@ def resolve_device(name: str) -> str:
 
 
 def check_engine(engine: str) -> None:
-    """``typer.BadParameter`` unless ``engine`` is ``local``, or ``ray`` with ray installed (checked without importing it)."""
-    if engine not in ("local", "ray"):
-        raise typer.BadParameter(f"{engine!r}: use local or ray", param_hint="--engine")
+    """``typer.BadParameter`` for ``ray`` when ray is not installed (checked without importing it)."""
     if engine == "ray" and importlib.util.find_spec("ray") is None:
         raise typer.BadParameter("ray is not installed: pip install 'fuse-cli[ray]' (or 'ray[data]')", param_hint="--engine")
 

@@ -24,7 +24,7 @@ import difflib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -106,7 +106,16 @@ def get_method(name: str) -> MethodInfo:
     try:
         return METHODS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, METHODS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        valid = ", ".join(sorted(METHODS))
-        raise KeyError(f"unknown fusion method {name!r}{hint}; choose one of: {valid}") from None
+        raise KeyError(unknown_name("fusion method", name, sorted(METHODS))) from None
+
+
+def unknown_name(what: str, name: str, names: Sequence[str]) -> str:
+    """The error for a ``name`` not in ``names``: the closest one (case aside), then all of them.
+
+    >>> unknown_name("fusion method", "lapacian", ["gff", "laplacian"])
+    "unknown fusion method 'lapacian' (did you mean 'laplacian'?); choose one of: gff, laplacian"
+    """
+    by_lower = {known.lower(): known for known in names}
+    close = difflib.get_close_matches(name.lower(), by_lower, n=1)
+    hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}; choose one of: {', '.join(names)}"

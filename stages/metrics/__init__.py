@@ -13,6 +13,11 @@ from __future__ import annotations
 
 CONVENTIONS: tuple[str, ...] = ("mmif", "vifb")
 DEFAULT_CONVENTION = "mmif"
+#: The fusion metrics in table order: the keys of ``METRICS``, named here so ``--help`` and shell completion import nothing.
+METRIC_NAMES: tuple[str, ...] = ("EN", "SD", "SF", "AG", "EI", "MI", "CE", "PSNR", "MSE", "RMSE", "SSIM", "MS-SSIM",
+                                 "CC", "SCD", "VIF", "Qabf", "Nabf", "Qcv", "Qcb")
+#: Registration metrics (lower EPE/MAE, higher NCC is better), reported with --grid-gt / --aligned.
+REGISTRATION_METRICS: tuple[str, ...] = ("EPE", "MAE", "NCC")
 
 CONVENTION_HELP = (
     "Fusion papers compute the 'same' metric in incompatible ways, so every score names "
@@ -42,5 +47,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["CONVENTIONS", "CONVENTION_HELP", "DEFAULT_CONVENTION", "METRICS", "MetricInfo",
-           "compute_metrics", "registration_metrics"]
+__all__ = ["CONVENTIONS", "CONVENTION_HELP", "DEFAULT_CONVENTION", "METRICS", "METRIC_NAMES", "MetricInfo",
+           "REGISTRATION_METRICS", "compute_metrics", "registration_metrics"]

@@ -1,4 +1,11 @@
-"""Registration quality and speed on the pairs of ``unaligned/roadscene`` (20).
+"""Registration quality and speed on the pairs of ``unaligned/roadscene`` (20), or on aligned pairs deformed here.
+
+``--deform FOLDER`` (e.g. ``../shared/data/msrs``: 26 night and day pairs) takes the
+aligned pairs of ``FOLDER/ir`` and ``FOLDER/vis`` and deforms each IR the way the
+network's training views are deformed (:func:`stages.register_training.random_correction`:
+rotation, anisotropy, scale, translation and a smooth field, in normalised coordinates,
+so about 30 px at 640 x 480), with a seed per pair id: the same pairs get the same
+fields on every run and machine. Without it, the known fields of ``unaligned/roadscene``.
 
 For each method (``none`` = the identity grid, ``ecc``, ``net``, ``net-single-pass`` =
 ``net`` with ``--single-pass``, ``net-ecc``) and pair the stage's grid is estimated
@@ -24,6 +31,7 @@ Prints markdown tables (and per-pair rows with ``--per-pair``)::
 
     python benchmarks/bench_register.py [--data ../shared/data] [--methods none ecc net net-single-pass net-ecc] [--per-pair]
                                         [--limit N] [--fusion laplacian|none] [--cache build/bench/register]
+                                        [--deform FOLDER] [--weights register.safetensors]
 
 Notes from building ``ecc`` (same pairs, mean EPE): affine ECC on gradient
 magnitude, single start, no padding mask: 8.1 px; with the black-padding mask and
@@ -53,16 +61,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages.core.images import luminance, read_image
+from stages.core.records import pair_directories
 from stages.metrics.registration import registration_metrics
 from stages.metrics.registration import residual_displacement
 from stages.register import RegisterStage, apply_grid
+from stages.register_training import invert_grid, random_correction
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -88,6 +100,24 @@ def load_pairs(root: Path, limit: int | None = None) -> list[dict]:
             "aligned": read_image(root / "ir" / f"{pid}.png"),
             "deformation": np.load(grid),
         })
+    return pairs
+
+
+def deformed_pairs(folder: Path, limit: int | None = None) -> list[dict]:
+    """Aligned pairs of ``folder`` with the IR deformed like a training view; the keys of :func:`load_pairs`.
+
+    The correction field ``phi`` of each pair comes from a generator seeded with the
+    CRC-32 of its id; the deformed IR is ``grid_sample(ir, phi^-1)`` (zero padding), so
+    ``phi^-1`` is the deformation in the dataset convention.
+    """
+    pairs = []
+    for rec in pair_directories({"ir": folder / "ir", "vis": folder / "vis"}).records[:limit]:
+        ir, vis = luminance(read_image(rec["ir"])), luminance(read_image(rec["vis"]))
+        gen = torch.Generator().manual_seed(zlib.crc32(rec["id"].encode()))
+        deformation = invert_grid(random_correction(1, ir.shape, gen))
+        warped = F.grid_sample(torch.from_numpy(ir)[None, None], deformation, mode="bilinear",
+                               padding_mode="zeros", align_corners=False)[0, 0].numpy()
+        pairs.append({"id": rec["id"], "ir": warped, "vis": vis, "aligned": ir, "deformation": deformation[0].numpy()})
     return pairs
 
 
@@ -146,12 +176,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N pairs")
     parser.add_argument("--fusion", default="laplacian", help="fusion method of the second table, or 'none'")
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "bench" / "register")
+    parser.add_argument("--deform", type=Path, metavar="FOLDER",
+                        help="aligned pairs (FOLDER/ir, FOLDER/vis) deformed like the training views, instead of "
+                             "unaligned/roadscene; no fusion table")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    pairs = load_pairs(args.data / "unaligned" / "roadscene", args.limit)
+    if args.deform:
+        pairs, where = deformed_pairs(args.deform, args.limit), f"{args.deform}, deformed like the training views"
+    else:
+        pairs, where = load_pairs(args.data / "unaligned" / "roadscene", args.limit), "unaligned/roadscene"
     results = {m: evaluate(m, pairs, args.weights) for m in args.methods}
     base = np.mean([r["epe"] for r in results["none"][0]]) if "none" in results else None
-    print(f"Registration on unaligned/roadscene ({len(pairs)} pairs, CPU, 1 thread)\n")
+    print(f"Registration on {where} ({len(pairs)} pairs, CPU, 1 thread)\n")
     print("| method | EPE px mean | EPE px median | EPE cut vs none | MAE grey levels | NCC | pairs/s |")
     print("|---|---|---|---|---|---|---|")
     for method, (rows, speed) in results.items():
@@ -165,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         for i, pair in enumerate(pairs):
             cells = " | ".join(f"{results[m][0][i]['epe']:.2f} / {results[m][0][i]['mae']:.1f}" for m in results)
             print(f"| {pair['id']} | {cells} |")
-    if args.fusion != "none":
+    if args.fusion != "none" and not args.deform:
         print(f"\nFusion ({args.fusion}) of VIS with each IR, scored against the aligned IR and VIS (mmif convention)\n")
         print(fusion_table(args.data / "unaligned" / "roadscene", args.methods, args.fusion, args.cache, args.weights, args.limit))
 

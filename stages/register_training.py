@@ -33,8 +33,11 @@ Choices the paper leaves open (also written to the model card):
 * BatchNorm statistics are recomputed as plain averages over 64 fresh training-size
   batches before every export (:func:`recalibrate_batchnorm`; with 12, the benchmark
   EPE of one set of weights moved between 5.0 and 6.7 px with the recalibration seed).
-* The data: RoadScene and LLVIP pairs; RoadScene scenes that are also in
-  ``unaligned/roadscene`` (the benchmark) are found by content and left out.
+* The data: RoadScene, LLVIP and ``msrs_extra`` pairs (90 of its 120 are night
+  scenes); RoadScene scenes that are also in ``unaligned/roadscene`` (the benchmark)
+  are found by content and left out, and so are the 8 ``msrs_extra`` pairs held out
+  for validation (:data:`HELD_OUT`, the same as the fusion campaigns'). ``msrs_train128``
+  is not used: its frames are squashed to 128 x 128, a fifth of the working width.
 
 Run it in the background: ``python -m stages.register_training --epochs 50 --out runs/register``.
 """
@@ -56,7 +59,9 @@ from stages.nets.registration import identity_grid, resize, save_state, to_pixel
 from stages.nets.tard import TardNet, fusion_loss
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TRAIN_SETS = ("roadscene", "llvip")
+TRAIN_SETS = ("roadscene", "llvip", "msrs_extra")
+# Validation pairs, never trained on (campaigns/msrs.sh holds out the same for the fusion networks).
+HELD_OUT = tuple(f"msrs_extra/{i}" for i in ("00111D", "00504D", "00754N", "00874N", "00988N", "01102N", "01222N", "01335N"))
 LAMBDA_REG, LAMBDA_FUSION = 10.0, 5.0
 PRELOAD_WIDTH = 384
 MAX_ROTATION_DEG, MAX_ANISOTROPY, SCALE_RANGE, MAX_TRANSLATION = 12.0, 2.0, 0.05, 0.12
@@ -68,7 +73,7 @@ EPOCHS = 50  # phase 1's default, for `fuse train -m register` and this module's
 
 
 def training_pairs(data: Path = DATA, exclude_set: str = "unaligned/roadscene") -> tuple[list[dict], list[str]]:
-    """Records ``{"id", "ir", "vis"}`` of the training sets, without the benchmark's scenes.
+    """Records ``{"id", "ir", "vis"}`` of the training sets, without the benchmark's scenes and :data:`HELD_OUT`.
 
     A RoadScene pair is left out when its visible image equals (mean absolute
     difference < 2/255, same size) a visible image of ``exclude_set``.
@@ -82,6 +87,9 @@ def training_pairs(data: Path = DATA, exclude_set: str = "unaligned/roadscene") 
             if vis is None:
                 continue
             rec = {"id": f"{name}/{ir.stem}", "ir": str(ir), "vis": str(vis)}
+            if rec["id"] in HELD_OUT:
+                excluded.append(rec["id"])
+                continue
             if name == "roadscene":
                 v = luminance(read_image(vis))
                 if any(e.shape == v.shape and float(np.abs(e - v).mean()) < 2 / 255 for e in excluded_vis):
@@ -451,7 +459,8 @@ def _export(net: TardNet, out: Path, size, pairs, history, seconds, **settings) 
         "working_size_hw": list(size),
         "pairs_held_at_most_px_wide": PRELOAD_WIDTH,
         "data": {"sets": sets, "pairs": len(pairs),
-                 "excluded": "RoadScene scenes of unaligned/roadscene (benchmark); msrs, tno and all evaluation sets unused"},
+                 "excluded": "RoadScene scenes of unaligned/roadscene (benchmark) and the validation pairs "
+                             f"{', '.join(HELD_OUT)}; msrs, tno and all evaluation sets unused"},
         "deformation": {"rotation_deg": MAX_ROTATION_DEG, "anisotropy": MAX_ANISOTROPY, "scale": [1 - SCALE_RANGE, 1 + SCALE_RANGE],
                         "translation_normalised": MAX_TRANSLATION, "elastic_lattice": list(ELASTIC_LATTICE),
                         "elastic_std_normalised": MAX_ELASTIC_STD, "identity_fraction": IDENTITY_FRACTION},
@@ -469,7 +478,7 @@ def _export(net: TardNet, out: Path, size, pairs, history, seconds, **settings) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m stages.register_training``: train on RoadScene + LLVIP from ``--data``."""
+    """``python -m stages.register_training``: train on RoadScene, LLVIP and msrs_extra from ``--data``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, required=True)

@@ -13,7 +13,6 @@ from contextvars import ContextVar
 
 import cv2
 import numpy as np
-from scipy import fft
 
 _WORK: ContextVar[dict | None] = ContextVar("metric_work", default=None)
 
@@ -121,6 +120,21 @@ def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x * y
 
 
+BLOCK_ELEMENTS = 1 << 15  # elements per row block of the element-wise work: its temporaries stay in the CPU cache
+
+
+def row_blocks(shape: tuple[int, ...]):
+    """Slices of consecutive rows covering ``shape[0]``, about :data:`BLOCK_ELEMENTS` elements each.
+
+    Long chains of element-wise operations on whole images spend most of their time
+    moving temporaries through memory; done one block of rows at a time they run
+    several times faster, with the same results.
+    """
+    rows = max(1, BLOCK_ELEMENTS // max(1, int(np.prod(shape[1:]))))
+    for start in range(0, shape[0], rows):
+        yield slice(start, min(start + rows, shape[0]))
+
+
 def box_sum_valid(img: np.ndarray, n: int) -> np.ndarray:
     """Sum over every full ``n``×``n`` window (exact for integer or dyadic data below 2**53)."""
     out = cv2.boxFilter(np.ascontiguousarray(img, dtype=np.float64), cv2.CV_64F, (n, n), normalize=False,
@@ -133,8 +147,10 @@ def sobel(img: np.ndarray, dx: int, dy: int, border: int) -> np.ndarray:
 
     ``border`` is an OpenCV border: ``BORDER_CONSTANT`` (zeros, ``conv2``), ``BORDER_REPLICATE``
     (``'replicate'``) or ``BORDER_REFLECT_101`` (reflect without repeating the edge).
+    ``img`` holds grey levels (integers): the responses are integers below 2**11, exact
+    in the ``float32`` returned (several times faster than double).
     """
-    return cv2.Sobel(np.ascontiguousarray(img, dtype=np.float64), cv2.CV_64F, dx, dy, ksize=3, borderType=border)
+    return cv2.Sobel(np.ascontiguousarray(img, dtype=np.float32), cv2.CV_32F, dx, dy, ksize=3, borderType=border)
 
 
 def block_reduce(img: np.ndarray, size: int, reduce) -> np.ndarray:
@@ -164,17 +180,24 @@ def centered_frequencies(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     return np.fft.ifftshift(u), np.fft.ifftshift(v)
 
 
+_INVERSE = cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
+
+
 @shared
 def spectrum(img: np.ndarray) -> np.ndarray:
-    """``rfft2(img)``: the half spectrum of a real image."""
-    return fft.rfft2(img)
+    """The 2-D DFT of a real image in OpenCV's packed (CCS) layout, which :func:`fft_filter` multiplies."""
+    return cv2.dft(np.ascontiguousarray(img, dtype=np.float64))
 
 
-def fft_filter(img_spectrum: np.ndarray, response: np.ndarray) -> np.ndarray:
-    """Real part of ``ifft2(fft2(img) .* response)`` for an even (point-symmetric) ``response`` in FFT order,
-    from ``img_spectrum = spectrum(img)``; the result has ``response``'s shape."""
-    half = response.shape[1] // 2 + 1
-    return fft.irfft2(img_spectrum * response[:, :half], s=response.shape)
+def packed_response(response: np.ndarray) -> np.ndarray:
+    """An even (point-symmetric) real frequency response in FFT order, in the packed layout of :func:`spectrum`."""
+    return cv2.dft(np.ascontiguousarray(np.fft.ifft2(response).real))
+
+
+def fft_filter(img_spectrum: np.ndarray, packed: np.ndarray) -> np.ndarray:
+    """Real part of ``ifft2(fft2(img) .* response)``, from ``img_spectrum = spectrum(img)`` and
+    ``packed = packed_response(response)``; the result has the image's shape."""
+    return cv2.dft(cv2.mulSpectrums(img_spectrum, packed, 0), flags=_INVERSE)
 
 
 def safe_divide(num, den, default: float):

@@ -13,24 +13,47 @@ _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _SOBEL_Y = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
 
 
+def _orientation(num: np.ndarray, den: np.ndarray, where_zero) -> np.ndarray:
+    """``atan(num / den)`` in float32, ``where_zero`` where ``den`` is 0."""
+    angle = np.empty(den.shape, np.float32)
+    angle[...] = where_zero
+    ok = den != 0
+    np.arctan(np.divide(num, den, out=np.ones(den.shape, np.float32), where=ok, casting="unsafe"),
+              out=angle, where=ok)
+    return angle
+
+
 def _qabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Strength and orientation from ``conv2(img, sobel, 'same')`` (zero padding); orientation π/2 where the x response is 0."""
     # conv2 flips its kernel: conv2 with _SOBEL_X is minus OpenCV's dx correlation, with _SOBEL_Y its dy correlation.
     sx = -sobel(img, 1, 0, cv2.BORDER_CONSTANT)
     sy = sobel(img, 0, 1, cv2.BORDER_CONSTANT)
-    angle = np.full(img.shape, np.pi / 2)
-    np.arctan(sy / np.where(sx == 0, 1.0, sx), out=angle, where=sx != 0)
-    return np.sqrt(sx * sx + sy * sy), angle
+    return np.sqrt(sx * sx + sy * sy), _orientation(sy, sx, np.pi / 2)
 
 
 def _qabf_preservation(g_src, a_src, g_f, a_f) -> np.ndarray:
+    """Edge preservation per pixel, float32 (the strengths' tie test in their own precision)."""
     tg, kg, dg, ta, ka, da = 0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8
     # The reference's tie branch: where strengths are equal the "ratio" is the strength itself, not 1.
     big, small = np.maximum(g_src, g_f), np.minimum(g_src, g_f)
-    ratio = np.divide(small, big, out=np.zeros_like(big), where=big > 0)
-    ratio = np.where(g_src == g_f, g_f, ratio)
-    align = 1 - np.abs(a_src - a_f) / (np.pi / 2)
-    return tg / (1 + np.exp(kg * (ratio - dg))) * ta / (1 + np.exp(ka * (align - da)))
+    ratio = np.divide(small, big, out=np.zeros(big.shape, np.float32), where=big > 0, casting="unsafe")
+    tie = g_src == g_f
+    ratio[tie] = g_f[tie]
+    align = np.abs(a_src - a_f, dtype=np.float32)
+    align *= np.float32(-1 / (np.pi / 2))
+    align += np.float32(1 - da)  # align − Da
+    qg = np.exp(np.float32(kg) * (ratio - np.float32(dg)))
+    qa = np.exp(np.float32(ka) * align)
+    qg += 1
+    qa += 1
+    qg *= qa
+    return np.float32(tg * ta) / qg
+
+
+def _qabf_score(ga, aa, gb, ab, gf, af) -> float:
+    num = (_qabf_preservation(ga, aa, gf, af) * ga).sum(dtype=np.float64) + \
+        (_qabf_preservation(gb, ab, gf, af) * gb).sum(dtype=np.float64)
+    return safe_divide(num, ga.sum(dtype=np.float64) + gb.sum(dtype=np.float64), 0.0)
 
 
 def qabf(a, b, f) -> float:
@@ -44,11 +67,7 @@ def qabf(a, b, f) -> float:
     with the sign of a near-zero Sx; on the integer gray images of this convention Sx is
     exact, so nothing flips. 0 when neither source has an edge (the references give NaN).
     """
-    ga, aa = _qabf_edges(a)
-    gb, ab = _qabf_edges(b)
-    gf, af = _qabf_edges(f)
-    num = (_qabf_preservation(ga, aa, gf, af) * ga + _qabf_preservation(gb, ab, gf, af) * gb).sum()
-    return safe_divide(num, (ga + gb).sum(), 0.0)
+    return _qabf_score(*_qabf_edges(a), *_qabf_edges(b), *_qabf_edges(f))
 
 
 def _conv2_octave(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -72,9 +91,7 @@ def _conv2_octave(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def _qabf_edges_octave(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sx = _conv2_octave(img, _SOBEL_X)
     sy = _conv2_octave(img, _SOBEL_Y)
-    angle = np.full(img.shape, np.pi / 2)
-    np.arctan(sy / np.where(sx == 0, 1.0, sx), out=angle, where=sx != 0)
-    return np.sqrt(sx * sx + sy * sy), angle
+    return np.sqrt(sx * sx + sy * sy), _orientation(sy, sx, np.pi / 2)
 
 
 def qabf_vifb(a, b, f) -> float:
@@ -92,20 +109,19 @@ def qabf_vifb(a, b, f) -> float:
     3 % on RoadScene; so reproduced, it matches the Octave runs to ~1e-12. On integer
     images (TNO, gray VIS) none of this changes anything but the tie scale.
     """
-    ga, aa = _qabf_edges_octave(255 * a)
-    gb, ab = _qabf_edges_octave(255 * b)
-    gf, af = _qabf_edges_octave(255 * f)
-    num = (_qabf_preservation(ga, aa, gf, af) * ga + _qabf_preservation(gb, ab, gf, af) * gb).sum()
-    return safe_divide(num, (ga + gb).sum(), 0.0)
+    return _qabf_score(*_qabf_edges_octave(255 * a), *_qabf_edges_octave(255 * b), *_qabf_edges_octave(255 * f))
 
 
 def _nabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shreyamsha Kumar's ``sobel_fn``: Sobel/8 correlation over a reflect-101 border; strength and orientation."""
-    gv = sobel(img, 1, 0, cv2.BORDER_REFLECT_101) / 8
-    gh = sobel(img, 0, 1, cv2.BORDER_REFLECT_101) / 8
-    angle = np.sign(gv) * (np.pi / 2)  # atan(±x/0) = ±π/2, and 0 where both are 0
-    np.arctan(gv / np.where(gh == 0, 1.0, gh), out=angle, where=gh != 0)
-    return np.sqrt(gh * gh + gv * gv), angle
+    """Shreyamsha Kumar's ``sobel_fn``: Sobel/8 correlation over a reflect-101 border; strength and orientation (float32)."""
+    gv = sobel(img, 1, 0, cv2.BORDER_REFLECT_101)
+    gh = sobel(img, 0, 1, cv2.BORDER_REFLECT_101)
+    angle = _orientation(gv, gh, 0.0)
+    zero = gh == 0  # atan(±x/0) = ±π/2, and 0 where both are 0
+    angle[zero] = np.sign(gv[zero]) * np.float32(np.pi / 2)
+    strength = np.sqrt(gh * gh + gv * gv)
+    strength *= np.float32(1 / 8)  # exact: the /8 of the reference's kernel
+    return strength, angle
 
 
 def nabf(a, b, f) -> float:
@@ -121,16 +137,23 @@ def nabf(a, b, f) -> float:
     gb, ab = _nabf_edges(b)
     gf, af = _nabf_edges(f)
 
-    def preservation(g_src, a_src):
-        strength = np.where((g_src == 0) | (gf == 0), 0.0,
-                            np.minimum(g_src, gf) / np.where((g_src == 0) | (gf == 0), 1.0, np.maximum(g_src, gf)))
-        align = np.abs(np.abs(a_src - af) - np.pi / 2) * 2 / np.pi
-        qg = 0.9999 / (1 + np.exp(-19.0 * (strength - 0.5)))
-        qa = 0.9995 / (1 + np.exp(-22.0 * (align - 0.5)))
-        return np.sqrt(qg * qa)
-
-    wa = np.where(ga >= 2, ga * np.sqrt(ga), 0.001)  # ga ** 1.5
-    wb = np.where(gb >= 2, gb * np.sqrt(gb), 0.001)
     artifact = (gf > ga) & (gf > gb)
-    loss = np.where(artifact, (1 - preservation(ga, aa)) * wa + (1 - preservation(gb, ab)) * wb, 0.0)
-    return float(loss.sum() / (wa + wb).sum())
+    g_f, a_f = gf[artifact], af[artifact]
+
+    def lost(g_src, a_src):
+        """1 − sqrt(Qg·Qa) on the artifact pixels, as (D − k) / (D + sqrt(k·D)): no cancellation in float32."""
+        g_src, a_src = g_src[artifact], a_src[artifact]
+        strength = np.divide(np.minimum(g_src, g_f), np.maximum(g_src, g_f), out=np.zeros(g_src.shape, np.float32),
+                             where=g_src > 0)
+        align = np.abs(np.abs(a_src - a_f) - np.float32(np.pi / 2))
+        # Qg = Nrg / (1 + eg), Qa = Nra / (1 + ea); D = (1 + eg)(1 + ea), k = Nrg·Nra, D − k = (1 − k) + eg + ea + eg·ea.
+        eg = np.exp(np.float32(-19.0) * (strength - np.float32(0.5)))
+        ea = np.exp(np.float32(-22.0 * 2 / np.pi) * align + np.float32(11.0))  # −22 (align·2/π − 0.5)
+        k = 0.9999 * 0.9995
+        d = (1 + eg) * (1 + ea)
+        return (np.float32(1 - k) + eg + ea + eg * ea) / (d + np.sqrt(np.float32(k) * d))
+
+    wa = np.where(ga >= 2, ga * np.sqrt(ga), np.float32(0.001))  # ga ** 1.5
+    wb = np.where(gb >= 2, gb * np.sqrt(gb), np.float32(0.001))
+    loss = (lost(ga, aa) * wa[artifact]).sum(dtype=np.float64) + (lost(gb, ab) * wb[artifact]).sum(dtype=np.float64)
+    return float(loss / (wa.sum(dtype=np.float64) + wb.sum(dtype=np.float64)))

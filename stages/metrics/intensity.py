@@ -80,7 +80,7 @@ def ei(a, b, f) -> float:
     # fspecial('sobel') is minus OpenCV's dy kernel; the sign does not reach the magnitude.
     gx = sobel(f, 0, 1, cv2.BORDER_REPLICATE)
     gy = sobel(f, 1, 0, cv2.BORDER_REPLICATE)
-    return float(np.sqrt(gx * gx + gy * gy).mean())
+    return float(np.sqrt((gx * gx + gy * gy).astype(np.float64)).mean())
 
 
 def _mutual_information_nats(x: np.ndarray, y: np.ndarray) -> float:

@@ -10,36 +10,36 @@ import functools
 import cv2
 import numpy as np
 
-from ._filters import (block_reduce, centered_frequencies, fft_filter, normalize_255, safe_divide, sep_filter,
-                       sobel, spectrum)
+from ._filters import (block_reduce, centered_frequencies, fft_filter, normalize_255,
+                       packed_response, safe_divide, sep_filter, sobel, spectrum)
 
 
 def _sobel_strength_5(img: np.ndarray) -> np.ndarray:
     """(Sobel magnitude)⁵ with zero padding."""
     gx = sobel(img, 1, 0, cv2.BORDER_CONSTANT)
     gy = sobel(img, 0, 1, cv2.BORDER_CONSTANT)
-    g2 = gx * gx + gy * gy
+    g2 = (gx * gx + gy * gy).astype(np.float64)  # exact in float32; the fifth power is not
     return g2 * g2 * np.sqrt(g2)
 
 
 @functools.lru_cache(maxsize=4)
 def _csf_qcv(shape: tuple[int, int]) -> np.ndarray:
-    """Mannos–Sakrison CSF over the FFT grid of ``shape``, frequencies scaled by cols/8 and rows/8 (once per size)."""
+    """Mannos–Sakrison CSF over the FFT grid of ``shape``, frequencies scaled by cols/8 and rows/8, packed (once per size)."""
     rows, cols = shape
     u, v = centered_frequencies(shape)
     r = np.hypot(u * cols / 8, v * rows / 8)
-    csf = 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))
+    csf = packed_response(2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1)))
     csf.flags.writeable = False
     return csf
 
 
 @functools.lru_cache(maxsize=4)
 def _csf_qcb(shape: tuple[int, int]) -> np.ndarray:
-    """The DoG CSF of Qcb over the FFT grid of ``shape``, frequencies scaled by cols/30 and rows/30 (once per size)."""
+    """The DoG CSF of Qcb over the FFT grid of ``shape``, frequencies scaled by cols/30 and rows/30, packed (once per size)."""
     rows, cols = shape
     u, v = centered_frequencies(shape)
     r = np.hypot(u * cols / 30, v * rows / 30)
-    csf = np.exp(-((r / 15.3870) ** 2)) - 0.7622 * np.exp(-((r / 1.3456) ** 2))
+    csf = packed_response(np.exp(-((r / 15.3870) ** 2)) - 0.7622 * np.exp(-((r / 1.3456) ** 2)))
     csf.flags.writeable = False
     return csf
 
@@ -66,21 +66,19 @@ def qcv(a, b, f) -> float:
 
 
 def _gaussian_31(sigma: float) -> np.ndarray:
+    """Liu's unnormalised 31×31 Gaussian ``exp(-r²/2σ²) / (2πσ²)``, as the 1-D factor of its outer product."""
     x = np.arange(-15, 16, dtype=np.float64)
-    return np.exp(-(x * x) / (2 * sigma * sigma))
+    return np.exp(-(x * x) / (2 * sigma * sigma)) / np.sqrt(2 * np.pi * sigma * sigma)
 
 
 _G1, _G2 = _gaussian_31(2.0), _gaussian_31(4.0)
 
 
-def _blur(img: np.ndarray, g: np.ndarray, sigma: float) -> np.ndarray:
-    """``filter2(G, img, 'same')`` with Liu's unnormalised 31×31 Gaussian ``exp(-r²/2σ²) / (2πσ²)``."""
-    return sep_filter(img, g) / (2 * np.pi * sigma * sigma)
-
-
 def _masked_contrast(img: np.ndarray, csf: np.ndarray) -> np.ndarray:
+    """C³/(C² + 1e-4) of the local contrast ``G1∗I / G2∗I − 1`` of the CSF-filtered image (``filter2``, zero padding)."""
     filtered = fft_filter(spectrum(img), csf)
-    contrast = np.abs(safe_divide(_blur(filtered, _G1, 2.0), _blur(filtered, _G2, 4.0), 1.0) - 1)
+    blur1, blur2 = sep_filter(filtered, _G1), sep_filter(filtered, _G2)
+    contrast = np.abs(safe_divide(blur1, blur2, 1.0) - 1)
     c2 = contrast * contrast
     return c2 * contrast / (c2 + 1e-4)
 

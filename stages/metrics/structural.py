@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._filters import box_sum_valid, filter_valid, gaussian_1d, local_mean, product, shared
+from ._filters import box_sum_valid, filter_valid, gaussian_1d, local_mean, product, row_blocks, shared
 
 
 def _mean7(img: np.ndarray) -> np.ndarray:
@@ -77,43 +77,48 @@ def _mef_ssim(seq: list[np.ndarray], f: np.ndarray) -> float:
     Window statistics of the sources are box sums, exact for grey levels and their 2×2
     averages, so a flat window is recognised exactly as the per-pixel loop does. The
     Gaussian window statistics of the first scale are shared with ``ssim_vifb``.
+
+    Tang's patch model, per window: source patches x_i with box means μ_i and box
+    covariances C_ij weigh in with c_i = w_i / ‖x_i − μ_i‖ (w_i the exposure weights),
+    and the desired patch is ``s · Σ c_i (x_i − μ_i)`` rescaled to the largest source
+    contrast (``s`` = max‖x_i − μ_i‖ / ‖Σ c_i (x_i − μ_i)‖). Its Gaussian statistics
+    against ``f`` reduce to the Gaussian covariances V of the sources and ``f``:
+    σ1² = Σ t_i t_j V_ij, σ12 = Σ t_i V_if with t_i = s·c_i (the box means cancel),
+    and a common factor of the c_i (Tang divides by Σ w) cancels in ``t``.
     """
     n, k = 11, len(seq)
     area = n * n
+    pairs = [(i, j) for i in range(k) for j in range(i, k)]
     s1 = [box_sum_valid(x, n) for x in seq]
-    cov = {(i, j): (area * box_sum_valid(product(seq[i], seq[j]), n) - s1[i] * s1[j]) / area
-           for i in range(k) for j in range(i, k)}
-    spread = [np.sqrt(np.maximum(cov[i, i], 0)) for i in range(k)]  # norm of the window minus its mean
-    ed = [s + 0.001 for s in spread]
-    mu = [s / area for s in s1]
-    total = sum(cov[i, j] * (1 if i == j else 2) for (i, j) in cov)
-    eps = np.finfo(float).eps
-    r = (np.sqrt(np.maximum(total, 0)) + eps) / (sum(spread) + eps)
-    r = np.where(r > 1, 1 - eps, r)
-    p = np.minimum(np.tan(np.pi / 2 * r), 10.0)
-    w = [(e / n) ** p + eps for e in ed]
-    wsum = sum(w)
-    c = [wi / wsum / e for wi, e in zip(w, ed)]  # weight of each source's normalised patch
-    max_ed = np.maximum.reduce(ed)
-
+    s2 = {(i, j): box_sum_valid(product(seq[i], seq[j]), n) for (i, j) in pairs}
     g = _WANG
     gf, gff = local_mean(f, g), local_mean(product(f, f), g)
     gx = [local_mean(x, g) for x in seq]
     gxf = [local_mean(product(x, f), g) for x in seq]
-    norm2 = sum(c[i] * c[j] * cov[i, j] * (1 if i == j else 2) for (i, j) in cov)
-    scale = np.zeros_like(norm2)
-    np.divide(max_ed, np.sqrt(norm2), out=scale, where=norm2 > 0)
-    mu1 = scale * sum(c[i] * (gx[i] - mu[i]) for i in range(k))
-    second = 0.0
-    for (i, j) in cov:
-        gxx = local_mean(product(seq[i], seq[j]), g)
-        term = gxx - mu[j] * gx[i] - mu[i] * gx[j] + mu[i] * mu[j]
-        second = second + c[i] * c[j] * term * (1 if i == j else 2)
-    sigma1 = scale * scale * second - mu1 * mu1
-    sigma2 = gff - gf * gf
-    sigma12 = scale * sum(c[i] * (gxf[i] - mu[i] * gf) for i in range(k)) - mu1 * gf
+    gxx = {(i, j): local_mean(product(seq[i], seq[j]), g) for (i, j) in pairs}
+    eps = np.finfo(float).eps
     const = (0.03 * 255) ** 2
-    return float(((2 * sigma12 + const) / (sigma1 + sigma2 + const)).mean())
+    total = 0.0
+    for rows in row_blocks(gf.shape):
+        cov = {(i, j): (area * s2[i, j][rows] - s1[i][rows] * s1[j][rows]) / area for (i, j) in pairs}
+        spread = [np.sqrt(np.maximum(cov[i, i], 0)) for i in range(k)]  # norm of the window minus its mean
+        ed = [s + 0.001 for s in spread]
+        both = sum(cov[i, j] * (1 if i == j else 2) for (i, j) in pairs)
+        r = (np.sqrt(np.maximum(both, 0)) + eps) / (sum(spread) + eps)
+        r[r > 1] = 1 - eps
+        p = np.minimum(np.tan(np.pi / 2 * r), 10.0)
+        c = [((e / n) ** p + eps) / e for e in ed]
+        norm2 = sum(c[i] * c[j] * cov[i, j] * (1 if i == j else 2) for (i, j) in pairs)
+        scale = np.zeros_like(norm2)
+        np.divide(np.maximum.reduce(ed), np.sqrt(norm2), out=scale, where=norm2 > 0)
+        t = [ci * scale for ci in c]
+        g_f = gf[rows]
+        sigma1 = sum(t[i] * t[j] * (gxx[i, j][rows] - gx[i][rows] * gx[j][rows]) * (1 if i == j else 2)
+                     for (i, j) in pairs)
+        sigma2 = gff[rows] - g_f * g_f
+        sigma12 = sum(t[i] * (gxf[i][rows] - gx[i][rows] * g_f) for i in range(k))
+        total += ((2 * sigma12 + const) / (sigma1 + sigma2 + const)).sum()
+    return float(total / gf.size)
 
 
 def _halve(img: np.ndarray) -> np.ndarray:
@@ -159,30 +164,29 @@ def _vif_pyramid(img: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _vif_single(ref: np.ndarray, dist: np.ndarray) -> float:
+    """VIF(ref, dist). The reference's fix-ups, per pixel: where σ1² < ε (flat reference) the pixel
+    adds nothing to either sum; where σ2² < ε or the gain is negative it adds only to the
+    denominator; elsewhere σv² = σ2² − g·σ12 is clamped below at ε."""
     sigma_nsq, eps = 2.0, 1e-10
     num = den = 0.0
     for ref, dist, g in zip(_vif_pyramid(ref), _vif_pyramid(dist), _VIF_WINDOWS):
         if min(ref.shape) < len(g):
             break
         mu1, mu2 = filter_valid(ref, g), local_mean(dist, g)
-        s1 = np.maximum(filter_valid(ref * ref, g) - mu1 * mu1, 0)
-        s2 = np.maximum(local_mean(product(dist, dist), g) - mu2 * mu2, 0)
-        s12 = filter_valid(ref * dist, g) - mu1 * mu2
-        gain = s12 / (s1 + eps)
-        sv = s2 - gain * s12
-        flat1, flat2 = s1 < eps, s2 < eps
-        gain[flat1] = 0
-        sv[flat1] = s2[flat1]
-        s1 = np.where(flat1, 0, s1)
-        gain[flat2] = 0
-        sv[flat2] = 0
-        neg = gain < 0
-        sv[neg] = s2[neg]
-        gain[neg] = 0
-        sv = np.maximum(sv, eps)
-        # The references sum log10 terms; their ratio is the same in natural logarithms.
-        num += np.log1p(gain * gain * s1 / (sv + sigma_nsq)).sum()
-        den += np.log1p(s1 / sigma_nsq).sum()
+        e11, e22 = filter_valid(product(ref, ref), g), local_mean(product(dist, dist), g)
+        e12 = filter_valid(product(ref, dist), g)
+        for rows in row_blocks(mu1.shape):
+            m1, m2 = mu1[rows], mu2[rows]
+            s1 = np.maximum(e11[rows] - m1 * m1, 0)
+            s2 = np.maximum(e22[rows] - m2 * m2, 0)
+            s12 = e12[rows] - m1 * m2
+            gain = s12 / (s1 + eps)
+            sv = np.maximum(s2 - gain * s12, eps)
+            textured = s1 >= eps
+            ok = textured & (s2 >= eps) & (gain > 0)
+            # The references sum log10 terms; their ratio is the same in natural logarithms.
+            num += np.log1p(np.where(ok, gain * gain * s1 / (sv + sigma_nsq), 0)).sum()
+            den += np.log1p(np.where(textured, s1, 0) / sigma_nsq).sum()
     return float(num / den) if den > 0 else 1.0
 
 

@@ -82,3 +82,36 @@ def test_bench_register_tables_show_registration_helping_fusion(tmp_path):
     ssim = {row["method"]: float(row["SSIM ↑"]) for row in fusion}
     assert list(ssim) == ["laplacian, IR unaligned", "laplacian, IR registered by ecc", "laplacian, IR aligned (ground truth)"]
     assert ssim["laplacian, IR unaligned"] < ssim["laplacian, IR registered by ecc"] < ssim["laplacian, IR aligned (ground truth)"]
+
+
+def load_bench_register():
+    """``benchmarks/bench_register.py`` as a module."""
+    spec = importlib.util.spec_from_file_location("bench_register", ROOT / "benchmarks" / "bench_register.py")
+    module = sys.modules.setdefault("bench_register", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_register_deforms_night_pairs_reproducibly_in_the_dataset_convention():
+    """``--deform``: the same field per pair id every run, and undoing it exactly scores 0 px."""
+    import numpy as np
+    import torch
+
+    from stages.metrics.registration import residual_displacement
+    from stages.register import apply_grid
+    from stages.register_training import invert_grid
+
+    bench = load_bench_register()
+    first, again = bench.deformed_pairs(shared("msrs"), limit=2), bench.deformed_pairs(shared("msrs"), limit=2)
+    assert [p["id"] for p in first] == ["00004N", "00008N"]
+    assert np.array_equal(first[0]["deformation"], again[0]["deformation"])
+    assert not np.allclose(first[0]["deformation"], first[1]["deformation"])
+    for pair in first:
+        h, w = pair["vis"].shape
+        unregistered, valid = residual_displacement(bench.identity_grid(h, w), pair["deformation"])
+        correction = invert_grid(torch.from_numpy(pair["deformation"])[None])[0].numpy()
+        error, inside = residual_displacement(correction, pair["deformation"])
+        assert unregistered[valid].mean() > 5 and error[inside].mean() < 0.5
+        registered, _ = apply_grid(pair["ir"], correction)
+        interior = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))  # away from the zero padding
+        assert np.abs(registered[interior] - pair["aligned"][interior]).mean() < 0.03

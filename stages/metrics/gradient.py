@@ -13,14 +13,10 @@ _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _SOBEL_Y = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
 
 
-def _orientation(num: np.ndarray, den: np.ndarray, where_zero) -> np.ndarray:
-    """``atan(num / den)`` in float32, ``where_zero`` where ``den`` is 0."""
-    angle = np.empty(den.shape, np.float32)
-    angle[...] = where_zero
-    ok = den != 0
-    np.arctan(np.divide(num, den, out=np.ones(den.shape, np.float32), where=ok, casting="unsafe"),
-              out=angle, where=ok)
-    return angle
+def _orientation(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``atan(num / den)`` in float32: ±π/2 where ``den`` is 0 (by the sign of ``num``), NaN where both are."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.arctan(np.divide(num, den, dtype=np.float32))
 
 
 def _qabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +24,7 @@ def _qabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # conv2 flips its kernel: conv2 with _SOBEL_X is minus OpenCV's dx correlation, with _SOBEL_Y its dy correlation.
     sx = -sobel(img, 1, 0, cv2.BORDER_CONSTANT)
     sy = sobel(img, 0, 1, cv2.BORDER_CONSTANT)
-    return np.sqrt(sx * sx + sy * sy), _orientation(sy, sx, np.pi / 2)
+    return np.sqrt(sx * sx + sy * sy), np.where(sx == 0, np.float32(np.pi / 2), _orientation(sy, sx))
 
 
 def _qabf_preservation(g_src, a_src, g_f, a_f) -> np.ndarray:
@@ -91,7 +87,7 @@ def _conv2_octave(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def _qabf_edges_octave(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sx = _conv2_octave(img, _SOBEL_X)
     sy = _conv2_octave(img, _SOBEL_Y)
-    return np.sqrt(sx * sx + sy * sy), _orientation(sy, sx, np.pi / 2)
+    return np.sqrt(sx * sx + sy * sy), np.where(sx == 0, np.float32(np.pi / 2), _orientation(sy, sx))
 
 
 def qabf_vifb(a, b, f) -> float:
@@ -116,9 +112,7 @@ def _nabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shreyamsha Kumar's ``sobel_fn``: Sobel/8 correlation over a reflect-101 border; strength and orientation (float32)."""
     gv = sobel(img, 1, 0, cv2.BORDER_REFLECT_101)
     gh = sobel(img, 0, 1, cv2.BORDER_REFLECT_101)
-    angle = _orientation(gv, gh, 0.0)
-    zero = gh == 0  # atan(±x/0) = ±π/2, and 0 where both are 0
-    angle[zero] = np.sign(gv[zero]) * np.float32(np.pi / 2)
+    angle = np.nan_to_num(_orientation(gv, gh), copy=False)  # atan(±x/0) = ±π/2, and 0 where both are 0
     strength = np.sqrt(gh * gh + gv * gv)
     strength *= np.float32(1 / 8)  # exact: the /8 of the reference's kernel
     return strength, angle

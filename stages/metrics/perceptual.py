@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ._filters import (block_reduce, centered_frequencies, fft_filter, normalize_255,
-                       packed_response, safe_divide, sep_filter, sobel, spectrum)
+                       packed_response, row_blocks, safe_divide, sep_filter, sobel, spectrum)
 
 
 def _sobel_strength_5(img: np.ndarray) -> np.ndarray:
@@ -74,10 +74,14 @@ def _gaussian_31(sigma: float) -> np.ndarray:
 _G1, _G2 = _gaussian_31(2.0), _gaussian_31(4.0)
 
 
-def _masked_contrast(img: np.ndarray, csf: np.ndarray) -> np.ndarray:
-    """C³/(C² + 1e-4) of the local contrast ``G1∗I / G2∗I − 1`` of the CSF-filtered image (``filter2``, zero padding)."""
+def _blurs(img: np.ndarray, csf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``G1∗I`` and ``G2∗I`` of the CSF-filtered image ``I`` (``filter2``, zero padding)."""
     filtered = fft_filter(spectrum(img), csf)
-    blur1, blur2 = sep_filter(filtered, _G1), sep_filter(filtered, _G2)
+    return sep_filter(filtered, _G1), sep_filter(filtered, _G2)
+
+
+def _masked_contrast(blur1: np.ndarray, blur2: np.ndarray) -> np.ndarray:
+    """C³/(C² + 1e-4) of the local contrast ``C = |G1∗I / G2∗I − 1|``."""
     contrast = np.abs(safe_divide(blur1, blur2, 1.0) - 1)
     c2 = contrast * contrast
     return c2 * contrast / (c2 + 1e-4)
@@ -95,11 +99,15 @@ def qcb(a, b, f) -> float:
     """
     a, b, f = normalize_255(a), normalize_255(b), normalize_255(f)
     csf = _csf_qcb(f.shape)
-    ca, cb, cf = (_masked_contrast(x, csf) for x in (b, a, f))
+    blurs = [_blurs(x, csf) for x in (b, a, f)]
+    total = 0.0
+    for rows in row_blocks(f.shape):
+        ca, cb, cf = (_masked_contrast(blur1[rows], blur2[rows]) for blur1, blur2 in blurs)
 
-    def preserved(c):
-        return safe_divide(np.minimum(c, cf), np.maximum(c, cf), 1.0)
+        def preserved(c):
+            return safe_divide(np.minimum(c, cf), np.maximum(c, cf), 1.0)
 
-    energy = ca * ca + cb * cb
-    wa = safe_divide(ca * ca, energy, 0.5)
-    return float((wa * preserved(ca) + (1 - wa) * preserved(cb)).mean())
+        ca2, cb2 = ca * ca, cb * cb
+        wa = safe_divide(ca2, ca2 + cb2, 0.5)
+        total += (wa * preserved(ca) + (1 - wa) * preserved(cb)).sum()
+    return float(total / f.size)

@@ -148,6 +148,26 @@ def test_rgb_output_keeps_visible_chroma(synthetic_pairs, tmp_path):
     assert np.abs(chroma(vis) - chroma(fused))[:, unclipped].mean() < 0.01
 
 
+@pytest.mark.parametrize("shape", [(33, 47), (33, 47, 3)])
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_round_trips_exactly_with_its_recipe(tmp_path, shape, bit_depth):
+    """Every PNG fuse writes, 16-bit RGB included (Pillow can neither write nor read those), reads back bit for bit."""
+    from PIL import Image
+
+    from stages.core.provenance import read_recipe
+
+    top = 2 ** bit_depth - 1
+    img = np.random.default_rng(1).integers(0, top + 1, size=shape) / top
+    img.flat[:2] = 0.0, 1.0  # full range: a 16-bit file is read as value / 65535
+    recipe = {"stage": "fuse", "method": "max", "inputs": {"ir": "ir/a.png", "vis": "vis/a.png"}, "note": "ü"}
+    path = tmp_path / "x.png"
+    write_image(path, img, bit_depth=bit_depth, recipe=recipe)
+    with Image.open(path) as im:
+        assert im.size == (shape[1], shape[0]) and im.info["fuse-recipe"]
+    assert np.array_equal(np.rint(read_image(path).astype(np.float64) * top), np.rint(img * top))
+    assert read_recipe(path) == recipe
+
+
 def test_16bit_tiff_round_trip_and_radiometric_ir(tmp_path):
     img = np.random.default_rng(0).random((33, 47)).astype(np.float32)
     write_image(tmp_path / "x.tif", img, bit_depth=16)

@@ -22,7 +22,8 @@ An image larger than ``FUSE_MAX_PIXELS`` pixels (environment variable, default
 decoded, whatever the format.
 
 PNG, JPG, BMP and friends go through imageio (Pillow); TIFF through tifffile,
-which reads 16-bit and float radiometric files that Pillow does not.
+which reads 16-bit and float radiometric files that Pillow does not; 16-bit colour
+PNGs, which Pillow reads as 8-bit, through OpenCV. PNGs are written by OpenCV.
 Every write goes to a temporary name in the target folder and is renamed into
 place, so an interrupted run never leaves a partial image.
 """
@@ -33,6 +34,8 @@ import itertools
 import os
 import re
 import socket
+import struct
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,7 +128,26 @@ def _decode(path: Path) -> np.ndarray:
     _check_pixels(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return tifffile.imread(path)
+    if _is_16bit_colour_png(path):  # Pillow reads these as 8-bit, dropping the low byte
+        return _decode_opencv(path)
     return iio.imread(path)
+
+
+def _is_16bit_colour_png(path: Path) -> bool:
+    """A PNG whose header declares 16 bits per sample and colour (RGB or RGBA), whatever its suffix."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head.startswith(SIGNATURES[0]) and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+
+
+def _decode_opencv(path: Path) -> np.ndarray:
+    """Decode with OpenCV, channels in RGB(A) order."""
+    import cv2
+
+    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError("OpenCV could not decode it")
+    return img[..., [2, 1, 0, 3][: img.shape[2]]] if img.ndim == 3 else img
 
 
 def _normalise(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -301,11 +323,29 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, re
         elif suffix in (".jpg", ".jpeg"):
             iio.imwrite(tmp, data, extension=suffix, quality=95, **({"comment": text.encode()} if text else {}))
         elif suffix == ".png":
-            from PIL.PngImagePlugin import PngInfo
-
-            info = PngInfo()
-            if text:
-                info.add_itxt(RECIPE_KEY, text)
-            iio.imwrite(tmp, data, extension=suffix, pnginfo=info, compress_level=png_compression)
+            tmp.write_bytes(_png_bytes(data, RECIPE_KEY, text, png_compression))
         else:
             iio.imwrite(tmp, data, extension=suffix)
+
+
+def _png_bytes(data: np.ndarray, key: str, text: str | None, level: int) -> bytes:
+    """``data`` (8- or 16-bit, gray or RGB) as a PNG file by OpenCV, with ``text`` in an iTXt chunk named ``key``.
+
+    OpenCV writes every bit depth and channel count (Pillow cannot write 16-bit RGB)
+    and encodes faster; the text chunk goes right after the header, where Pillow's
+    reader and every other one find it.
+    """
+    import cv2
+
+    pixels = np.ascontiguousarray(data[..., ::-1]) if data.ndim == 3 else data  # OpenCV's channel order is BGR
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise ImageError(f"OpenCV could not encode a {data.dtype} image of shape {data.shape} as PNG")
+    png = encoded.tobytes()
+    if not text:
+        return png
+    # iTXt: keyword, NUL, no compression (flag 0, method 0), empty language tag and translated keyword, UTF-8 text.
+    body = b"iTXt" + key.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    header_end = 8 + 4 + 4 + 13 + 4  # signature; IHDR's length, type, 13 data bytes and CRC
+    return png[:header_end] + chunk + png[header_end:]

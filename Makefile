@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   creates .venv, fuses and scores pairs the project generates, writes demo/figure.png and demo/report/
-#   make test   creates .venv and runs the test suite
+#   make test   creates .venv, checks the import layers (lint-imports) and runs the test suite
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
@@ -25,6 +25,7 @@ demo: venv
 	$(BIN)/python examples/demo.py demo
 
 test: venv
+	$(BIN)/lint-imports --no-cache  # the layers (pyproject.toml [tool.importlinter])
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # Every benchmark; writes benchmarks/results/report.md and report.png. Smoke run: make bench BENCH_ARGS=--quick

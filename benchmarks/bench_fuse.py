@@ -27,7 +27,7 @@ from fuse_cli.options import RunOptions
 from stages.core.records import pair_directories
 from fuse_cli.runner import Reporter, run_stage
 from stages.fuse import FuseStage, load_pair
-from stages.registry import list_methods
+from stages.methods.registry import list_methods
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrs"
 

@@ -1,4 +1,4 @@
-"""Quality of the ``salient`` mask (``stages.mask.salient_mask``) where it can be measured.
+"""Quality of the ``salient`` mask (``stages.methods.guidance.salient_mask``) where it can be measured.
 
 * TNO (``../shared/data/tno_masks``): 20 binary salient-target masks drawn on the
   IR image — intersection over union per image and the mean.
@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.core.images import luminance, read_image  # noqa: E402
-from stages.mask import read_mask, salient_mask  # noqa: E402
+from stages.methods.guidance import read_mask, salient_mask  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HIT_FRACTION = 0.1

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from stages.core.images import luminance, read_image  # noqa: E402
-from stages.registry import get_method, list_methods  # noqa: E402
+from stages.methods.registry import get_method, list_methods  # noqa: E402
 
 MSRS = ROOT.parent / "shared" / "data" / "msrs"
 PAIR = "00004N"

@@ -29,7 +29,7 @@ from stages.core.records import pair_directories  # noqa: E402
 from fuse_cli.runner import Reporter, run_stage  # noqa: E402
 from stages.fuse import FuseStage  # noqa: E402
 from stages.metrics import DEFAULT_CONVENTION, METRICS  # noqa: E402
-from stages.registry import list_methods  # noqa: E402
+from stages.methods.registry import list_methods  # noqa: E402
 from stages.score import ScoreStage, parse_metric_names, score_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from stages.nets.learned_methods import WEIGHTS_DIR, load_network  # noqa: E402
+from stages.methods.learned import load_network  # noqa: E402
+from stages.methods.registry import WEIGHTS_DIR  # noqa: E402
 from stages.train import load_pair, validate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -46,7 +47,7 @@ def scores(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray]]) 
 def training_loss(method: str, model: torch.nn.Module | None, images: list[tuple[np.ndarray, np.ndarray]]) -> float:
     """Mean of the method's own training loss on full-size pairs, for ``model``'s output or, with ``None``,
     for pixel-max (does the network reach the loss of the baseline it must beat?)."""
-    from stages.nets.learned_methods import NETWORKS, NetworkFuser
+    from stages.methods.learned import NETWORKS, NetworkFuser
 
     fuser = None if model is None else NetworkFuser(model, half=False)
     losses = []

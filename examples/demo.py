@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from fuse_cli.synthetic import write_pairs
-from stages.registry import list_methods
+from stages.methods.registry import list_methods
 
 FUSE = [sys.executable, "-m", "fuse_cli"]
 METRICS = "EN,SD,SF,AG,MI,SSIM,Qabf,VIF"

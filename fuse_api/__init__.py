@@ -30,7 +30,7 @@ __all__ = ["MissingExtra", "fuse", "score", "methods", "metrics"]
 
 def methods() -> list[str]:
     """The fusion methods ``fuse`` accepts (``fuse fuse --list-methods`` says what each needs)."""
-    from stages.registry import list_methods
+    from stages.methods.registry import list_methods
 
     return [info.name for info in list_methods()]
 
@@ -80,7 +80,7 @@ def _like(fused: np.ndarray, template) -> np.ndarray | torch.Tensor:
 def _stage(method: str, device: str, weights: str | None, options: tuple):
     from stages.extras import require_extra
     from stages.fuse import FuseStage
-    from stages.registry import get_method
+    from stages.methods.registry import get_method
 
     require_extra(get_method(method).extra, f"fusion method {method!r}")
     return FuseStage(Path("."), method, device, Path(weights) if weights else None, method_options=dict(options))

@@ -28,7 +28,7 @@ from fuse_cli.runner import Reporter, run_stage
 from stages.extras import MissingExtra, require_extra
 from stages.metrics import CONVENTION_HELP, CONVENTIONS, METRIC_NAMES, REGISTRATION_METRICS
 from stages.nets.checkpoint import WeightsError
-from stages.registry import METHODS
+from stages.methods.registry import METHODS
 
 app = typer.Typer(
     name="fuse",
@@ -83,7 +83,7 @@ def _list_methods_and_exit(value: bool) -> None:
     """One line per method: name, kind, the extra it needs (and whether it is installed), its weights, summary."""
     if value:
         from stages.extras import has_extra
-        from stages.registry import list_methods
+        from stages.methods.registry import list_methods
 
         typer.echo(f"{'method':<12} {'kind':<9} {'extra':<16} {'weights':<23} summary")
         for info in list_methods():

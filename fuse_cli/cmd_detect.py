@@ -131,7 +131,8 @@ def detect(
         raise typer.Exit(status)
 
     require_extra("detect", "fuse detect")
-    from stages.detect import DetectStage, ModelError, TardDetectStage, is_tard_model
+    from stages.detect import DetectStage, TardDetectStage, is_tard_model
+    from stages.nets.yolo import ModelError
 
     tard = is_tard_model(model)
     if tard and image != "fused":
@@ -338,7 +339,7 @@ def train(
     require_extra("detect", "fuse detect train")
     import yaml
 
-    from stages.detect import ModelError
+    from stages.nets.yolo import ModelError
     from stages.detection_dataset import train_detector
 
     if not data.is_file():

@@ -46,7 +46,8 @@ def encode(
     (Gh, Gw, D) patch-token maps "<image>_tokens".
     """
     require_extra("clip", "fuse encode")
-    from stages.encode import IMAGE_KEYS, EncodeStage, parse_pretrained
+    from stages.encode import IMAGE_KEYS, EncodeStage
+    from stages.nets.clip import parse_pretrained
 
     keys = [key.strip() for key in image.split(",") if key.strip()]
     if not keys or any(key not in IMAGE_KEYS for key in keys):

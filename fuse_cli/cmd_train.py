@@ -5,7 +5,7 @@ Several datasets are joined by concatenating records:
     cat <(fuse pairs roadscene/ir roadscene/vis) <(fuse pairs llvip/ir llvip/vis) \\
       | fuse train -m refinefuse -o runs/ --epochs 50
 
-Unset hyper-parameters take the paper's values (``stages.nets.learned_methods.NETWORKS``).
+Unset hyper-parameters take the paper's values (``stages.methods.learned.NETWORKS``).
 
 The target-aware joint network trains its own detection head (l_ob) with the registration
 and fusion losses, starting from the shipped ``tard`` weights:
@@ -40,7 +40,7 @@ from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter
 from stages.extras import require_extra
-from stages.registry import list_methods
+from stages.methods.registry import list_methods
 
 #: Every learned fusion method trains, and so does the registration network.
 TRAINABLE = (*(info.name for info in list_methods("learned")), "register")
@@ -95,7 +95,7 @@ def train(
     quiet: opt.Quiet = False,
 ) -> None:
     """Train a fusion or registration network; writes OUT/<name>.safetensors and OUT/<name>.json."""
-    from stages.nets.learned_methods import NETWORKS
+    from stages.methods.learned import NETWORKS
 
     from stages.text_training import RECIPES as TEXT_RECIPES
 
@@ -171,7 +171,7 @@ def train(
         except ValueError as exc:  # unreadable labels, no classes, or no pair with boxes
             raise usage_error(f"--labels {labels}: {exc}") from None
     elif method == "mgfusion":
-        from stages.encode import parse_pretrained
+        from stages.nets.clip import parse_pretrained
         from stages.mgfusion_training import train_mgfusion
 
         path = train_mgfusion(pairs, out, clip_model=clip_model, pretrained=parse_pretrained(pretrained), **settings, **common)

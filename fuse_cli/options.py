@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from stages.registry import unknown_name
+from stages.methods.registry import unknown_name
 
 
 def choice(names: Sequence[str], *param_decls: str, what: str, optional: bool = False, **option: Any) -> Any:

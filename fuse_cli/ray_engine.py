@@ -35,8 +35,7 @@ import ray
 import ray.data
 
 from fuse_cli.options import RunOptions
-from fuse_cli.runner import error_text, process_safely
-from stages.core.stage import Stage, StageError
+from stages.core.stage import Stage, StageError, error_text, process_safely
 
 #: How often a batch is retried after its actor died (a pair that kills its worker every time fails the run).
 MAX_TASK_RETRIES = 3

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from fuse_cli.options import RunOptions
 from stages.core.provenance import explain, read_recipe
-from stages.core.records import MalformedRecord, format_record, id_problem, shown_id
-from stages.core.stage import Stage, StageError
+from stages.core.records import MalformedRecord, format_record, id_problem
+from stages.core.stage import Stage, StageError, error_text, process_safely
 
 
 class Reporter:
@@ -113,13 +113,6 @@ def count_selected(records: Iterable[dict], shard: tuple[int, int]) -> int | Non
         return None
     k, n = shard
     return len(range(k - 1, len(records), n))
-
-
-def error_text(record: dict, exc: BaseException) -> str:
-    """The error line for a failed pair: the exception's message, starting with ``pair <id>:``."""
-    message = str(exc) or type(exc).__name__
-    pair = shown_id(record.get("id", "?"))
-    return message if message.startswith(f"pair {pair}") else f"pair {pair}: {message}"
 
 
 def print_record(record: dict, rs: bool = False) -> None:
@@ -307,17 +300,3 @@ def _process(stage: Stage, records: list[dict], pool: ThreadPoolExecutor | None,
     size = -(-len(records) // workers)
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
     return [result for part in pool.map(process_safely, [stage] * len(chunks), chunks) for result in part]
-
-
-def process_safely(stage: Stage, records: list[dict]) -> list[dict | Exception]:
-    """``stage.process``, except that an exception the stage did not catch fails only the record that raised it.
-
-    The batch is then retried one record at a time, so the others still complete.
-    """
-    try:
-        return stage.process(records)
-    except Exception as exc:  # noqa: BLE001 — whatever one record provokes must not stop the run
-        if len(records) > 1:
-            return [result for record in records for result in process_safely(stage, [record])]
-        return [StageError(f"pair {shown_id(records[0].get('id', '?'))}: failed unexpectedly "
-                           f"({type(exc).__name__}: {exc})")]

@@ -148,13 +148,13 @@ def train_detector(data: str | Path, model: str | Path = "yolov8n.yaml", *, epoc
     """Train an ultralytics detector on ``data`` (a ``data.yaml``); returns ``best.safetensors``.
 
     Ultralytics writes ``best.pt`` (a pickle); the same weights are saved beside it as
-    ``best.safetensors`` (:func:`stages.detect.save_yolo`), which loads without running code.
+    ``best.safetensors`` (:func:`stages.nets.yolo.save_yolo`), which loads without running code.
 
     ``model`` is a model YAML (training from scratch) or ``.pt`` weights (fine-tuning).
     ``plots`` is off by default: ultralytics' plots fetch a font, which fails offline.
     Other keyword arguments pass through to ``YOLO.train`` (``lr0``, ``mosaic``, ``patience``, …).
     """
-    from stages.detect import load_yolo, save_yolo
+    from stages.nets.yolo import load_yolo, save_yolo
 
     data = Path(data)
     if not data.is_file():

@@ -179,7 +179,7 @@ def detection_loss_fn(det_model: str | Path | torch.nn.Module, labels_dir: str |
     from ultralytics.nn.tasks import BaseModel
 
     if isinstance(det_model, (str, Path)):
-        from stages.detect import load_yolo
+        from stages.nets.yolo import load_yolo
 
         model = load_yolo(det_model).model
     else:

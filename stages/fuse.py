@@ -25,7 +25,7 @@ from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 from stages.core.images import PNG_COMPRESSION, ImageError, luminance, read_image, write_image
 from stages.core.provenance import weights_digest
 from stages.core.stage import Stage, StageError, record_path
-from stages.registry import WEIGHTS_DIR, get_method
+from stages.methods.registry import WEIGHTS_DIR, get_method
 
 
 def _to_tensor(img: np.ndarray, device: str) -> torch.Tensor:

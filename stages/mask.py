@@ -5,9 +5,10 @@ Backends (``MaskStage(backend=...)``):
 ``salient`` — RefineFuse's rule (loss section of ``refinefuse-multiscale``): the
     salient targets of the infrared image plus the positions where the infrared
     image has high local contrast, with no learned model
-    (:func:`salient_mask`). RefineFuse takes its salient objects from
+    (:func:`stages.methods.guidance.salient_mask`). RefineFuse takes its salient objects from
     segmentation labels; here they are estimated as *warm targets*
-    (:func:`warm_targets`). The thresholds, all in :data:`SALIENT_DEFAULTS`:
+    (:func:`~stages.methods.guidance.warm_targets`). The thresholds, all in
+    :data:`~stages.methods.guidance.SALIENT_DEFAULTS`:
 
     * the IR luminance is smoothed (Gaussian σ = 1.5 px) and the local
       background removed with a Gaussian of σ = ``background`` × the shorter
@@ -20,7 +21,7 @@ Backends (``MaskStage(backend=...)``):
       components smaller than ``min_area`` (0.0001 of the image, at least 6 px)
       or larger than ``max_area`` (0.08) are dropped (specks; sky, roads and
       walls warmed by the sun).
-    * High local contrast (:func:`contrast_mask`): RefineFuse's local contrast,
+    * High local contrast (:func:`~stages.methods.guidance.contrast_mask`): RefineFuse's local contrast,
       the squared difference between a pixel and the mean of its 9×9
       neighbourhood, averaged over the same window
       (:func:`stages.nets.losses.local_contrast`). A pixel is kept when the IR
@@ -57,96 +58,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-
 from stages.core.images import ImageError, luminance, read_image, write_image
 from stages.core.stage import Stage, StageError, record_path
+from stages.methods.guidance import SALIENT_DEFAULTS, salient_mask
 
 BACKENDS = ("salient", "text", "boxes")
-
-SALIENT_DEFAULTS = {
-    "smooth": 1.5,
-    "background": 0.06,
-    "k_local": 3.0,
-    "k_global": 1.0,
-    "min_area": 1e-4,
-    "max_area": 0.08,
-    "contrast_window": 9,
-    "contrast_ratio": 4.0,
-    "contrast_quantile": 0.98,
-    "contrast_reach": 0.02,
-}
-
-
-# ---------------------------------------------------------------- salient (RefineFuse)
-
-
-def _box_mean(x: np.ndarray, window: int) -> np.ndarray:
-    return ndimage.uniform_filter(x, size=window, mode="nearest")
-
-
-def local_contrast(x: np.ndarray, window: int = 9) -> np.ndarray:
-    """RefineFuse's local contrast of ``(H, W)``: the window-mean of ``(x − mean_window(x))²``.
-
-    The same definition as :func:`stages.nets.losses.local_contrast`, in numpy.
-    """
-    x = x.astype(np.float32)
-    return _box_mean((x - _box_mean(x, window)) ** 2, window)
-
-
-def warm_targets(ir: np.ndarray, *, smooth: float = 1.5, background: float = 0.06, k_local: float = 3.0,
-                 k_global: float = 1.0, min_area: float = 1e-4, max_area: float = 0.08, **_) -> np.ndarray:
-    """Warm targets of an IR ``(H, W)`` image in [0, 1] as a bool ``(H, W)`` mask (see the module docstring)."""
-    ir = np.asarray(ir, dtype=np.float32)
-    h, w = ir.shape
-    smoothed = ndimage.gaussian_filter(ir, smooth)
-    residual = smoothed - ndimage.gaussian_filter(smoothed, max(2.0, background * min(h, w)), mode="nearest")
-    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) + 1e-4
-    warm = (residual > k_local * spread) & (smoothed > smoothed.mean() + k_global * smoothed.std())
-    warm = ndimage.binary_closing(warm, np.ones((3, 3), bool))
-    labels, count = ndimage.label(warm, np.ones((3, 3), bool))
-    if not count:
-        return np.zeros((h, w), bool)
-    areas = np.bincount(labels.ravel(), minlength=count + 1) / float(h * w)
-    keep = (areas >= max(min_area, 6.0 / (h * w))) & (areas <= max_area)
-    keep[0] = False
-    return ndimage.binary_fill_holes(keep[labels])
-
-
-def contrast_mask(ir: np.ndarray, vis: np.ndarray, targets: np.ndarray | None = None, *, contrast_window: int = 9,
-                  contrast_ratio: float = 4.0, contrast_quantile: float = 0.98, contrast_reach: float = 0.02,
-                  **_) -> np.ndarray:
-    """Positions where the IR local contrast is high and well above the visible one (bool ``(H, W)``).
-
-    With ``targets`` given, only contrast within ``contrast_reach`` × the shorter
-    side of a target is kept.
-    """
-    c_ir, c_vis = local_contrast(ir, contrast_window), local_contrast(vis, contrast_window)
-    high = (c_ir > contrast_ratio * c_vis) & (c_ir > np.quantile(c_ir, contrast_quantile)) & (c_ir > 1e-4)
-    if targets is not None:
-        reach = max(1, int(round(contrast_reach * min(ir.shape))))
-        near = ndimage.binary_dilation(targets, np.ones((3, 3), bool), iterations=reach)
-        high &= near
-    return high
-
-
-def salient_mask(ir: np.ndarray, vis: np.ndarray, *, contrast: bool = True, **params) -> np.ndarray:
-    """RefineFuse's IR mask: warm targets ∪ high IR local contrast near them. ``(H, W)`` arrays → bool ``(H, W)``.
-
-    >>> from fuse_cli.synthetic import make_pair
-    >>> ir, vis = make_pair(0)
-    >>> m = salient_mask(ir, vis.mean(-1))
-    >>> m.dtype, m.shape, bool(0 < m.mean() < 0.2)
-    (dtype('bool'), (240, 320), True)
-    """
-    settings = {**SALIENT_DEFAULTS, **params}
-    unknown = set(params) - set(SALIENT_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown salient-mask parameters: {', '.join(sorted(unknown))}")
-    targets = warm_targets(ir, **settings)
-    if not contrast:
-        return targets
-    return targets | contrast_mask(ir, vis, targets, **settings)
 
 
 # ---------------------------------------------------------------- boxes
@@ -348,13 +264,3 @@ class MaskStage(Stage):
         except (ImageError, OSError) as exc:
             raise StageError(f"pair {record.get('id', '?')}: cannot write {path}: {exc}") from None
         return {"mask": str(path)}
-
-
-def read_mask(path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A mask PNG as bool ``(H, W)`` (any non-zero pixel is foreground); resized (nearest) to ``shape`` if given."""
-    m = luminance(read_image(path)) > 0.5
-    if shape is not None and m.shape != tuple(shape):
-        ys = (np.arange(shape[0]) * m.shape[0] / shape[0]).astype(int)
-        xs = (np.arange(shape[1]) * m.shape[1] / shape[1]).astype(int)
-        m = m[ys][:, xs]
-    return m

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from stages.core.images import LUMA_WEIGHTS, read_image, to_uint8
-from stages.encode import ClipImageEncoder, parse_pretrained, pretrained_label
-from stages.nets.mgfusion import LOSS_WEIGHT, METHOD, MGFusion, load_mgfusion, mgfusion_loss, save_mgfusion
+from stages.nets.clip import ClipImageEncoder, parse_pretrained, pretrained_label
+from stages.nets.mgfusion import LOSS_WEIGHT, METHOD, MGFusion, mgfusion_loss, save_mgfusion
+from stages.methods.mgfusion import load_mgfusion
 
 DEFAULTS = {"epochs": 100, "batch_size": 16, "lr": 1e-3, "crop": 256, "clip_model": "ViT-B-32", "pretrained": "openai"}
 WARMUP_FRACTION = 0.2  # 20 of 100 epochs
@@ -104,7 +105,7 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
         progress: a tqdm bar with the running loss on stderr.
         log: called with one line per epoch.
     """
-    from stages.train import _dataset_counts, _load_optimizer, _optim_path, _versions, random_crop_batch, run_epochs
+    from stages.train import _dataset_counts, load_optimizer, optimizer_path, _versions, random_crop_batch, run_epochs
 
     if not pairs:
         raise ValueError("no training pairs given")
@@ -127,8 +128,8 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
     model.train()
     params = model.trainable_parameters()
     opt = torch.optim.Adam(params, lr=lr * START_FRACTION)
-    if resume is not None and _optim_path(resume).is_file():
-        _load_optimizer(opt, _optim_path(resume))
+    if resume is not None and optimizer_path(resume).is_file():
+        load_optimizer(opt, optimizer_path(resume))
 
     card.update({
         "method": METHOD,

@@ -23,7 +23,7 @@ from stages.core.provenance import read_recipe
 from stages.core.stage import Stage, StageError, record_path
 from stages.metrics import DEFAULT_CONVENTION, METRICS, REGISTRATION_METRICS, compute_metrics, registration_metrics
 from stages.metrics.registration import residual_displacement
-from stages.registry import unknown_name
+from stages.methods.registry import unknown_name
 
 
 def parse_metric_names(text: str | None, registration: bool = False) -> list[str]:

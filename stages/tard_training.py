@@ -42,11 +42,12 @@ import torch
 import torch.nn.functional as F
 
 from stages.core.images import atomic_file
-from stages.detection_eval import load_ground_truth
+from stages.detection_eval import GroundTruth, load_ground_truth
+from stages.detection_loss import DetectionLoss, match_classes
 from stages.nets.registration import identity_grid, resize, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import load_tard
-from stages.nets.tard_detection import YAML, TardDetector, object_loss_fn, save_detector
+from stages.nets.tard_detection import YAML, TardDetector, save_detector
 from stages.register_training import (
     BN_BATCHES,
     MIN_LR_FRACTION,
@@ -60,6 +61,18 @@ from stages.register_training import (
 LAMBDA_DET = 5.0  # lambda_3 of eq. 12 (section 4.1.1.2)
 NET_LR_FRACTION = 0.1  # the trained joint network learns at this fraction of the head's learning rate
 CLIP_NORM = 10.0
+
+
+def object_loss_fn(detector: TardDetector, gt: GroundTruth, device: str | torch.device = "cpu") -> DetectionLoss:
+    """``l_ob`` (eq. 8): ``loss(F_f (B, 4C, h, w), ids, affines=None) -> scalar``, ultralytics' loss of ``detector``.
+
+    ``gt`` (:func:`stages.detection_eval.load_ground_truth`) gives the boxes by id;
+    label classes match the detector's names. Boxes follow ``affines`` as in
+    :class:`~stages.detection_loss.DetectionLoss` (normalised full image → pixels of ``F_f``).
+    Gradients reach the detector and ``F_f``.
+    """
+    labels, class_index, dropped = match_classes(gt, detector.model.names)
+    return DetectionLoss(detector.model, labels, class_index, str(device), dropped)
 
 
 def labelled_batch(data: list[torch.Tensor], idx: list[int], rng: random.Random, gen: torch.Generator, deform: bool = True):

@@ -3,10 +3,10 @@
 The guidance is computed here, offline, per training pair (on the full image,
 once, and cached in memory and — with ``cache`` — on disk):
 
-* the ``salient`` mask (:func:`stages.mask.salient_mask`), TeSG's ``M`` and
+* the ``salient`` mask (:func:`stages.methods.guidance.salient_mask`), TeSG's ``M`` and
   Text-DFH's warm-target proxy;
-* the ``advisor`` caption (:func:`stages.caption.advise`) — TeSG's ``T`` and the
-  MLLM answer of the Text-DFH paper — encoded by :mod:`stages.text_features`
+* the ``advisor`` caption (:func:`stages.methods.guidance.advise`) — TeSG's ``T`` and the
+  MLLM answer of the Text-DFH paper — encoded by :mod:`stages.nets.text_features`
   (MiniLM by default) into text tokens.
 
 Pairs larger than :data:`MAX_SIDE` (LLVIP's 1280×1024) are halved first (area
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.train import _dataset_counts, _load_optimizer, _optim_path, _versions, load_pair, random_crop_batch, run_epochs
+from stages.train import _dataset_counts, load_optimizer, optimizer_path, _versions, load_pair, random_crop_batch, run_epochs
 
 MAX_SIDE = 800
 
@@ -65,8 +65,8 @@ def prepare_pair(ir_path, vis_path, cache: Path | None = None) -> dict:
         if path.is_file():
             data = np.load(path)
             return {"ir": data["ir"], "vis": data["vis"], "mask": data["mask"], "caption": str(data["caption"])}
-    from stages.caption import advise
-    from stages.mask import salient_mask
+    from stages.methods.guidance import advise
+    from stages.methods.guidance import salient_mask
 
     ir, vis = load_pair(ir_path, vis_path)
     while max(ir.shape) > MAX_SIDE:
@@ -86,7 +86,7 @@ def build_model(method: str, *, base_weights=None, text_dim: int, text_backend: 
 
         return TeSG(text_dim=text_dim, text_backend=text_backend, mask_guidance=mask_guidance)
     if method == "textdfh":
-        from stages.nets.learned_methods import load_network
+        from stages.methods.learned import load_network
         from stages.nets.textdfh import TextDFH
 
         base = load_network("dfh-base", base_weights, "cpu")
@@ -125,8 +125,8 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     with weight λ as in :func:`stages.train.train` — the Text-DFH paper trains its
     second stage through the frozen detector this way.
     """
-    from stages.nets.text_common import load_text_network, save_text_network
-    from stages.text_features import shared_encoder
+    from stages.methods.text import load_text_network, save_text_network
+    from stages.nets.text_features import shared_encoder
 
     recipe = RECIPES[method] if method in RECIPES else None
     if recipe is None:
@@ -165,8 +165,8 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": []}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=lr) if recipe["optimizer"] == "adamw" else torch.optim.Adam(params, lr=lr))
-    if resume is not None and _optim_path(Path(resume)).is_file():
-        _load_optimizer(opt, _optim_path(Path(resume)))
+    if resume is not None and optimizer_path(Path(resume)).is_file():
+        load_optimizer(opt, optimizer_path(Path(resume)))
     loss_fn = _loss(method)
     card.update({
         "method": method, "model": type(model).__name__, "config": model.config,

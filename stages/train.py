@@ -52,7 +52,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from stages.core.images import luminance, read_image, to_uint8
-from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
+from stages.methods.learned import NETWORKS, NetworkFuser, load_network
+from stages.nets.checkpoint import save_weights
 from stages.nets.losses import salient_mask
 
 if TYPE_CHECKING:

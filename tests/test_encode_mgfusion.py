@@ -26,14 +26,14 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def clip():
-    from stages.encode import load_clip
+    from stages.nets.clip import load_clip
 
     return load_clip(CLIP, None)
 
 
 @pytest.fixture(scope="module")
 def encoder(clip):
-    from stages.encode import ClipImageEncoder
+    from stages.nets.clip import ClipImageEncoder
 
     return ClipImageEncoder(clip.visual, CLIP, None)
 
@@ -54,7 +54,8 @@ def _records(root: Path) -> list[dict]:
 
 
 def test_encode_writes_documented_files(tmp_path, clip, pairs_dir):
-    from stages.encode import EncodeStage, embedding_metadata, load_embeddings
+    from stages.encode import EncodeStage
+    from stages.nets.clip import embedding_metadata, load_embeddings
 
     records = _records(pairs_dir)
     records[0]["caption"] = "a person walking in front of a building at night"
@@ -192,7 +193,8 @@ def test_tiny_training_run_saves_a_reloadable_checkpoint(tmp_path, clip, pairs_d
     from stages.encode import EncodeStage
     from stages.fuse import load_pair
     from stages.mgfusion_training import train_mgfusion
-    from stages.nets.mgfusion import MGFusionFuser, checkpoint_clip, load_mgfusion, mgfusion_factory
+    from stages.methods.mgfusion import MGFusionFuser, load_mgfusion, mgfusion_factory
+    from stages.nets.mgfusion import checkpoint_clip
 
     lines = []
     path = train_mgfusion(_training_pairs(tmp_path), tmp_path / "runs", epochs=1, batch_size=1, lr=1e-3, seed=0,
@@ -233,8 +235,8 @@ def test_tiny_training_run_saves_a_reloadable_checkpoint(tmp_path, clip, pairs_d
 
 
 def test_no_weights_says_what_to_run(tmp_path, monkeypatch):
-    import stages.nets.learned_methods as learned
-    import stages.nets.mgfusion as mg
+    import stages.methods.learned as learned
+    import stages.methods.mgfusion as mg
 
     monkeypatch.setattr(learned, "WEIGHTS_DIR", tmp_path)  # nothing shipped
     with pytest.raises(FileNotFoundError) as info:

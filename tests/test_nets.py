@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from stages.nets import learned_methods
-from stages.nets.learned_methods import NETWORKS, NetworkFuser, load_network, save_weights
-from stages.registry import list_methods
-from stages.text_features import MINILM_DIM
+from stages.methods import learned
+from stages.methods.learned import NETWORKS, NetworkFuser, load_network
+from stages.nets.checkpoint import save_weights
+from stages.methods.registry import list_methods
+from stages.nets.text_features import MINILM_DIM
 from stages.train import load_pair, train
 
 torch.set_num_threads(1)
@@ -71,7 +72,7 @@ def network_and_loss(name: str) -> tuple[nn.Module, Callable[[nn.Module, torch.T
         return TextDFH(), lambda m, ir, vis: textdfh_loss(m(ir, vis, text=text), ir, vis, (ir > 0.5).float())
     if name == "mgfusion":
         pytest.importorskip("open_clip", reason="mgfusion needs the clip extra")
-        from stages.encode import ClipImageEncoder, load_clip
+        from stages.nets.clip import ClipImageEncoder, load_clip
         from stages.nets.mgfusion import MGFusion, mgfusion_loss
 
         clip = ClipImageEncoder(load_clip("ViT-S-32", None).visual, "ViT-S-32", None)  # random weights, offline
@@ -156,8 +157,8 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_missing_weights_say_how_to_train(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(learned_methods, "WEIGHTS_DIR", tmp_path)
-    factory = {"refinefuse": learned_methods.refinefuse, "dfh-base": learned_methods.dfh_base}[name]
+    monkeypatch.setattr(learned, "WEIGHTS_DIR", tmp_path)
+    factory = {"refinefuse": learned.refinefuse, "dfh-base": learned.dfh_base}[name]
     with pytest.raises(FileNotFoundError, match=f"run `fuse train -m {name}`"):
         factory(device="cpu")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -223,13 +224,13 @@ def test_training_is_seeded_and_resumable(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shipped_weights_fuse_a_real_pair(name):
-    if not (learned_methods.WEIGHTS_DIR / f"{name}.safetensors").is_file():
+    if not (learned.WEIGHTS_DIR / f"{name}.safetensors").is_file():
         pytest.skip(f"no shipped weights for {name} yet (run `fuse train -m {name}`)")
     if not (ROADSCENE / "ir").is_dir():
         pytest.skip(f"real pairs not found at {ROADSCENE}")
     ir_np, vis_np = load_pair(ROADSCENE / "ir" / "FLIR_00006.jpg", ROADSCENE / "vis" / "FLIR_00006.jpg")
     ir, vis = torch.from_numpy(ir_np)[None, None], torch.from_numpy(vis_np)[None, None]
-    fused = learned_methods.load_fuser(name, "cpu")(ir, vis)
+    fused = learned.load_fuser(name, "cpu")(ir, vis)
     assert fused.shape == ir.shape
     assert 0.02 < float(fused.std()) and 0.05 < float(fused.mean()) < 0.95
 

@@ -16,7 +16,8 @@ from stages.core.images import luminance, read_image, write_image
 from stages.core.stage import StageError
 from stages.nets.registration import RegistrationNet, load_registration_net, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
-from stages.nets.tard import TardNet, load_tard, tard_factory
+from stages.nets.tard import TardNet, load_tard
+from stages.methods.learned import tard_factory
 from stages.metrics.registration import residual_displacement
 from stages.register import RegisterStage, apply_grid, ecc_grid, ecc_warp
 from stages.register_training import invert_grid, load_init, make_batch, random_correction, train_register
@@ -368,6 +369,23 @@ def test_training_deformation_is_undone_by_its_label():
     assert (back - ir).abs()[back > 0].mean() < 0.03
 
 
+def test_train_register_resumes_exactly_from_its_safetensors_checkpoint(tmp_path):
+    """Two epochs in one run equal one epoch, a stop, and a resumed second epoch (weights, Adam, random streams)."""
+    recs = []
+    for i in range(2):
+        write_image(tmp_path / f"ir{i}.png", scene(80, 128, i))
+        write_image(tmp_path / f"vis{i}.png", 1 - scene(80, 128, i))
+        recs.append({"ir": str(tmp_path / f"ir{i}.png"), "vis": str(tmp_path / f"vis{i}.png")})
+    settings = {"fusion_epochs": 0, "batch_size": 2, "crop": 128, "progress": False, "log": lambda s: None}
+    train_register(recs, tmp_path / "straight", epochs=2, **settings)
+    train_register(recs, tmp_path / "stopped", epochs=1, **settings)
+    assert sorted(p.name for p in (tmp_path / "stopped").iterdir()) == [
+        "register.json", "register.safetensors", "tard.optim.safetensors", "tard.safetensors"]  # no pickle
+    train_register(recs, tmp_path / "stopped", epochs=2, resume=tmp_path / "stopped" / "tard.safetensors", **settings)
+    straight, resumed = (load_tard(tmp_path / run / "tard.safetensors").state_dict() for run in ("straight", "stopped"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_train_register_writes_weights_and_card(tmp_path):
     recs = []
     for i in range(2):
@@ -380,7 +398,7 @@ def test_train_register_writes_weights_and_card(tmp_path):
     first = load_registration_net(path).state_dict()
     # resume, one more registration epoch and a fusion epoch
     train_register(recs, run, epochs=2, fusion_epochs=1, batch_size=2, crop=128, progress=False, log=lambda s: None,
-                   resume=run / "checkpoint.pt")
+                   resume=run / "tard.safetensors")
     import json
 
     card = json.loads((run / "register.json").read_text())
@@ -398,5 +416,5 @@ def test_train_register_writes_weights_and_card(tmp_path):
     assert all(torch.allclose(v.float(), start[k].float(), atol=1e-4) for k, v in load_tard(tuned / "tard.safetensors").state_dict().items()
                if "running" not in k and "num_batches" not in k)
     train_register(recs, tuned, epochs=2, fusion_epochs=0, batch_size=2, crop=128, progress=False, log=lambda s: None,
-                   resume=tuned / "checkpoint.pt")
+                   resume=tuned / "tard.safetensors")
     assert json.loads((tuned / "register.json").read_text())["init"] == "tard.safetensors"

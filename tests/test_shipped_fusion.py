@@ -31,7 +31,7 @@ UPDATE = os.environ.get("FUSE_UPDATE_GOLDEN") == "1"
 
 def _methods() -> list[str]:
     """Every method `fuse fuse --list-methods` lists that can run offline (learned ones need shipped weights)."""
-    from stages.registry import list_methods
+    from stages.methods.registry import list_methods
 
     return [m.name for m in list_methods() if m.kind == "classical" or (WEIGHTS / f"{m.name}.safetensors").is_file()]
 

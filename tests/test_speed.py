@@ -79,7 +79,7 @@ def test_opencv_classical_methods_match_kornia_definitions():
     from kornia.filters import box_blur, gaussian_blur2d, guided_blur, laplacian
     from kornia.geometry.transform import pyrdown, pyrup
 
-    from stages.classical import fuse_gff, fuse_laplacian
+    from stages.methods.classical import fuse_gff, fuse_laplacian
 
     torch.manual_seed(0)
     ir, vis = torch.rand(2, 1, 67, 90), torch.rand(2, 1, 67, 90)
@@ -123,7 +123,7 @@ def test_channels_last_networks_match_eager(method):
     """bench_nets.py times the shipped networks with channels-last weights; the fused images stay within 1e-5."""
     import torch
 
-    from stages.registry import get_method
+    from stages.methods.registry import get_method
 
     fuse = get_method(method).factory(device="cpu")
     torch.manual_seed(0)

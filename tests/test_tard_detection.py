@@ -12,14 +12,8 @@ from stages.detection_eval import Boxes, GroundTruth, load_ground_truth
 from stages.nets import tard_detection
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import TardNet, load_tard
-from stages.nets.tard_detection import (
-    TardDetection,
-    TardDetector,
-    load_detector,
-    object_loss_fn,
-    read_config,
-    save_detector,
-)
+from stages.nets.tard_detection import TardDetection, TardDetector, load_detector, read_config, save_detector
+from stages.tard_training import object_loss_fn
 from tests.conftest import shared
 
 torch.set_num_threads(1)

@@ -101,7 +101,7 @@ def test_records_file_paths_resolve_against_its_folder_and_dash_reads_stdin(synt
 
 # --- 3. start-up imports only what the command needs -------------------------------------
 
-NETWORK_MODULES = {"stages.nets.learned_methods", "stages.nets.refinefuse", "stages.nets.dfh_base", "stages.nets.tard",
+NETWORK_MODULES = {"stages.methods.learned", "stages.nets.refinefuse", "stages.nets.dfh_base", "stages.nets.tard",
                    "stages.nets.tesg", "stages.nets.textdfh", "stages.nets.mgfusion"}
 
 
@@ -128,7 +128,7 @@ def test_list_methods_and_a_classical_method_import_no_network(synthetic_pairs, 
 
 
 def test_every_listed_method_registers_its_factory():
-    from stages.registry import list_methods
+    from stages.methods.registry import list_methods
 
     for info in list_methods():
         assert callable(info.factory), info.name

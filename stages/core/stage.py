@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.core.provenance import make_recipe
+from stages.core.records import shown_id
 
 
 class StageError(Exception):
@@ -87,3 +88,24 @@ def record_path(record: dict, key: str, pair_id: str | None = None) -> Path:
     if not isinstance(value, str) or not value:
         raise StageError(f"pair {pair_id or record.get('id', '?')}: record has no {key!r} path")
     return Path(value)
+
+
+def error_text(record: dict, exc: BaseException) -> str:
+    """The error line for a failed pair: the exception's message, starting with ``pair <id>:``."""
+    message = str(exc) or type(exc).__name__
+    pair = shown_id(record.get("id", "?"))
+    return message if message.startswith(f"pair {pair}") else f"pair {pair}: {message}"
+
+
+def process_safely(stage: Stage, records: list[dict]) -> list[dict | Exception]:
+    """``stage.process``, except that an exception the stage did not catch fails only the record that raised it.
+
+    The batch is then retried one record at a time, so the others still complete.
+    """
+    try:
+        return stage.process(records)
+    except Exception as exc:  # noqa: BLE001 — whatever one record provokes must not stop the run
+        if len(records) > 1:
+            return [result for record in records for result in process_safely(stage, [record])]
+        return [StageError(f"pair {shown_id(records[0].get('id', '?'))}: failed unexpectedly "
+                           f"({type(exc).__name__}: {exc})")]

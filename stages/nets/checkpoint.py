@@ -8,7 +8,9 @@ every tensor's name and shape with the header, and only then builds the network 
 real and reads the tensors. So a file of another network, of wrong shapes, truncated,
 empty, a pickle renamed ``.safetensors``, or with metadata asking for a huge network,
 gives one :class:`WeightsError` — ``FILE: not valid NAME weights (reason)`` — before
-the network is allocated. Nothing here unpickles.
+the network is allocated. Nothing here unpickles. :func:`save_weights` writes the files
+(:func:`write_checkpoint`: atomically, the method and the model's constructor arguments
+in the metadata).
 
 >>> build = lambda meta: RefineFuse(**config_of(path, "refinefuse", meta))   # doctest: +SKIP
 >>> net = load_checked(path, "refinefuse", build)                            # doctest: +SKIP
@@ -143,3 +145,30 @@ def load_checked(path: str | os.PathLike, kind: str, build: Callable[[dict[str, 
         raise invalid(path, kind, f"{type(exc).__name__}: {exc}") from None
     model.load_state_dict(state, strict=strict)
     return model
+
+
+def write_checkpoint(tensors: dict, metadata: dict[str, str], path: str | os.PathLike) -> Path:
+    """Write ``tensors`` with ``metadata`` as ``path`` (safetensors, mode 644), atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_weights(model: nn.Module, method: str, path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+    """Write ``model``'s state as ``path`` (safetensors), atomically; returns the path.
+
+    The metadata records the method and ``model.config`` so
+    :func:`stages.methods.learned.load_network` rebuilds the same architecture, plus any ``extra`` string entries.
+    """
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    metadata = {**(extra or {}), "format": CHECKPOINT_FORMAT, "method": method, "config": json.dumps(model.config)}
+    return write_checkpoint(tensors, metadata, path)

@@ -32,7 +32,7 @@ Loss (Eqs. 6–8): ``L_f = L_g + λ·L_i`` with ``λ = 0.2``,
 ``L_g = 1/HW ‖ |∇I_f| − max(|∇I_ir|, |∇I_vis|) ‖₁`` (Sobel) and
 ``L_i = 1/HW ‖ I_f − max(I_ir, I_vis) ‖₁``.
 
-CLIP: a frozen open_clip image tower (:class:`stages.encode.ClipImageEncoder`),
+CLIP: a frozen open_clip image tower (:class:`stages.nets.clip.ClipImageEncoder`),
 never trained, kept in eval mode; the embeddings come from ``fuse encode`` files
 (``embedding`` in the record) when given, else are computed on the fly. A
 checkpoint holds only the trainable weights; its metadata names the CLIP model
@@ -51,24 +51,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from stages.encode import ClipImageEncoder, embedding_metadata, load_embeddings, pretrained_label
-from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, invalid, read_header
-from stages.nets.learned_methods import fuse_tiled, resolve_weights
+from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, invalid, read_header, write_checkpoint
+from stages.nets.clip import ClipImageEncoder, parse_pretrained, pretrained_label
 from stages.nets.losses import sobel_magnitude, texture_loss_max
 from stages.nets.restormer import RestormerBlock
-from stages.registry import register_factory
 
 METHOD = "mgfusion"
 LOSS_WEIGHT = 0.2  # λ of Eq. 6
-NO_WEIGHTS_MESSAGE = (
-    "no trained weights for fusion method 'mgfusion': train them with "
-    "`fuse train -m mgfusion --pretrained openai --ir DIR --vis DIR -o runs/`, "
-    "then run `fuse fuse -m mgfusion --weights runs/mgfusion.safetensors`."
-)
 
 
 # --------------------------------------------------------------------------- MGFusion blocks
@@ -227,26 +218,15 @@ def save_mgfusion(model: MGFusion, path: str | os.PathLike, clip_model: str, pre
     Metadata: ``format``, ``method`` (``mgfusion``), ``config`` (JSON), ``clip_model``
     and ``clip_pretrained`` (``none`` for a random CLIP) — the CLIP the loader must use.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
                for k, v in model.trainable_state_dict().items()}
     metadata = {"format": CHECKPOINT_FORMAT, "method": METHOD, "config": json.dumps(model.config),
                 "clip_model": clip_model, "clip_pretrained": pretrained_label(pretrained)}
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_checkpoint(tensors, metadata, path)
 
 
 def checkpoint_clip(path: str | os.PathLike) -> tuple[str, str | None]:
     """``(clip_model, pretrained)`` a checkpoint was trained with (``pretrained`` ``None`` = random CLIP)."""
-    from stages.encode import parse_pretrained
-
     metadata = read_header(path, METHOD)[1]
     check_method(path, METHOD, metadata)
     if "clip_model" not in metadata:
@@ -254,152 +234,3 @@ def checkpoint_clip(path: str | os.PathLike) -> tuple[str, str | None]:
     return metadata["clip_model"], parse_pretrained(metadata.get("clip_pretrained"))
 
 
-def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
-                  clip_model: str | None = None, pretrained: str | None = None,
-                  clip: ClipImageEncoder | None = None) -> MGFusion:
-    """Rebuild MGFusion from a checkpoint with the CLIP it was trained with, in eval mode on ``device``.
-
-    Args:
-        clip_model: must equal the checkpoint's (``None``: take it from the checkpoint).
-        pretrained: ``None`` takes the checkpoint's tag; a local file stands in
-            for the recorded tag (a machine without internet); a different tag is an error.
-        clip: an already built :class:`ClipImageEncoder` (must match too).
-    """
-    from stages.encode import parse_pretrained
-
-    path = resolve_weights(METHOD, weights, NO_WEIGHTS_MESSAGE)
-    saved_model, saved_pretrained = checkpoint_clip(path)
-    if clip_model is not None and clip_model != saved_model:
-        raise ValueError(f"{path} was trained with CLIP {saved_model}, not {clip_model}")
-    pretrained = parse_pretrained(pretrained)
-    if pretrained is not None and not Path(pretrained).is_file() and pretrained != saved_pretrained:
-        raise ValueError(f"{path} was trained with CLIP weights {pretrained_label(saved_pretrained)!r}, "
-                         f"not {pretrained!r} (a local checkpoint file of those weights may be given instead)")
-    use_pretrained = pretrained if pretrained is not None else saved_pretrained
-    shapes, metadata = read_header(path, METHOD)
-    config = config_of(path, METHOD, metadata)
-    with safe_open(str(path), framework="pt") as f:
-        state = {name: f.get_tensor(name) for name in shapes}
-    if clip is None:
-        clip = ClipImageEncoder.load(saved_model, use_pretrained, device)
-    elif clip.model_name and clip.model_name != saved_model:
-        raise ValueError(f"{path} was trained with CLIP {saved_model}, not {clip.model_name}")
-    if clip.embed_dim != config.get("embed_dim", clip.embed_dim):
-        raise ValueError(f"{path}: CLIP embedding width {clip.embed_dim} differs from the checkpoint's {config['embed_dim']}")
-    config.pop("embed_dim", None)
-    model = MGFusion(**config, clip=clip)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state and not k.startswith("clip.")]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        raise invalid(path, METHOD, f"tensors missing {missing[:3]}, unknown {unexpected[:3]}, of another shape {wrong[:3]}")
-    model.load_state_dict(state, strict=False)
-    return model.to(device).eval()
-
-
-# --------------------------------------------------------------------------- the fusion callable
-
-
-class MGFusionFuser:
-    """MGFusion as a fusion callable: ``fuser(ir, vis, *, vis_rgb=None, records=None, embeddings=None)``.
-
-    ``ir``, ``vis``: ``(B, 1, H, W)`` in [0, 1], any ``H × W``; result ``(B, 1, H, W)``
-    float32 in [0, 1] on the input's device. The CLIP embeddings are, per item:
-    ``embeddings`` (``{"ir": (B, E), "vis": (B, E)}``) when given; else the
-    ``fuse encode`` file named by ``records[b]["embedding"]`` when it holds ``ir`` and ``vis``
-    made with this checkpoint's CLIP; else computed here on the whole image
-    (``vis_rgb`` ``(B, 3, H, W)`` for the visible one when given). Large images
-    are fused in tiles (``tile`` px, raised-cosine blending over ``tile_overlap``),
-    all tiles sharing the whole image's embeddings. float16 on CUDA with ``half``.
-    """
-
-    uses_records = True  # the fuse stage passes the pairs' records (for "embedding") and vis_rgb
-
-    def __init__(self, model: MGFusion, device: str | torch.device = "cpu", *, tile: int | None = 1024,
-                 tile_overlap: int = 64, half: bool = True):
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
-        self.model = model.to(self.device, self.dtype).eval()
-        if tile is not None and (tile < 2 * tile_overlap or tile < 1):
-            raise ValueError(f"tile ({tile}) must be at least twice tile_overlap ({tile_overlap})")
-        if tile_overlap < 0:
-            raise ValueError(f"tile_overlap must be ≥ 0, got {tile_overlap}")
-        self.tile, self.tile_overlap = tile, tile_overlap
-        clip = model.clip
-        self.clip_model = clip.model_name if clip is not None else ""
-        self.clip_pretrained = pretrained_label(clip.pretrained) if clip is not None else ""
-
-    def _stored(self, path: str | os.PathLike | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(ir, vis)`` embeddings from a ``fuse encode`` file, or ``None`` when made with another CLIP."""
-        if not path:
-            return None
-        try:
-            meta = embedding_metadata(path)
-            stored = load_embeddings(path)
-        except FileNotFoundError:
-            raise ValueError(f"embedding file {path} does not exist") from None
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"embedding file {path} is unreadable ({exc})") from None
-        if meta.get("model") != self.clip_model or meta.get("pretrained") != self.clip_pretrained:
-            return None
-        if "ir" not in stored or "vis" not in stored:
-            return None
-        return stored["ir"], stored["vis"]
-
-    def embeddings_for(self, ir: torch.Tensor, vis: torch.Tensor, vis_rgb: torch.Tensor | None = None,
-                       embedding_paths: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-item CLIP embeddings ``(B, E)`` each, from files where usable, else computed in one batch."""
-        b = ir.shape[0]
-        if embedding_paths is not None and len(embedding_paths) != b:
-            raise ValueError(f"{len(embedding_paths)} embedding paths for a batch of {b}")
-        stored = [self._stored(p) for p in (embedding_paths or [None] * b)]
-        todo = [i for i, s in enumerate(stored) if s is None]
-        e_ir: list = [s[0] if s else None for s in stored]
-        e_vis: list = [s[1] if s else None for s in stored]
-        if todo:
-            vis_clip = vis if vis_rgb is None else vis_rgb
-            computed_ir, computed_vis = self.model.clip_embeddings(ir[todo], vis_clip[todo].to(ir.device, ir.dtype))
-            for j, i in enumerate(todo):
-                e_ir[i], e_vis[i] = computed_ir[j], computed_vis[j]
-        return (torch.stack([t.to(self.device, self.dtype) for t in e_ir]),
-                torch.stack([t.to(self.device, self.dtype) for t in e_vis]))
-
-    def __call__(self, ir: torch.Tensor, vis: torch.Tensor, *, vis_rgb: torch.Tensor | None = None,
-                 records: list[dict] | None = None, embeddings: dict | None = None) -> torch.Tensor:
-        if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
-            raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got "
-                             f"{tuple(ir.shape)} and {tuple(vis.shape)}")
-        source_device = ir.device
-        ir, vis = ir.to(self.device, self.dtype), vis.to(self.device, self.dtype)
-        if vis_rgb is not None:
-            vis_rgb = vis_rgb.to(self.device, self.dtype)
-        with torch.inference_mode():
-            if embeddings is not None:
-                e_ir = embeddings["ir"].to(self.device, self.dtype)
-                e_vis = embeddings["vis"].to(self.device, self.dtype)
-            else:
-                paths = [record.get("embedding") for record in records] if records is not None else None
-                e_ir, e_vis = self.embeddings_for(ir, vis, vis_rgb, paths)
-            h, w = ir.shape[-2:]
-            if self.tile is not None and (h > self.tile or w > self.tile):
-                fused = fuse_tiled(lambda a, b: self.model(a, b, e_ir, e_vis), ir, vis, self.tile, self.tile_overlap)
-            else:
-                fused = self.model(ir, vis, e_ir, e_vis).float()
-            fused = fused.clamp_(0.0, 1.0).to(source_device)
-        return fused.clone()  # a normal tensor, usable outside inference mode
-
-
-def mgfusion_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
-                     clip_model: str | None = None, pretrained: str | None = None, tile: int | None = 1024,
-                     tile_overlap: int = 64, half: bool = True) -> MGFusionFuser:
-    """The registry factory: MGFusion from ``weights`` (or the shipped file) with the CLIP it was trained with.
-
-    ``clip_model`` / ``pretrained`` default to the checkpoint's (see :func:`load_mgfusion`).
-    Without trained weights, :class:`FileNotFoundError` says what to run.
-    """
-    model = load_mgfusion(weights, device, clip_model=clip_model, pretrained=pretrained)
-    return MGFusionFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
-
-
-register_factory("mgfusion")(mgfusion_factory)

@@ -14,7 +14,7 @@ The head is trained jointly with :class:`~stages.nets.registration.RegistrationN
 by :func:`stages.register_training.train_register` (without ``l_ob``) and, with the
 detection head and ``l_ob``, by :func:`stages.tard_training.train_tard_detection`;
 ``stages/weights/tard.safetensors`` holds the whole joint network (trained without
-``l_ob``). :func:`tard_factory` follows the fusion-method contract of :mod:`stages.registry`.
+``l_ob``). :func:`tard_factory` follows the fusion-method contract of :mod:`stages.methods.registry`.
 """
 from __future__ import annotations
 
@@ -24,10 +24,8 @@ import torch
 from torch import nn
 
 from stages.nets.checkpoint import load_checked
-from stages.nets.learned_methods import fuse_tiled
 from stages.nets.losses import texture_loss_max
 from stages.nets.registration import FEATURES, RegistrationNet, conv_block, resize, state_config, warp
-from stages.registry import register_factory
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tard.safetensors"
 GAMMA = 2.0
@@ -119,35 +117,3 @@ def load_tard(weights: str | Path | None = None, device: str | torch.device = "c
     path = Path(weights or WEIGHTS)
     net = load_checked(path, "tard", lambda meta: TardNet(**state_config(path, "tard", meta)))
     return net.to(device).eval()
-
-
-def tard_factory(device: str | torch.device = "cpu", weights: str | Path | None = None, register: bool = True,
-                 tile: int | None = None, tile_overlap: int = 64, **options):
-    """Fusion-method factory (see :mod:`stages.registry`): returns ``fuse(ir, vis) -> fused``.
-
-    ``ir``, ``vis``: ``(B, 1, H, W)`` float in [0, 1]; result ``(B, 1, H, W)`` in [0, 1].
-    ``register=False`` skips the built-in registration (for pairs that are aligned
-    already, e.g. the output of ``fuse register``). Images larger than ``tile`` px on
-    a side are fused in tiles blended over ``tile_overlap`` px (:func:`fuse_tiled`):
-    the IR is first warped onto the VIS grid with the whole image's field, then each
-    tile is fused without registration (features of the warped IR, not warped features).
-    """
-    if options:
-        raise ValueError(f"tard: unknown options {sorted(options)}; it takes 'register', 'tile', 'tile_overlap'")
-    if tile is not None and (tile < 1 or tile < 2 * tile_overlap or tile_overlap < 0):
-        raise ValueError(f"tard: tile ({tile}) must be positive and at least twice tile_overlap ({tile_overlap}) ≥ 0")
-    net = load_tard(weights, device)
-
-    def fuse(ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        ir, vis = ir.to(device), vis.to(device)
-        if tile is None or max(ir.shape[-2:]) <= tile:
-            return net.fuse(ir, vis, register=register).clamp(0.0, 1.0)
-        with torch.no_grad():
-            if register:
-                ir = warp(ir, net.registration.estimate_field(ir, vis))
-            return fuse_tiled(lambda a, b: net.fuse(a, b, register=False), ir, vis, tile, tile_overlap).clamp(0.0, 1.0)
-
-    return fuse
-
-
-register_factory("tard")(tard_factory)

@@ -36,8 +36,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from stages.detection_eval import GroundTruth
-from stages.detection_loss import DetectionLoss, match_classes
 from stages.nets.checkpoint import invalid, load_checked, read_header
 from stages.nets.registration import FEATURES, resize
 from stages.nets.tard import TardNet, load_tard
@@ -61,7 +59,7 @@ class TardDetector(nn.Module):
 
     def __init__(self, names: Sequence[str], in_channels: int = 4 * FEATURES, yaml: str = YAML):
         super().__init__()
-        from stages.detect import quiet_ultralytics
+        from stages.nets.yolo import quiet_ultralytics
 
         quiet_ultralytics()
         from ultralytics.nn.tasks import DetectionModel, yaml_model_load
@@ -117,18 +115,6 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> TardD
     detector = TardDetector(config["names"], config["in_channels"], config["yaml"])
     load_checked(path, KIND, lambda _: detector.model)  # names and shapes checked before the tensors are read
     return detector.to(device).eval()
-
-
-def object_loss_fn(detector: TardDetector, gt: GroundTruth, device: str | torch.device = "cpu") -> DetectionLoss:
-    """``l_ob`` (eq. 8): ``loss(F_f (B, 4C, h, w), ids, affines=None) -> scalar``, ultralytics' loss of ``detector``.
-
-    ``gt`` (:func:`stages.detection_eval.load_ground_truth`) gives the boxes by id;
-    label classes match the detector's names. Boxes follow ``affines`` as in
-    :class:`~stages.detection_loss.DetectionLoss` (normalised full image → pixels of ``F_f``).
-    Gradients reach the detector and ``F_f``.
-    """
-    labels, class_index, dropped = match_classes(gt, detector.model.names)
-    return DetectionLoss(detector.model, labels, class_index, str(device), dropped)
 
 
 class TardDetection(nn.Module):

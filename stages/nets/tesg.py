@@ -27,7 +27,7 @@ Choices where the paper is silent or too heavy for a CPU:
   2 heads; about 60 K parameters.
 * ``mask_guidance=False`` is the paper's ablation "w/o MGCA": no
   decomposition, the cross-attention on the whole images.
-* Text tokens come from :mod:`stages.text_features` (MiniLM, 384-d, by default),
+* Text tokens come from :mod:`stages.nets.text_features` (MiniLM, 384-d, by default),
   projected to the width by a linear layer.
 
 Loss (:func:`tesg_loss`; TeSG's supplement is not available, so the usual
@@ -45,16 +45,12 @@ formulation of these four terms, e.g. SwinFusion/Text-IF, is used):
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 
 from stages.nets.losses import texture_loss_max
 from stages.nets.restormer import LayerNorm2d, RestormerBlock, TransposedAttention
-from stages.nets.text_common import TextFusionCallable, load_text_network
-from stages.registry import register_factory
-from stages.text_features import MINILM_DIM
+from stages.nets.text_features import MINILM_DIM
 
 LOSS_WEIGHTS = {"ssim": 1.0, "grad": 2.0, "int": 2.0}
 
@@ -108,7 +104,7 @@ class TeSG(nn.Module):
         encoder_blocks, decoder_blocks: transformer blocks per encoder / in the decoder.
         heads: attention heads.
         text_dim: width of the text tokens (384 for MiniLM, 512 for CLIP ViT-B-32).
-        text_backend: the :mod:`stages.text_features` backend the weights were trained with.
+        text_backend: the :mod:`stages.nets.text_features` backend the weights were trained with.
         mask_guidance: MGCA on mask-decomposed features (the paper); ``False`` is the
             "w/o MGCA" ablation (cross-attention on whole images; the mask is ignored).
 
@@ -161,7 +157,7 @@ class TeSG(nn.Module):
     def forward(self, ir: torch.Tensor, vis: torch.Tensor, mask: torch.Tensor | None = None,
                 text: torch.Tensor | None = None) -> torch.Tensor:
         if text is None:
-            raise ValueError("TeSG needs text tokens (B, L, D); see stages.text_features")
+            raise ValueError("TeSG needs text tokens (B, L, D); see stages.nets.text_features")
         f_v, f_i, f_vi, f_iv = self.mgca(ir, vis, mask)
         f_r = self.text_ca(torch.cat([f_vi, f_iv], dim=1), text)  # Eq. 7
         g_v = torch.sigmoid(self.gate_v(f_v + f_vi))  # Eq. 8
@@ -188,21 +184,3 @@ def tesg_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, mask: to
         target = mask * ir + (1 - mask) * target
     l_int = (fused - target).abs().mean()
     return w["ssim"] * l_ssim + w["grad"] * l_grad + w["int"] * l_int
-
-
-def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
-                 fixed_text: str | None = None, **_ignored) -> TextFusionCallable:
-    """TeSG as a fusion callable ``fuse(ir, vis, *, mask=None, text=None)`` on ``(B, 1, H, W)`` in [0, 1].
-
-    ``mask``: the record's mask (a path, list of paths, or tensor); ``None`` computes
-    the ``salient`` mask. ``text``: the record's caption(s) (or precomputed text
-    features of the trained width); ``None`` computes the ``advisor`` caption.
-    ``fixed_text`` replaces every caption (ablation); by default, weights trained with
-    ``--fixed-text`` use their text. Weights: ``weights`` or the shipped
-    ``stages/weights/tesg.safetensors``.
-    """
-    model = load_text_network("tesg", TeSG, weights, device)
-    return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
-
-
-register_factory("tesg")(tesg_factory)

@@ -38,15 +38,12 @@ Choices where the paper is silent:
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
 
 from stages.nets.dfh_base import DFHBase, dfh_loss
-from stages.nets.text_common import TextFusionCallable, load_text_network
-from stages.registry import register_factory
-from stages.text_features import MINILM_DIM
+from stages.nets.text_features import MINILM_DIM
 
 TARGET_WEIGHT = 1.0
 
@@ -128,7 +125,7 @@ class TextDFH(nn.Module):
 
     def forward(self, ir: torch.Tensor, vis: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         if text is None:
-            raise ValueError("Text-DFH needs text tokens (B, L, D); see stages.text_features")
+            raise ValueError("Text-DFH needs text tokens (B, L, D); see stages.nets.text_features")
         with torch.no_grad():
             f_i, f_v = self.base.encode(ir, vis)
         return self.base.decode(self.harmonize_ir(f_i, text), self.harmonize_vis(f_v, text))
@@ -140,20 +137,3 @@ def textdfh_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, mask:
     if mask is not None:
         loss = loss + TARGET_WEIGHT * (mask * (fused - ir)).abs().sum() / mask.sum().clamp(min=1.0)
     return loss
-
-
-def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
-                    fixed_text: str | None = None, **_ignored) -> TextFusionCallable:
-    """Text-DFH as a fusion callable ``fuse(ir, vis, *, mask=None, text=None)`` on ``(B, 1, H, W)``.
-
-    ``text``: the record's caption(s) — the advisor's answer to the paper's
-    question — or precomputed text features; ``None`` computes the ``advisor``
-    caption on the pair. ``mask`` is not used at inference (accepted and ignored).
-    ``fixed_text`` replaces every caption (the ablation "fixed text"); by default,
-    weights trained with ``--fixed-text`` use their text.
-    """
-    model = load_text_network("textdfh", TextDFH, weights, device)
-    return TextFusionCallable(model, device, uses_mask=False, fixed_text=fixed_text)
-
-
-register_factory("textdfh")(textdfh_factory)

@@ -1,12 +1,12 @@
-"""The learned fusion networks as registered fusion methods, and their checkpoints.
+"""The learned networks as fusion methods: ``refinefuse``, ``dfh-base`` and ``tard``.
 
 * :data:`NETWORKS` — name → :class:`NetworkSpec` (model class, loss function,
   default training hyper-parameters from the paper); :mod:`stages.train` and the
   tests iterate it.
-* :func:`save_weights` / :func:`load_network` — a checkpoint is one
-  ``.safetensors`` file whose metadata holds the method name and the model's
-  constructor arguments, so it rebuilds the same architecture; the model card
-  (``<name>.json``) sits beside it.
+* :func:`load_network` — rebuilds a network from its checkpoint
+  (:func:`stages.nets.checkpoint.save_weights`: one ``.safetensors`` file whose
+  metadata holds the method name and the model's constructor arguments); the
+  model card (``<name>.json``) sits beside it.
 * :class:`NetworkFuser` — the callable a factory returns: pads to the network's
   multiple (reflect) and crops back, tiles large images with a smooth blending
   window, runs in eval mode under :func:`torch.inference_mode`, in half
@@ -16,14 +16,13 @@ Weights are looked up as: the ``weights`` path given, else the shipped
 ``stages/weights/<name>.safetensors``; with neither, the factory raises
 :class:`FileNotFoundError` saying to run ``fuse train -m <name>``.
 
->>> from stages.registry import get_method               # doctest: +SKIP
+>>> from stages.methods.registry import get_method       # doctest: +SKIP
 >>> fuse = get_method("refinefuse").factory(device="cpu")  # doctest: +SKIP
 >>> fuse(ir, vis).shape   # ir, vis: (B, 1, H, W) in [0, 1]  # doctest: +SKIP
 torch.Size([1, 1, 480, 640])
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -32,15 +31,14 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked
+from stages.methods.registry import WEIGHTS_DIR, register_factory
+from stages.nets.checkpoint import check_method, config_of, load_checked
 from stages.nets.dfh_base import DFHBase, dfh_loss
 from stages.nets.refinefuse import RefineFuse, refinefuse_loss
-from stages.registry import register_factory
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+from stages.nets.registration import warp
+from stages.nets.tard import load_tard
 
 
 class NetworkSpec(NamedTuple):
@@ -82,27 +80,6 @@ def _network_spec(method: str) -> NetworkSpec:
         return NETWORKS[method]
     except KeyError:
         raise KeyError(f"unknown network {method!r}; choose one of: {', '.join(sorted(NETWORKS))}") from None
-
-
-def save_weights(model: nn.Module, method: str, path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
-    """Write ``model``'s state as ``path`` (safetensors), atomically; returns the path.
-
-    The metadata records the method and ``model.config`` so :func:`load_network`
-    rebuilds the same architecture, plus any ``extra`` string entries.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    metadata = {**(extra or {}), "format": CHECKPOINT_FORMAT, "method": method, "config": json.dumps(model.config)}
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def resolve_weights(method: str, weights: str | os.PathLike | None, no_weights_message: str | None = None) -> Path:
@@ -262,3 +239,33 @@ def dfh_base(device: str | torch.device = "cpu", weights: str | os.PathLike | No
              tile: int | None = 1024, tile_overlap: int = 64, half: bool = True) -> NetworkFuser:
     """The Text-DFH base network as a fusion callable; options as :class:`NetworkFuser`."""
     return load_fuser("dfh-base", device, weights, tile=tile, tile_overlap=tile_overlap, half=half)
+
+
+@register_factory("tard")
+def tard_factory(device: str | torch.device = "cpu", weights: str | Path | None = None, register: bool = True,
+                 tile: int | None = None, tile_overlap: int = 64, **options):
+    """Fusion-method factory (see :mod:`stages.methods.registry`): returns ``fuse(ir, vis) -> fused``.
+
+    ``ir``, ``vis``: ``(B, 1, H, W)`` float in [0, 1]; result ``(B, 1, H, W)`` in [0, 1].
+    ``register=False`` skips the built-in registration (for pairs that are aligned
+    already, e.g. the output of ``fuse register``). Images larger than ``tile`` px on
+    a side are fused in tiles blended over ``tile_overlap`` px (:func:`fuse_tiled`):
+    the IR is first warped onto the VIS grid with the whole image's field, then each
+    tile is fused without registration (features of the warped IR, not warped features).
+    """
+    if options:
+        raise ValueError(f"tard: unknown options {sorted(options)}; it takes 'register', 'tile', 'tile_overlap'")
+    if tile is not None and (tile < 1 or tile < 2 * tile_overlap or tile_overlap < 0):
+        raise ValueError(f"tard: tile ({tile}) must be positive and at least twice tile_overlap ({tile_overlap}) ≥ 0")
+    net = load_tard(weights, device)
+
+    def fuse(ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        ir, vis = ir.to(device), vis.to(device)
+        if tile is None or max(ir.shape[-2:]) <= tile:
+            return net.fuse(ir, vis, register=register).clamp(0.0, 1.0)
+        with torch.no_grad():
+            if register:
+                ir = warp(ir, net.registration.estimate_field(ir, vis))
+            return fuse_tiled(lambda a, b: net.fuse(a, b, register=False), ir, vis, tile, tile_overlap).clamp(0.0, 1.0)
+
+    return fuse

@@ -1,12 +1,12 @@
-"""Pieces shared by the text-guided networks (:mod:`stages.nets.tesg`, :mod:`stages.nets.textdfh`).
+"""The text-guided networks as fusion methods: ``tesg`` (:mod:`stages.nets.tesg`), ``textdfh`` (:mod:`stages.nets.textdfh`).
 
 * :func:`save_text_network` / :func:`load_text_network` — the checkpoint format of
-  :mod:`stages.nets.learned_methods` (safetensors; metadata ``method`` and ``config``).
+  :func:`stages.nets.checkpoint.save_weights` (safetensors; metadata ``method`` and ``config``).
 * :func:`prepare_guidance` — what the fusion callables do with a record's extra
   inputs: a mask tensor/array/path (or, when absent, the ``salient`` mask of
-  :mod:`stages.mask` computed on the fly) and the text (a caption, a list of
-  captions, precomputed features, or, when absent, the ``advisor`` caption of
-  :mod:`stages.caption` computed on the fly).
+  :mod:`stages.methods.guidance` computed on the fly) and the text (a caption, a list of
+  captions, precomputed features, or, when absent, the ``advisor`` caption
+  computed on the fly); the networks receive both as tensors.
 * :class:`TextFusionCallable` — pads, runs in eval mode, crops back, clamps.
 """
 from __future__ import annotations
@@ -19,10 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked
-from stages.nets.learned_methods import WEIGHTS_DIR, pad_to_multiple, save_weights
-
-__all__ = ["save_text_network", "load_text_network", "prepare_guidance", "TextFusionCallable", "WEIGHTS_DIR"]
+from stages.methods.guidance import advise, read_mask, salient_mask
+from stages.methods.learned import pad_to_multiple
+from stages.methods.registry import WEIGHTS_DIR, register_factory
+from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked, save_weights
+from stages.nets.tesg import TeSG
+from stages.nets.text_features import as_text_tokens
+from stages.nets.textdfh import TextDFH
 
 
 def save_text_network(model: nn.Module, method: str, path: str | os.PathLike, fixed_text: str | None = None) -> Path:
@@ -59,8 +62,6 @@ def _mask_tensor(mask, ir: torch.Tensor) -> torch.Tensor:
     b, _, h, w = ir.shape
     if isinstance(mask, (str, os.PathLike)) or (isinstance(mask, (list, tuple)) and mask and
                                                  isinstance(mask[0], (str, os.PathLike))):
-        from stages.mask import read_mask
-
         paths = [mask] * b if isinstance(mask, (str, os.PathLike)) else list(mask)
         mask = np.stack([read_mask(p, (h, w)) for p in paths])[:, None].astype(np.float32)
     m = torch.as_tensor(mask, dtype=ir.dtype, device=ir.device)
@@ -75,13 +76,11 @@ def prepare_guidance(ir: torch.Tensor, vis: torch.Tensor, mask=None, text=None, 
                      text_dim: int, backend: str = "minilm") -> tuple[torch.Tensor | None, torch.Tensor]:
     """The mask ``(B, 1, H, W)`` in {0, 1} and text tokens ``(B, L, D)`` for a batch.
 
-    ``mask``: ``None`` (compute :func:`stages.mask.salient_mask` per image), a
+    ``mask``: ``None`` (compute :func:`~stages.methods.guidance.salient_mask` per image), a
     tensor/array broadcastable to ``(B, 1, H, W)``, a mask PNG path, or a list of paths.
-    ``text``: ``None`` (compute :func:`stages.caption.advise` per image), or anything
-    :func:`stages.text_features.as_text_tokens` accepts (caption(s), feature tensors).
+    ``text``: ``None`` (compute :func:`~stages.methods.guidance.advise` per image), or anything
+    :func:`stages.nets.text_features.as_text_tokens` accepts (caption(s), feature tensors).
     """
-    from stages.text_features import as_text_tokens
-
     b = ir.shape[0]
     need_numpy = (need_mask and mask is None) or text is None
     if need_numpy:
@@ -90,13 +89,9 @@ def prepare_guidance(ir: torch.Tensor, vis: torch.Tensor, mask=None, text=None, 
     m = None
     if need_mask:
         if mask is None:
-            from stages.mask import salient_mask
-
             mask = np.stack([salient_mask(a, v) for a, v in zip(irs, viss)])[:, None].astype(np.float32)
         m = _mask_tensor(mask, ir)
     if text is None:
-        from stages.caption import advise
-
         text = [advise(a, v) for a, v in zip(irs, viss)]
     tokens = as_text_tokens(text, b, dim=text_dim, device=ir.device, backend=backend)
     return m, tokens.to(ir.dtype)
@@ -147,3 +142,34 @@ class TextFusionCallable:
                 kwargs["mask"] = pad_to_multiple(m, self.multiple)
             fused = self.model(*args, **kwargs)[..., :h, :w].float().clamp_(0, 1)
         return fused.to(source).clone()
+
+
+@register_factory("tesg")
+def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
+                 fixed_text: str | None = None, **_ignored) -> TextFusionCallable:
+    """TeSG as a fusion callable ``fuse(ir, vis, *, mask=None, text=None)`` on ``(B, 1, H, W)`` in [0, 1].
+
+    ``mask``: the record's mask (a path, list of paths, or tensor); ``None`` computes
+    the ``salient`` mask. ``text``: the record's caption(s) (or precomputed text
+    features of the trained width); ``None`` computes the ``advisor`` caption.
+    ``fixed_text`` replaces every caption (ablation); by default, weights trained with
+    ``--fixed-text`` use their text. Weights: ``weights`` or the shipped
+    ``stages/weights/tesg.safetensors``.
+    """
+    model = load_text_network("tesg", TeSG, weights, device)
+    return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
+
+
+@register_factory("textdfh")
+def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
+                    fixed_text: str | None = None, **_ignored) -> TextFusionCallable:
+    """Text-DFH as a fusion callable ``fuse(ir, vis, *, mask=None, text=None)`` on ``(B, 1, H, W)``.
+
+    ``text``: the record's caption(s) — the advisor's answer to the paper's
+    question — or precomputed text features; ``None`` computes the ``advisor``
+    caption on the pair. ``mask`` is not used at inference (accepted and ignored).
+    ``fixed_text`` replaces every caption (the ablation "fixed text"); by default,
+    weights trained with ``--fixed-text`` use their text.
+    """
+    model = load_text_network("textdfh", TextDFH, weights, device)
+    return TextFusionCallable(model, device, uses_mask=False, fixed_text=fixed_text)

@@ -1,7 +1,7 @@
 """Classical fusion methods: no weights, deterministic, any device.
 
 All act on luminance batches ``(B, 1, H, W)`` in [0, 1] and return the same
-shape (see :mod:`stages.registry`). ``mean`` and ``max`` are torch and run where
+shape (see :mod:`stages.methods.registry`). ``mean`` and ``max`` are torch and run where
 the tensors are; ``laplacian`` and ``gff`` filter each image with OpenCV on the
 CPU (one core filters a 640×480 image faster than torch's conv on several) and
 return the result on the tensors' device.
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from stages.registry import register_factory
+from stages.methods.registry import register_factory
 
 Tensor = torch.Tensor
 _BURT_ADELSON = np.array([1, 4, 6, 4, 1], dtype=np.float32) / 16  # the 5-tap generating kernel

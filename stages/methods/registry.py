@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)
@@ -54,27 +54,27 @@ class MethodInfo:
 
 _MLLM_PAPER = "Infrared and visible image fusion driven by multimodal large language models"
 METHODS: dict[str, MethodInfo] = {info.name: info for info in (
-    MethodInfo("mean", "stages.classical", "classical", "pixel-wise average of IR and VIS luminance"),
-    MethodInfo("max", "stages.classical", "classical", "pixel-wise maximum (choose-max)"),
-    MethodInfo("laplacian", "stages.classical", "classical", "Laplacian pyramid, max-abs detail, averaged base",
+    MethodInfo("mean", "stages.methods.classical", "classical", "pixel-wise average of IR and VIS luminance"),
+    MethodInfo("max", "stages.methods.classical", "classical", "pixel-wise maximum (choose-max)"),
+    MethodInfo("laplacian", "stages.methods.classical", "classical", "Laplacian pyramid, max-abs detail, averaged base",
                "Burt & Adelson 1983; Burt & Kolczynski 1993"),
-    MethodInfo("gff", "stages.classical", "classical", "guided-filter fusion of base and detail layers",
+    MethodInfo("gff", "stages.methods.classical", "classical", "guided-filter fusion of base and detail layers",
                "Li, Kang & Hu, IEEE TIP 2013"),
-    MethodInfo("refinefuse", "stages.nets.learned_methods", "learned",
+    MethodInfo("refinefuse", "stages.methods.learned", "learned",
                "RefineFuse multi-scale interaction network (SFIM, PSIM cross-attention, FIM)",
                "RefineFuse: multi-scale interaction network for multi-modal image fusion"),
-    MethodInfo("dfh-base", "stages.nets.learned_methods", "learned",
+    MethodInfo("dfh-base", "stages.methods.learned", "learned",
                "Text-DFH base fusion network (IR/VI encoders + F-Decoder), no text guidance", f"{_MLLM_PAPER} (Sect. 3.2)"),
-    MethodInfo("tard", "stages.nets.tard", "learned",
+    MethodInfo("tard", "stages.methods.learned", "learned",
                "target-aware unregistered fusion: built-in registration + common/specific feature fusion head",
                "Target-aware unregistered infrared and visible image fusion (Hu et al., Front. Phys. 2025)"),
-    MethodInfo("tesg", "stages.nets.tesg", "learned",
+    MethodInfo("tesg", "stages.methods.text", "learned",
                "TeSG: text-guided fusion with mask-guided cross-attention (MGCA) and text-driven fusion (TDAF)",
                "TeSG: textual semantic guidance for infrared and visible image fusion", extra="text"),
-    MethodInfo("textdfh", "stages.nets.textdfh", "learned",
+    MethodInfo("textdfh", "stages.methods.text", "learned",
                "Text-DFH: text-driven feature harmonisation on the frozen dfh-base network",
                f"{_MLLM_PAPER} (Sect. 3.3)", extra="text"),
-    MethodInfo("mgfusion", "stages.nets.mgfusion", "learned",
+    MethodInfo("mgfusion", "stages.methods.mgfusion", "learned",
                "MGFusion: CLIP-guided fusion (CLIP semantic injection CII, CLIP-weighted feature fusion CFF)",
                "MGFusion: infrared and visible image fusion driven by a multimodal large language model "
                "(CLIP), Front. Neurorobot. 2024, doi:10.3389/fnbot.2024.1521603", extra="clip"),
@@ -87,7 +87,7 @@ def register_factory(name: str):
 
     def wrap(factory: Callable) -> Callable:
         if name not in METHODS:
-            raise ValueError(f"fusion method {name!r} is not listed in stages.registry.METHODS")
+            raise ValueError(f"fusion method {name!r} is not listed in stages.methods.registry.METHODS")
         if name in _FACTORIES:
             raise ValueError(f"fusion method {name!r} is registered twice")
         _FACTORIES[name] = factory

@@ -4,8 +4,8 @@
 #   nohup bash campaigns/register-night.sh > runs/register-night.log 2>&1 &
 #
 # Starts from the shipped stages/weights/tard.safetensors; after any stop, the same command resumes
-# exactly from campaigns/register-night/checkpoint.pt (weights, Adam state, random streams, one per
-# epoch, written atomically; commit it to keep the campaign across sessions).
+# exactly from campaigns/register-night/tard.safetensors (weights; Adam state in tard.optim.safetensors,
+# epoch and random streams in register.json; rewritten every epoch; commit them to keep the campaign).
 # Data (../shared/data, training sets only): roadscene (less the scenes of unaligned/roadscene), llvip,
 # msrs_extra less its 8 validation pairs (stages.register_training.HELD_OUT). No evaluation pair is read.
 # Validation: python benchmarks/bench_register.py --deform runs/register-night/val --weights ...
@@ -23,8 +23,8 @@ for id in $("$PY" -c "from stages.register_training import HELD_OUT; print(' '.j
   ln -sfn "$(realpath "$DATA/msrs_extra/ir/$id.png")" "runs/register-night/val/ir/$id.png"
   ln -sfn "$(realpath "$DATA/msrs_extra/vis/$id.png")" "runs/register-night/val/vis/$id.png"
 done
-if [ -f "$OUT/checkpoint.pt" ]; then
-  start=(--resume "$OUT/checkpoint.pt")
+if [ -f "$OUT/register.json" ]; then
+  start=(--resume "$OUT/tard.safetensors")
 else
   start=(--init stages/weights/tard.safetensors)
 fi

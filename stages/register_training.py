@@ -44,6 +44,7 @@ Run it in the background: ``python -m stages.register_training --epochs 50 --out
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import random
@@ -57,6 +58,7 @@ import torch.nn.functional as F
 from stages.core.images import atomic_file, luminance, read_image
 from stages.nets.registration import identity_grid, resize, save_state, to_pixels
 from stages.nets.tard import TardNet, fusion_loss
+from stages.train import load_optimizer, optimizer_path, save_optimizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAIN_SETS = ("roadscene", "llvip", "msrs_extra")
@@ -215,11 +217,11 @@ def fusion_losses(net: TardNet, ir, vis, deformed, phi, rng: random.Random) -> d
             "luminance": fl["luminance"].detach(), "gradient": fl["gradient"].detach()}
 
 
-def _phase(net: TardNet, fusion: bool, lr: float, total_steps: int, done_steps: int = 0, state: dict | None = None):
+def _phase(net: TardNet, fusion: bool, lr: float, total_steps: int, done_steps: int = 0, state: Path | None = None):
     """Optimizer and cosine schedule (to 2 % of ``lr``) of a phase; sets which parameters train.
 
     The schedule is a closed form of the step, so a resumed run with more epochs
-    continues on the longer schedule; ``state`` restores Adam's moments.
+    continues on the longer schedule; ``state`` (a ``tard.optim.safetensors``) restores Adam's moments.
     """
     reg = net.registration
     if fusion:
@@ -232,7 +234,7 @@ def _phase(net: TardNet, fusion: bool, lr: float, total_steps: int, done_steps: 
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
     if state is not None:
-        opt.load_state_dict(state)
+        load_optimizer(opt, state)
     for group in opt.param_groups:
         group["initial_lr"] = lr
     total = max(1, total_steps)
@@ -306,13 +308,15 @@ def train_register(
     Args:
         pairs: records with ``ir`` and ``vis`` paths of *aligned* pairs.
         out: folder for ``register.safetensors`` (registration net), ``tard.safetensors``
-            (joint net), ``register.json`` (model card) and ``checkpoint.pt`` (resume);
-            all rewritten after every epoch.
+            (joint net), ``tard.optim.safetensors`` (Adam state) and ``register.json`` (model
+            card, with the epoch and random streams a resumed run continues from); all
+            rewritten after every epoch, the card last.
         epochs: passes over ``pairs`` (a new random deformation of each view every time).
         crop: working width in pixels; views are ``crop * 5 / 8`` x ``crop`` (multiples of 32).
         init: a ``tard.safetensors`` to start from (fine-tuning: a fresh optimiser and
             schedule; the model card records the file).
-        resume: a ``checkpoint.pt`` to continue from; ``epochs`` and ``fusion_epochs``
+        resume: a ``tard.safetensors`` written by this function (its card and Adam state
+            beside it) to continue from; ``epochs`` and ``fusion_epochs``
             count the totals and may be larger than in the first run (the cosine
             schedule then follows the longer run from where it is).
         progress: a tqdm bar on stderr; ``log`` receives one JSON line per epoch.
@@ -373,40 +377,42 @@ def train_register(
         row = {"epoch": epoch + 1, "phase": phase, "seconds": round(seconds, 1), **{k: round(v / steps, 4) for k, v in sums.items()}}
         history.append(row)
         log(json.dumps(row))
-        state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                 "history": history, "epoch": epoch + 1, "seconds": seconds, "rng": rng.getstate(), "gen": gen.get_state(),
-                 "init": Path(init).name if init else None}
-        with atomic_file(out / "checkpoint.pt") as tmp:
-            torch.save(state, tmp)
+        save_optimizer(opt, optimizer_path(out / "tard.safetensors"))
+        resume_state = {"epoch": epoch + 1, "seconds": seconds, "rng": rng.getstate(),
+                        "generator": base64.b64encode(gen.get_state().numpy().tobytes()).decode()}
         _export(net, out, size, pairs, history, seconds, epochs=min(epoch + 1, epochs), fusion_epochs=max(0, epoch + 1 - epochs),
-                batch_size=batch_size, lr=lr, seed=seed, crop=crop, **({"init": Path(init).name} if init else {}))
+                batch_size=batch_size, lr=lr, seed=seed, crop=crop, **({"init": Path(init).name} if init else {}),
+                resume=resume_state)
     return out / "register.safetensors"
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The training state :func:`train_register` saves as ``checkpoint.pt``, read without running code.
+    """The training state :func:`train_register` wrote with ``path`` (its ``tard.safetensors``), checked.
 
-    ``torch.load(weights_only=True)`` unpickles only tensors and plain containers; a
-    file that needs more (a crafted pickle) or is not such a checkpoint raises
-    :class:`~stages.nets.checkpoint.WeightsError`.
+    Weights and Adam state are safetensors and the rest is the JSON model card beside them, so
+    nothing is unpickled. Returns ``model`` (state dict), ``optimizer`` (the Adam state file, or
+    ``None``), ``history``, ``epoch``, ``seconds``, ``rng``, ``gen`` and ``init``; a file that is not
+    such a checkpoint raises :class:`~stages.nets.checkpoint.WeightsError`.
     """
-    import pickle
-
     from stages.nets.checkpoint import invalid
+    from stages.nets.registration import load_state
 
-    kind = "register training"
+    path, kind = Path(path), "register training"
+    state = {k: v.to(device) for k, v in load_state(path, kind)[0].items()}
+    card_path = path.with_name("register.json")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise invalid(path, kind, "it holds objects other than tensors and plain values; "
-                                  "not loaded, as unpickling them would run code") from None
-    except Exception as exc:  # not a torch.save file at all: truncated, empty, another format
-        raise invalid(path, kind, f"{type(exc).__name__}: {str(exc).strip()[:120]}") from None
-    keys = {"model", "optimizer", "history", "epoch", "seconds", "rng", "gen"}
-    found = set(ckpt) if isinstance(ckpt, dict) else set()
-    if not keys <= found:
-        raise invalid(path, kind, f"not a checkpoint.pt of fuse train -m register (it lacks {sorted(keys - found)})")
-    return ckpt
+        card = json.loads(card_path.read_text())
+        resume = card["resume"]
+        version, internal, gauss = resume["rng"]
+        rng = (version, tuple(internal), gauss)
+        gen = torch.frombuffer(bytearray(base64.b64decode(resume["generator"])), dtype=torch.uint8)
+        found = {"history": card["history"], "epoch": int(resume["epoch"]), "seconds": float(resume["seconds"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise invalid(path, kind, f"{card_path.name} beside it is not the model card of a fuse train -m register run "
+                                  f"({type(exc).__name__}: {exc})") from None
+    optimizer = optimizer_path(path)
+    return {"model": state, "optimizer": optimizer if optimizer.is_file() else None, **found, "rng": rng, "gen": gen,
+            "init": card.get("init")}
 
 
 def load_init(net: TardNet, init: str | Path, log=print) -> None:

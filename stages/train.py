@@ -249,11 +249,12 @@ def _epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
     raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
 
 
-def _optim_path(weights: Path) -> Path:
+def optimizer_path(weights: Path) -> Path:
+    """Where the optimiser state of ``weights`` (``NAME.safetensors``) lives: ``NAME.optim.safetensors``."""
     return weights.with_name(weights.name.replace(".safetensors", ".optim.safetensors"))
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Optimiser state as safetensors: tensors ``state.<param>.<key>``, param groups in the metadata."""
     state = optimizer.state_dict()
     tensors = {}
@@ -267,7 +268,8 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Restore a state written by :func:`save_optimizer` into ``optimizer`` (same parameters, same order)."""
     with safe_open(str(path), framework="pt") as f:
         groups = json.loads(f.metadata()["param_groups"])
         state: dict[int, dict] = {}
@@ -285,7 +287,8 @@ def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     return float(loss.detach())
 
 
-def _write_json(data: dict, path: Path) -> None:
+def write_json(data: dict, path: Path) -> None:
+    """``data`` as indented JSON at ``path``, atomically."""
     tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -367,8 +370,8 @@ def run_epochs(method: str, model: torch.nn.Module, opt: torch.optim.Optimizer, 
         card["epochs"] = epoch + 1
         card["seconds_trained"] = round(card["seconds_trained"] + time.perf_counter() - started, 1)
         save(weights_path)
-        _save_optimizer(opt, _optim_path(weights_path))
-        _write_json(card, weights_path.with_suffix(".json"))
+        save_optimizer(opt, optimizer_path(weights_path))
+        write_json(card, weights_path.with_suffix(".json"))
         parts = ", ".join(f"{k[6:-5]} {sums[k] / steps:.4f}" for k in sorted(sums) if k != "train_loss")
         shown = "" if metrics is None else "  " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
         log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f}{f' ({parts})' if parts else ''} "
@@ -432,8 +435,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         model = load_network(method, resume, device).train()
         card = json.loads(resume.with_suffix(".json").read_text())
         opt = _make_optimizer(optimizer_name, model.parameters(), lr, momentum)
-        if _optim_path(resume).is_file():
-            _load_optimizer(opt, _optim_path(resume))
+        if optimizer_path(resume).is_file():
+            load_optimizer(opt, optimizer_path(resume))
         log(f"resuming {method} from {resume} after epoch {card['epochs']}")
     else:
         model = (spec.model() if init is None else load_network(method, init, "cpu")).to(device).train()
@@ -466,7 +469,12 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
                         + (f", low light (p={low_light:g}: VIS gain {LOW_LIGHT_GAIN}, gamma {LOW_LIGHT_GAMMA}; "
                            f"IR gain {LOW_LIGHT_IR_GAIN})" if low_light else ""),
         "versions": _versions(),
+        "memory_format": "channels_last",
     })
+    # Channels-last weights and batches: 1.16-1.33x the samples/s of contiguous ones on CPU
+    # (python benchmarks/bench_training.py); the files written are the same (saved contiguous).
+    # torch.compile on top was measured there too and left out: minutes of compilation for little more.
+    model = model.to(memory_format=torch.channels_last)
 
     def epoch_batches(epoch: int, rng: np.random.Generator, chunks: list[np.ndarray]) -> Iterator:
         light_rng = np.random.default_rng([seed, epoch, 1])
@@ -479,7 +487,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
 
     def step_loss(batch) -> tuple[torch.Tensor, dict[str, float]]:
         indices, ir, vis, labels, crops = batch
-        ir, vis = ir.to(device), vis.to(device)
+        ir, vis = (x.to(device).contiguous(memory_format=torch.channels_last) for x in (ir, vis))
         extra = {"salient": salient_targets(ir, labels[0].to(device))} if spec.salient_targets else {}
         fused = model(ir, vis)
         loss = spec.loss(fused, ir, vis, **extra)

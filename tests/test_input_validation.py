@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import fuse_cli, records_of
+from conftest import ROOT, fuse_cli, records_of
 from stages.core.images import ImageError, read_image, write_image
 
 

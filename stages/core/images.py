@@ -201,6 +201,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     (480, 640)
     """
     path = Path(path)
+    return _normalise(_read_pixels(path), path)
+
+
+def read_uint8(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as 8-bit, the way the fusion-metric reference code does (``uint8``).
+
+    An 8-bit file's values are returned as stored: ``to_uint8(read_image(path))`` gives
+    the same array, through float32 and back.
+    """
+    path = Path(path)
+    pixels = _read_pixels(path)
+    return pixels if pixels.dtype == np.uint8 else to_uint8(_normalise(pixels, path))
+
+
+def _read_pixels(path: Path) -> np.ndarray:
+    """The decoded values, ``(H, W)`` or ``(H, W, 3)``, in the file's own type."""
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
@@ -211,12 +227,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
     if raw.size == 0:
         raise ImageError(f"{path}: empty image")
-    return _normalise(_channels(raw, path), path)
-
-
-def read_uint8(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as 8-bit, the way the fusion-metric reference code does (``uint8``)."""
-    return to_uint8(read_image(path))
+    return _channels(raw, path)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

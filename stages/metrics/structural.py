@@ -26,11 +26,17 @@ def _ssim_skimage(x: np.ndarray, ux: np.ndarray, uxx: np.ndarray, y: np.ndarray)
     cov_norm = 49 / 48
     uy = _mean7(y)
     uyy, uxy = _mean7(y * y), _mean7(x * y)
-    vx = cov_norm * (uxx - ux * ux)
-    vy = cov_norm * (uyy - uy * uy)
-    vxy = cov_norm * (uxy - ux * uy)
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    return float(s[3:-3, 3:-3].mean(dtype=np.float64))
+    h, w = y.shape
+    total = 0.0
+    for block in row_blocks((h - 6, w - 6)):  # the map minus its 3-pixel border, a block of rows at a time
+        at = (slice(block.start + 3, block.stop + 3), slice(3, w - 3))
+        mx, my = ux[at], uy[at]
+        vx = cov_norm * (uxx[at] - mx * mx)
+        vy = cov_norm * (uyy[at] - my * my)
+        vxy = cov_norm * (uxy[at] - mx * my)
+        s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        total += s.sum(dtype=np.float64)
+    return float(total / ((h - 6) * (w - 6)))
 
 
 def ssim_mmif(a, b, f) -> float:
@@ -71,52 +77,53 @@ def ssim_vifb(a, b, f) -> float:
     return _ssim_wang(b, f) + _ssim_wang(a, f)
 
 
-def _mef_ssim(seq: list[np.ndarray], f: np.ndarray) -> float:
-    """Ma et al.'s MEF-SSIM of ``f`` against the source sequence, one scale (Tang's ``mef_ssim.m`` vectorised).
+def _mef_ssim(x0: np.ndarray, x1: np.ndarray, f: np.ndarray) -> float:
+    """Ma et al.'s MEF-SSIM of ``f`` against the two sources, one scale (Tang's ``mef_ssim.m`` vectorised).
 
     Window statistics of the sources are box sums, exact for grey levels and their 2×2
     averages, so a flat window is recognised exactly as the per-pixel loop does. The
-    Gaussian window statistics of the first scale are shared with ``ssim_vifb``.
+    Gaussian window statistics of the first scale are shared with ``ssim_vifb`` and VIF.
 
     Tang's patch model, per window: source patches x_i with box means μ_i and box
     covariances C_ij weigh in with c_i = w_i / ‖x_i − μ_i‖ (w_i the exposure weights),
     and the desired patch is ``s · Σ c_i (x_i − μ_i)`` rescaled to the largest source
     contrast (``s`` = max‖x_i − μ_i‖ / ‖Σ c_i (x_i − μ_i)‖). Its Gaussian statistics
-    against ``f`` reduce to the Gaussian covariances V of the sources and ``f``:
-    σ1² = Σ t_i t_j V_ij, σ12 = Σ t_i V_if with t_i = s·c_i (the box means cancel),
-    and a common factor of the c_i (Tang divides by Σ w) cancels in ``t``.
+    against ``f`` reduce to the Gaussian covariances V of the sources and ``f`` (the
+    box means cancel) and depend on the c_i only through u = c_1 / c_0: with
+    N = C00 + 2u·C01 + u²·C11, σ1² = max‖·‖² (V00 + 2u·V01 + u²·V11) / N and
+    σ12 = max‖·‖ (V0f + u·V1f) / √N (both 0 where N ≤ 0).
     """
-    n, k = 11, len(seq)
+    n = 11
     area = n * n
-    pairs = [(i, j) for i in range(k) for j in range(i, k)]
-    s1 = [box_sum_valid(x, n) for x in seq]
-    s2 = {(i, j): box_sum_valid(product(seq[i], seq[j]), n) for (i, j) in pairs}
+    b0, b1 = box_sum_valid(x0, n), box_sum_valid(x1, n)
+    b00, b01, b11 = (box_sum_valid(product(x, y), n) for x, y in ((x0, x0), (x0, x1), (x1, x1)))
     g = _WANG
     gf, gff = local_mean(f, g), local_mean(product(f, f), g)
-    gx = [local_mean(x, g) for x in seq]
-    gxf = [local_mean(product(x, f), g) for x in seq]
-    gxx = {(i, j): local_mean(product(seq[i], seq[j]), g) for (i, j) in pairs}
+    g0, g1 = local_mean(x0, g), local_mean(x1, g)
+    g0f, g1f = local_mean(product(x0, f), g), local_mean(product(x1, f), g)
+    g00, g01, g11 = (local_mean(product(x, y), g) for x, y in ((x0, x0), (x0, x1), (x1, x1)))
     eps = np.finfo(float).eps
+    r_cap = 0.95  # tan(π/2 · r) > 10 from r ≈ 0.9366 on, so p = 10 there, as for Tang's r > 1 → 1 − eps
     const = (0.03 * 255) ** 2
     total = 0.0
     for rows in row_blocks(gf.shape):
-        cov = {(i, j): (area * s2[i, j][rows] - s1[i][rows] * s1[j][rows]) / area for (i, j) in pairs}
-        spread = [np.sqrt(np.maximum(cov[i, i], 0)) for i in range(k)]  # norm of the window minus its mean
-        ed = [s + 0.001 for s in spread]
-        both = sum(cov[i, j] * (1 if i == j else 2) for (i, j) in pairs)
-        r = (np.sqrt(np.maximum(both, 0)) + eps) / (sum(spread) + eps)
-        r[r > 1] = 1 - eps
-        p = np.minimum(np.tan(np.pi / 2 * r), 10.0)
-        c = [((e / n) ** p + eps) / e for e in ed]
-        norm2 = sum(c[i] * c[j] * cov[i, j] * (1 if i == j else 2) for (i, j) in pairs)
-        scale = np.zeros_like(norm2)
-        np.divide(np.maximum.reduce(ed), np.sqrt(norm2), out=scale, where=norm2 > 0)
-        t = [ci * scale for ci in c]
-        g_f = gf[rows]
-        sigma1 = sum(t[i] * t[j] * (gxx[i, j][rows] - gx[i][rows] * gx[j][rows]) * (1 if i == j else 2)
-                     for (i, j) in pairs)
-        sigma2 = gff[rows] - g_f * g_f
-        sigma12 = sum(t[i] * (gxf[i][rows] - gx[i][rows] * g_f) for i in range(k))
+        s0, s1 = b0[rows], b1[rows]
+        c00 = (area * b00[rows] - s0 * s0) / area
+        c01 = (area * b01[rows] - s0 * s1) / area
+        c11 = (area * b11[rows] - s1 * s1) / area
+        spread0, spread1 = np.sqrt(np.maximum(c00, 0)), np.sqrt(np.maximum(c11, 0))  # ‖x_i − μ_i‖
+        r = (np.sqrt(np.maximum(c00 + c11 + 2 * c01, 0)) + eps) / (spread0 + spread1 + eps)
+        p = np.minimum(np.tan(np.pi / 2 * np.minimum(r, r_cap)), 10.0)
+        ed0, ed1 = spread0 + 0.001, spread1 + 0.001
+        u = ((ed1 / n) ** p + eps) * ed0 / (((ed0 / n) ** p + eps) * ed1)  # c_1 / c_0
+        norm2 = c00 + u * (2 * c01 + u * c11)
+        top = np.maximum(ed0, ed1)
+        top = np.divide(top, np.sqrt(norm2), out=np.zeros_like(top), where=norm2 > 0)  # the patch's scale times c_0
+        m0, m1, mf = g0[rows], g1[rows], gf[rows]
+        v00, v01, v11 = g00[rows] - m0 * m0, g01[rows] - m0 * m1, g11[rows] - m1 * m1
+        sigma1 = top * top * (v00 + u * (2 * v01 + u * v11))
+        sigma2 = gff[rows] - mf * mf
+        sigma12 = top * (g0f[rows] - m0 * mf + u * (g1f[rows] - m1 * mf))
         total += ((2 * sigma12 + const) / (sigma1 + sigma2 + const)).sum()
     return float(total / gf.size)
 
@@ -140,13 +147,12 @@ def ms_ssim(a, b, f) -> float:
     """
     if min(f.shape) / 4 < 11:
         return float("nan")
-    seq = [np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)]
-    f = np.asarray(f, dtype=np.float64)
+    a, b, f = (np.asarray(x, dtype=np.float64) for x in (a, b, f))
     scores = []
     for level in range(3):
         if level:
-            seq, f = [_halve(x) for x in seq], _halve(f)
-        scores.append(_mef_ssim(seq, f))
+            a, b, f = _halve(a), _halve(b), _halve(f)
+        scores.append(_mef_ssim(a, b, f))
     return float(np.prod(np.asarray(scores) ** _MS_WEIGHTS))
 
 

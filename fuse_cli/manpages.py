@@ -81,12 +81,17 @@ def command_page(command: click.Command, name: str) -> str:
 
 def main_page(group: click.Group) -> str:
     lines = _header("fuse", "multimodal image fusion as composable command-line stages")
-    lines += [".SH SYNOPSIS", "\\fBfuse\\fR [\\-\\-version] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]", ".SH DESCRIPTION"]
+    lines += [".SH SYNOPSIS", "\\fBfuse\\fR [\\-\\-version] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]", ".br",
+              "\\fBfuse\\fR \\-\\-install\\-completion | \\-\\-show\\-completion", ".SH DESCRIPTION"]
     lines += [_escape(group.help or ""), ".SH COMMANDS"]
     for name, command in group.commands.items():
         lines += [".TP", f"\\fBfuse {name}\\fR", _escape(_summary(command))]
     lines += _examples(PIPELINES)
     lines += [
+        ".SH COMPLETION",
+        _escape("fuse --install-completion adds tab completion to the current shell (bash, zsh, fish): commands, "
+                "options and the names options take (methods, metrics, formats, conventions, backends); "
+                "--show-completion prints the script instead."),
         ".SH EXIT STATUS",
         "0 on success, 1 when any pair failed (its record carries \"error\"), 2 for usage errors.",
         ".SH ENVIRONMENT",

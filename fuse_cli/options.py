@@ -71,7 +71,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stder
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say what is skipped and written.")]
 RS = Annotated[bool, typer.Option("--rs", help="Write RFC 7464 framing (each record prefixed by the RS character).")]
 Engine = choice(("local", "ray"), "--engine", what="engine",
-                help="local (this process) or ray (Ray Data actors; joins the cluster at $RAY_ADDRESS, else starts Ray here).")
+                help="local (this process) or ray (Ray actors; joins the cluster at $RAY_ADDRESS, else starts Ray here).")
 Concurrency = Annotated[int, typer.Option("--concurrency", min=1, help="--engine ray: actors, each holding one copy of the stage.")]
 NumGPUs = Annotated[float, typer.Option("--num-gpus", min=0, help="--engine ray: GPUs per actor (a fraction shares a GPU between actors).")]
 Weights = Annotated[Optional[Path], typer.Option("--weights", help="Model weights file (.safetensors) instead of the shipped ones.", show_default=False)]
@@ -126,7 +126,7 @@ def resolve_device(name: str) -> str:
 def check_engine(engine: str) -> None:
     """``typer.BadParameter`` for ``ray`` when ray is not installed (checked without importing it)."""
     if engine == "ray" and importlib.util.find_spec("ray") is None:
-        raise typer.BadParameter("ray is not installed: pip install 'fuse-cli[ray]' (or 'ray[data]')", param_hint="--engine")
+        raise typer.BadParameter("ray is not installed: pip install 'fuse-cli[ray]' (or 'ray')", param_hint="--engine")
 
 
 def stage_device(name: str, engine: str, num_gpus: float) -> str:

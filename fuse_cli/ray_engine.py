@@ -1,11 +1,13 @@
-"""``--engine ray``: compute a stage's pairs on Ray Data actors, on this machine or a cluster.
+"""``--engine ray``: compute a stage's pairs on Ray actors, on this machine or a cluster.
 
-Each actor builds the stage once, from the command's picklable factory
-(``functools.partial(FuseStage, ...)``), and Ray Data's ``map_batches`` feeds
-it batches of records. The batch runner (:mod:`fuse_cli.runner`) keeps
-everything else on the driver: shard, skip, dry run, error lines, record
-order, exit status. Only the pairs left to compute travel, tagged with their
-input position.
+Each of ``--concurrency`` actors builds the stage once, from the command's
+picklable factory (``functools.partial(FuseStage, ...)``), and receives
+batches of records as they arrive (:class:`ActorPool`). The batch runner
+(:mod:`fuse_cli.runner`) keeps everything else on the driver: shard, skip,
+dry run, error lines, record order, exit status. Only the pairs left to
+compute travel, tagged with their input position, and each comes back as
+soon as its actor is done, so records stream through ``--engine ray`` as
+through the local engine.
 
 Without ``RAY_ADDRESS`` the command starts Ray on this machine and stops it
 when done. To use a cluster, start Ray on its nodes and point the command at it::
@@ -25,14 +27,10 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import sys
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import numpy as np
 import ray
-import ray.data
 
 from fuse_cli.options import RunOptions
 from stages.core.stage import Stage, StageError, error_text, process_safely
@@ -42,7 +40,7 @@ MAX_TASK_RETRIES = 3
 
 
 class StageActor:
-    """Ray Data callable class: builds the stage once per actor, then processes batches of pickled records."""
+    """Ray actor: builds the stage once, then processes batches of records."""
 
     def __init__(self, make_stage: Callable[[], Stage]):
         # Ray forwards a worker's stdout to the driver's, which carries only records: print to stderr instead.
@@ -50,54 +48,90 @@ class StageActor:
         os.dup2(2, 1)
         self.stage = make_stage()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records = [pickle.loads(blob) for blob in batch["record"]]
+    def process(self, records: list[dict]) -> list[dict | StageError]:
         results = process_safely(self.stage, records)
         # Exceptions travel as StageError with the runner's text, so any of them unpickles on the driver.
-        portable = [r if isinstance(r, dict) else StageError(error_text(rec, r)) for rec, r in zip(records, results)]
-        return {"position": batch["position"], "result": np.array([pickle.dumps(r) for r in portable], dtype=object)}
+        return [r if isinstance(r, dict) else StageError(error_text(rec, r)) for rec, r in zip(records, results)]
 
 
 def connect(verbose: bool = False) -> bool:
     """Join the cluster at ``$RAY_ADDRESS``, else start Ray here; ``False`` when this process is connected already.
 
-    Ray's and Ray Data's own messages on stderr are kept to warnings unless
-    ``verbose``. Worker and raylet logs stay in Ray's log folder
+    Ray's own messages on stderr are kept to warnings unless ``verbose``.
+    Worker and raylet logs stay in Ray's log folder
     (``/tmp/ray/session_latest/logs``): Ray would print some of them on stdout,
     which carries only records.
     """
     level = logging.INFO if verbose else logging.WARNING
-    logging.getLogger("ray.data").setLevel(level)
     if ray.is_initialized():
         return False
     ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=level, log_to_driver=False)
     return True
 
 
-def process_on_ray(
-    make_stage: Callable[[], Stage], todo: list[tuple[int, dict]], opts: RunOptions
-) -> Iterator[tuple[int, dict | Exception]]:
-    """For each ``(position, record)`` of ``todo``, yield ``(position, keys to add or the error)`` as actors finish."""
-    if not todo:
-        return
-    connected_here = connect(opts.verbose)
-    try:
-        items = [{"position": position, "record": pickle.dumps(record)} for position, record in todo]
-        with warnings.catch_warnings():
-            # Ray 2.60 deprecates actor options passed as keywords and names no replacement for these two yet.
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            results = ray.data.from_items(items).map_batches(
-                StageActor,
-                fn_constructor_args=(make_stage,),
-                batch_size=opts.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=opts.concurrency),
-                num_gpus=opts.num_gpus or None,
-                max_restarts=-1,
-                max_task_retries=MAX_TASK_RETRIES,
-            )
-        for row in results.iter_rows():
-            yield int(row["position"]), pickle.loads(row["result"])
-    finally:
-        if connected_here:
+class ActorPool:
+    """``opts.concurrency`` actors holding the stage; batches go to idle actors, results come back as they finish.
+
+    Use as a context manager. The first batch connects to Ray (see
+    :func:`connect`) and starts the actors, so a run with nothing to compute
+    starts neither; leaving the context stops Ray if the pool started it.
+    """
+
+    def __init__(self, make_stage: Callable[[], Stage], opts: RunOptions):
+        self.make_stage, self.opts = make_stage, opts
+        self.idle: list | None = None  # the actors without a batch; None until the first batch
+        self.queued: list[list[tuple[int, dict]]] = []
+        self.running: dict = {}  # ObjectRef -> (actor, its batch)
+        self.connected_here = False
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.idle, self.running = None, {}
+        if self.connected_here:
             ray.shutdown()
+
+    def busy(self) -> bool:
+        """Whether every actor has a batch and as many more wait: read no more input until one finishes."""
+        return len(self.queued) >= self.opts.concurrency
+
+    def pending(self) -> bool:
+        return bool(self.queued or self.running)
+
+    def submit(self, batch: list[tuple[int, dict]]) -> None:
+        """Queue ``(position, record)`` pairs to compute; an idle actor takes them at once."""
+        if not batch:
+            return
+        if self.idle is None:
+            self.connected_here = connect(self.opts.verbose)
+            gpus = {"num_gpus": self.opts.num_gpus} if self.opts.num_gpus else {}
+            actor = ray.remote(StageActor).options(max_restarts=-1, max_task_retries=MAX_TASK_RETRIES, **gpus)
+            self.idle = [actor.remote(self.make_stage) for _ in range(self.opts.concurrency)]
+        self.queued.append(batch)
+        self._dispatch()
+
+    def finished(self, wait: bool) -> list[tuple[int, dict | Exception]]:
+        """``(position, keys to add or the error)`` of every batch done by now; with ``wait``, at least one batch."""
+        if not self.running:
+            return []
+        done, _ = ray.wait(list(self.running), num_returns=1, timeout=None if wait else 0)
+        if done:  # take whatever else has finished too
+            done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+        results = []
+        for ref in done:
+            actor, batch = self.running.pop(ref)
+            self.idle.append(actor)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the actor died on every retry
+                failure = RuntimeError(f"its Ray worker failed ({type(exc).__name__}) after {MAX_TASK_RETRIES} retries")
+                outcome = [StageError(error_text(record, failure)) for _, record in batch]
+            results += [(position, result) for (position, _), result in zip(batch, outcome)]
+        self._dispatch()
+        return results
+
+    def _dispatch(self) -> None:
+        while self.idle and self.queued:
+            actor, batch = self.idle.pop(), self.queued.pop(0)
+            self.running[actor.process.remote([record for _, record in batch])] = (actor, batch)

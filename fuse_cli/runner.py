@@ -13,8 +13,8 @@ good, 1 when any pair failed).
 
 Two engines compute the pairs the :class:`Planner` leaves to do: ``local``
 (this process, batch by batch, streaming) and ``ray`` (:mod:`fuse_cli.ray_engine`,
-imported only then: the whole input is planned first, then the pairs go to
-Ray actors and the records come back in input order).
+imported only then: batches go to Ray actors as they arrive, and the records
+come back in input order as the actors finish them).
 
 Output files are written atomically by the stages (see
 :func:`stages.core.images.atomic_file`), so an interrupted run leaves no partial
@@ -68,13 +68,15 @@ STALL_SECONDS = 0.05
 _END = object()
 
 
-def available_batches(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+def available_batches(records: Iterable[dict], size: int, idle: float | None = None) -> Iterator[list[dict]]:
     """Batches of at most ``size`` records, each holding what has arrived: a partial batch goes when input stalls.
 
     A thread reads ``records`` (stdin may block) into a queue; a batch waits for
     its first record, then takes more until it is full or none comes for
     :data:`STALL_SECONDS`, so a slow producer's pair is fused as soon as it arrives.
-    An exception raised while reading is raised here.
+    With ``idle``, an empty batch comes whenever no record has arrived for ``idle``
+    seconds: the caller's turn to collect work done elsewhere. An exception
+    raised while reading is raised here.
     """
     arrived: queue.Queue = queue.Queue(maxsize=2 * size)
 
@@ -90,8 +92,8 @@ def available_batches(records: Iterable[dict], size: int) -> Iterator[list[dict]
     batch: list[dict] = []
     while True:
         try:
-            item = arrived.get(timeout=STALL_SECONDS if batch else None)
-        except queue.Empty:  # the input stalled: what has arrived goes now
+            item = arrived.get(timeout=STALL_SECONDS if batch else idle)
+        except queue.Empty:  # the input stalled: what has arrived goes now (nothing, with ``idle``)
             yield batch
             batch = []
             continue
@@ -265,17 +267,11 @@ def _run_local(stage: Stage, records: Iterator[dict], plan: Planner, opts: RunOp
 
 def _run_on_ray(make_stage: Callable[[], Stage], records: Iterator[dict], plan: Planner, opts: RunOptions,
                 reporter: Reporter, emit: Callable[[dict], None], bar: tqdm) -> None:
-    """Plan every record here, compute the rest on Ray actors, emit in input order as results arrive."""
-    from fuse_cli.ray_engine import process_on_ray
+    """Plan each record here as it arrives, compute the rest on Ray actors, emit in input order as results come back."""
+    from fuse_cli.ray_engine import ActorPool
 
     ready: dict[int, dict] = {}
     waiting: dict[int, dict] = {}
-    for position, record in enumerate(records):
-        decision = plan(record)
-        if decision is COMPUTE:
-            waiting[position] = record
-        else:
-            ready[position] = decision
     emitted = 0
 
     def emit_ready() -> None:
@@ -285,10 +281,28 @@ def _run_on_ray(make_stage: Callable[[], Stage], records: Iterator[dict], plan: 
             bar.update(1)
             emitted += 1
 
-    emit_ready()
-    for position, result in process_on_ray(make_stage, list(waiting.items()), opts):
-        ready[position] = _finish(waiting.pop(position), result, reporter)
+    def collect(wait: bool) -> None:
+        for position, result in pool.finished(wait):
+            ready[position] = _finish(waiting.pop(position), result, reporter)
         emit_ready()
+
+    position = 0
+    with ActorPool(make_stage, opts) as pool:
+        # An empty batch (the input quiet for a moment) lets finished pairs out while a slow producer writes.
+        for batch in available_batches(records, opts.batch_size, idle=STALL_SECONDS):
+            todo = []
+            for record in batch:
+                decision = plan(record)
+                if decision is COMPUTE:
+                    waiting[position] = record
+                    todo.append((position, record))
+                else:
+                    ready[position] = decision
+                position += 1
+            pool.submit(todo)
+            collect(wait=pool.busy())  # every actor busy and as many batches queued: wait before reading on
+        while pool.pending():
+            collect(wait=True)
 
 
 def _process(stage: Stage, records: list[dict], pool: ThreadPoolExecutor | None, workers: int) -> list:

@@ -10,6 +10,7 @@ import functools
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,23 @@ def test_a_killed_worker_is_retried_and_no_pair_is_lost_or_repeated(synthetic_pa
     for record in emitted:
         assert Path(record["copy"]).read_text() == record["vis"]
     assert "copying" not in capfd.readouterr().out
+
+
+def test_ray_engine_emits_a_record_while_its_input_is_still_open(synthetic_pairs, tmp_path):
+    """The first pair comes back before the producer sends the second, as with the local engine."""
+    from stages.fuse import FuseStage
+
+    pairs = pair_directories({"ir": synthetic_pairs / "ir", "vis": synthetic_pairs / "vis"}).records[:2]
+    first_out = threading.Event()
+
+    def slow_producer():
+        yield pairs[0]
+        assert first_out.wait(120), "no record came out while the input was open"
+        yield pairs[1]
+
+    emitted: list[dict] = []
+    make_stage = functools.partial(FuseStage, tmp_path, "max", "cpu")
+    opts = RunOptions(out=tmp_path, batch_size=4, engine="ray", concurrency=1)
+    status = run_stage(make_stage(), slow_producer(), opts, Reporter("fuse"),
+                       emit=lambda record: emitted.append(record) or first_out.set(), make_stage=make_stage)
+    assert status == 0 and [r["id"] for r in emitted] == [p["id"] for p in pairs]

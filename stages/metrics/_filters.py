@@ -150,7 +150,13 @@ def sobel(img: np.ndarray, dx: int, dy: int, border: int) -> np.ndarray:
     ``img`` holds grey levels (integers): the responses are integers below 2**11, exact
     in the ``float32`` returned (several times faster than double).
     """
-    return cv2.Sobel(np.ascontiguousarray(img, dtype=np.float32), cv2.CV_32F, dx, dy, ksize=3, borderType=border)
+    return cv2.Sobel(_float32(img), cv2.CV_32F, dx, dy, ksize=3, borderType=border)
+
+
+@shared
+def _float32(img: np.ndarray) -> np.ndarray:
+    """``img`` as contiguous float32, converted once per image inside :func:`sharing` (every Sobel call needs it)."""
+    return np.ascontiguousarray(img, dtype=np.float32)
 
 
 def block_reduce(img: np.ndarray, size: int, reduce) -> np.ndarray:
@@ -164,10 +170,16 @@ def block_reduce(img: np.ndarray, size: int, reduce) -> np.ndarray:
 
 @shared
 def normalize_255(img: np.ndarray) -> np.ndarray:
-    """Z. Liu's ``normalize1``: min–max stretch to 0..255, rounded. A constant image becomes zeros (the reference gives NaN)."""
+    """Z. Liu's ``normalize1``: min–max stretch to 0..255, rounded. A constant image becomes zeros (the reference gives NaN).
+
+    ``img`` holds grey levels (integers): one that already spans 0..255 is returned as
+    it is (the stretch is the identity), so the work shared on it is shared here too.
+    """
     lo, hi = img.min(), img.max()
     if hi == lo:
         return np.zeros_like(img, dtype=np.float64)
+    if lo == 0 and hi == 255:
+        return img
     return round_half_away((img - lo) / (hi - lo) * 255)
 
 

@@ -1,12 +1,13 @@
 """Speed of `fuse score` on the MSRS pairs: every metric's time, the whole set, and pairs/s against the decode floor.
 
-    python benchmarks/bench_metrics.py [--limit N] [--workers N] [--before REV]
+    python benchmarks/bench_metrics.py [--limit N] [--workers N] [--before REV[,REV...]]
 
 Fused images are the mean of the two luminances, written as PNG. Three tables:
 
 1. CPU ms per pair of each metric alone (``compute_metrics(..., [name])``, so each
-   row includes the gray conversion), for both conventions, now and at the git
-   revision ``--before`` (default: the commit before the speed work of issue 20).
+   row includes the gray conversion), for both conventions, now and at each git
+   revision of ``--before`` (default: the commit before the speed work of issue 20,
+   and the one before the second round of it).
 2. The whole set in one call (work shared between metrics), CPU ms per pair.
 3. The score stage end to end (read three PNGs, score, in-process), wall time,
    one process and ``--workers`` processes, next to the "decode only" floor:
@@ -36,7 +37,7 @@ from stages.metrics import CONVENTIONS, METRICS, compute_metrics  # noqa: E402
 from stages.score import ScoreStage  # noqa: E402
 
 MSRS = ROOT.parent / "shared" / "data" / "msrs"
-BEFORE = "ebb7b46"  # the last commit before issue 20's speed work
+BEFORE = "ebb7b46,af65d9b"  # the last commits before issue 20's speed work, and before its second round
 
 
 def _luminance(img: np.ndarray) -> np.ndarray:
@@ -46,7 +47,7 @@ def _luminance(img: np.ndarray) -> np.ndarray:
 
 def metrics_at(rev: str):
     """``stages.metrics`` as it was at git revision ``rev`` (imported from a temporary copy), or None."""
-    folder = Path(tempfile.mkdtemp()) / "metrics_before"
+    folder = Path(tempfile.mkdtemp()) / f"metrics_{rev}"
     folder.mkdir()
     try:
         names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:stages/metrics"], cwd=ROOT,
@@ -58,7 +59,7 @@ def metrics_at(rev: str):
     except (OSError, subprocess.CalledProcessError):
         return None
     sys.path.insert(0, str(folder.parent))
-    return importlib.import_module("metrics_before")
+    return importlib.import_module(f"metrics_{rev}")
 
 
 def cpu_ms(fn, pairs) -> float:
@@ -79,12 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for table 3")
-    parser.add_argument("--before", default=BEFORE, help="git revision of the 'before' columns ('' for none)")
+    parser.add_argument("--before", default=BEFORE,
+                        help="git revisions of the 'before' columns, comma-separated ('' for none)")
     args = parser.parse_args()
     if not MSRS.is_dir():
         raise SystemExit(f"bench_metrics: {MSRS} not found (needs ../shared/data)")
     cv2.setNumThreads(1)
-    before = metrics_at(args.before) if args.before else None
+    before = {rev: metrics_at(rev) for rev in args.before.split(",") if rev}
     tmp = Path(tempfile.mkdtemp())
     pairs, records = [], []
     for ir_path in sorted((MSRS / "ir").iterdir())[: args.limit]:
@@ -99,7 +101,7 @@ def main() -> None:
     print(f"{len(pairs)} MSRS pairs, {w}x{h}, {os.cpu_count()} CPUs, load average at start "
           f"{os.getloadavg()[0]:.1f}\n")
 
-    versions = {"now": compute_metrics, **({f"{args.before}": before.compute_metrics} if before else {})}
+    versions = {"now": compute_metrics, **{rev: module.compute_metrics for rev, module in before.items() if module}}
     print("CPU ms per pair, each metric alone (includes the gray conversion):\n")
     print("| metric | " + " | ".join(f"{c} {v}" for c in CONVENTIONS for v in versions) + " |")
     print("|---|" + "---:|" * (len(CONVENTIONS) * len(versions)))

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from fuse_cli import options as opt
-from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.inputs import build_stage, gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
 from stages.extras import require_extra
 
@@ -53,13 +53,9 @@ def caption(
     require_extra({"blip": "text", "coca": "clip"}.get(backend), f"fuse caption --backend {backend}")
     reporter = Reporter("caption", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
-    try:
-        make_stage = functools.partial(CaptionStage, out, backend, image=image, ask=ask, keyword=keyword, model=model,
-                                       pretrained=pretrained, device=device if backend != "advisor" else "cpu")
-        stage = make_stage()
-    except (FileNotFoundError, ImportError, ValueError) as exc:
-        typer.echo(f"fuse caption: error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    make_stage = functools.partial(CaptionStage, out, backend, image=image, ask=ask, keyword=keyword, model=model,
+                                   pretrained=pretrained, device=device if backend != "advisor" else "cpu")
+    stage = build_stage("caption", make_stage)
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 

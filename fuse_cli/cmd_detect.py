@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from fuse_cli import options as opt
-from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.inputs import build_stage, gather_records, usage_error
 from stages.core.records import parse_records, read_records_file
 from fuse_cli.runner import Reporter, print_record, run_stage
 from stages.extras import require_extra
@@ -132,7 +132,6 @@ def detect(
 
     require_extra("detect", "fuse detect")
     from stages.detect import DetectStage, TardDetectStage, is_tard_model
-    from stages.nets.yolo import ModelError
 
     tard = is_tard_model(model)
     if tard and image != "fused":
@@ -142,18 +141,13 @@ def detect(
     source = gather_records(ir, vis, records, reporter)
     threshold = conf if conf is not None else (EVAL_CONF if labels is not None else 0.25)
     show_conf = conf if conf is not None else 0.25
-    try:
-        if tard:
-            make_stage = functools.partial(TardDetectStage, out, model, threshold, iou, classes, opt.resolve_device(device),
-                                           draw, show_conf=show_conf)
-        else:
-            make_stage = functools.partial(DetectStage, out, model, image, threshold, iou, classes, imgsz,
-                                           ultralytics_device(device), draw, half, show_conf=show_conf)
-        stage = make_stage()
-    except ModelError as exc:
-        raise _fail("detect", exc) from None
-    except ValueError as exc:
-        raise usage_error(str(exc)) from None
+    if tard:
+        make_stage = functools.partial(TardDetectStage, out, model, threshold, iou, classes, opt.resolve_device(device),
+                                       draw, show_conf=show_conf)
+    else:
+        make_stage = functools.partial(DetectStage, out, model, image, threshold, iou, classes, imgsz,
+                                       ultralytics_device(device), draw, half, show_conf=show_conf)
+    stage = build_stage("detect", make_stage)
     if labels is None:
         raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
     done: list[dict] = []

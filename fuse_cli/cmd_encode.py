@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from fuse_cli import options as opt
-from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.inputs import build_stage, gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
 from stages.extras import require_extra
 
@@ -54,15 +54,9 @@ def encode(
         raise usage_error(f"--image {image!r}: use a comma-separated list of {', '.join(IMAGE_KEYS)}")
     reporter = Reporter("encode", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
-    try:
-        make_stage = functools.partial(EncodeStage, out, model, parse_pretrained(pretrained), keys, tokens, device,
-                                       run.batch_size * len(keys))
-        stage = make_stage()
-    except ValueError as exc:
-        raise usage_error(str(exc)) from None
-    except (RuntimeError, OSError) as exc:
-        typer.echo(f"fuse encode: error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    make_stage = functools.partial(EncodeStage, out, model, parse_pretrained(pretrained), keys, tokens, device,
+                                   run.batch_size * len(keys))
+    stage = build_stage("encode", make_stage)
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from fuse_cli import options as opt
-from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.inputs import build_stage, gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
 from stages.extras import require_extra
 
@@ -51,14 +51,10 @@ def mask(
     reporter = Reporter("mask", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
     wanted = {c.strip() for c in classes.split(",") if c.strip()} if classes else None
-    try:
-        make_stage = functools.partial(MaskStage, out, backend, keyword=keyword, contrast=contrast, classes=wanted,
-                                       min_score=min_score, clip_model=model, pretrained=pretrained,
-                                       device=device if backend == "text" else "cpu")
-        stage = make_stage()
-    except (FileNotFoundError, ImportError, RuntimeError, ValueError) as exc:
-        typer.echo(f"fuse mask: error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    make_stage = functools.partial(MaskStage, out, backend, keyword=keyword, contrast=contrast, classes=wanted,
+                                   min_score=min_score, clip_model=model, pretrained=pretrained,
+                                   device=device if backend == "text" else "cpu")
+    stage = build_stage("mask", make_stage)
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from fuse_cli import options as opt
-from fuse_cli.inputs import gather_records, usage_error
+from fuse_cli.inputs import build_stage, gather_records
 from fuse_cli.runner import Reporter, run_stage
 
 
@@ -47,20 +47,13 @@ def register_command(
     {"path": what made the grid (ecc, translation, identity, net, net+ecc, net-affine),
     "confidence": see --min-confidence}.
     """
-    from stages.nets.checkpoint import WeightsError
     from stages.register import RegisterStage
 
     reporter = Reporter("register", run.quiet, run.verbose)
     source = gather_records(ir, vis, records, reporter)
-    try:
-        make_stage = functools.partial(RegisterStage, out, method, device, max_displacement, mask_invalid, save_overlay,
-                                       weights, ecc_model, single_pass, min_confidence)
-        stage = make_stage()
-    except (FileNotFoundError, WeightsError) as exc:
-        typer.echo(f"fuse register: error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except ValueError as exc:
-        raise usage_error(str(exc)) from None
+    make_stage = functools.partial(RegisterStage, out, method, device, max_displacement, mask_invalid, save_overlay,
+                                   weights, ecc_model, single_pass, min_confidence)
+    stage = build_stage("register", make_stage)
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 

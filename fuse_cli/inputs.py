@@ -1,22 +1,44 @@
 """Where a stage's records come from: ``--records FILE``, paired folders, or stdin.
 
-Shared by every command module, with the usage-error convention (exit 2).
+Shared by every command module, with the exit statuses of what a command cannot
+use: :func:`usage_error` (exit 2) and :func:`build_stage` (exit 1 or 2).
 """
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import typer
 
-from stages.core.records import IMAGE_SUFFIXES, Pairing, pair_directories, read_records_file, read_stdin_records
 from fuse_cli.runner import Reporter
+from stages.core.records import IMAGE_SUFFIXES, Pairing, pair_directories, read_records_file, read_stdin_records
+from stages.core.stage import Stage
+from stages.nets.checkpoint import WeightsError
+from stages.nets.yolo import ModelError
 
 
 def usage_error(message: str) -> typer.Exit:
     typer.echo(f"fuse: usage error: {message}", err=True)
     return typer.Exit(2)
+
+
+def build_stage(command: str, make_stage: Callable[[], Stage]) -> Stage:
+    """``make_stage()``; what it raises ends ``fuse COMMAND`` the same way for every command.
+
+    A file, model or library that cannot be used (``OSError``, ``RuntimeError``,
+    ``ImportError``, a weights file that does not fit: ``WeightsError``, a detector
+    that does not load: ``ModelError``) exits 1
+    with ``fuse COMMAND: error: ...``; any other ``ValueError`` is an option value
+    the stage refused: a usage error (exit 2).
+    """
+    try:
+        return make_stage()
+    except (OSError, RuntimeError, ImportError, WeightsError, ModelError) as exc:
+        typer.echo(f"fuse {command}: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
 
 
 def gather_records(

@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from stages.core.images import atomic_file
-
 class ModelError(ValueError):
     """A detector that cannot be loaded; the message says what to give instead."""
 
@@ -34,6 +32,8 @@ def save_yolo(yolo, path: str | Path) -> Path:
     Unlike ultralytics' ``.pt`` (a pickle), loading it (:func:`load_yolo`) runs no code from the file.
     """
     from safetensors.torch import save_file
+
+    from stages.core.images import atomic_file  # numpy, Pillow: not for the commands that only catch ModelError
 
     model = yolo.model
     state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()

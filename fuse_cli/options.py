@@ -165,14 +165,16 @@ STAGE_OPTIONS: dict[str, tuple[object, object]] = {
 }
 
 
-def stage_options(batch_size: int = 4):
+def stage_options(batch_size: int = 4, uses_device: Callable[[dict[str, Any]], bool] | None = None):
     """Decorator giving a Typer command the shared stage options.
 
     The command declares its own parameters (including ``out``) plus ``run: RunOptions``
     and ``device: str``; the decorator adds ``--overwrite --dry-run --device
     --batch-size --workers --shard --engine --concurrency --num-gpus --rs -q -v`` to its
     signature and calls it with ``run`` built from them and ``device`` resolved
-    (``auto`` → ``cuda`` or ``cpu``, see :func:`stage_device`).
+    (``auto`` → ``cuda`` or ``cpu``, see :func:`stage_device`). When
+    ``uses_device(own_arguments)`` says the run puts no tensors on a device
+    (a classical fusion method), ``auto`` is ``cpu`` without importing torch.
     """
 
     def decorate(command):
@@ -187,7 +189,11 @@ def stage_options(batch_size: int = 4):
         def wrapper(**kwargs):
             shared = {name: kwargs.pop(name) for name in STAGE_OPTIONS if name != "device"}
             check_engine(shared["engine"])
-            device = stage_device(kwargs.pop("device"), shared["engine"], shared["num_gpus"])
+            device = kwargs.pop("device")
+            if device == "auto" and not shared["num_gpus"] and uses_device and not uses_device(kwargs):
+                device = "cpu"  # no tensors: no need to import torch to look for CUDA
+            else:
+                device = stage_device(device, shared["engine"], shared["num_gpus"])
             shared["shard"] = parse_shard(shared["shard"])
             return command(**kwargs, run=RunOptions(out=kwargs.get("out"), **shared), device=device)
 

@@ -1,7 +1,7 @@
 """The ``fuse`` stage: read each pair, fuse the luminance, write ``OUT/<id>.<ext>``.
 
 Colour rule: when VIS is RGB the fused image is RGB — IR is fused with the Y
-channel of VIS in YCbCr (BT.601, :func:`kornia.color.rgb_to_ycbcr`) and the
+channel of VIS in YCbCr (BT.601, :func:`rgb_to_ycbcr`) and the
 visible chroma (Cb, Cr) is kept; a gray VIS gives a gray output. An RGB IR
 image (false-colour or gray stored as RGB) is reduced to its luminance.
 The output always has the input's height and width.
@@ -11,16 +11,14 @@ grid wins: ``resize="vis"`` resamples IR onto the VIS size, ``"ir"`` the other
 way round (bilinear, antialiased).
 
 Same-size pairs in a batch are stacked and fused in one call, on the chosen
-device, so networks batch on the GPU.
+device, so networks batch on the GPU. Classical methods are given numpy arrays,
+so fusing with them imports no torch.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
 from stages.core.images import PNG_COMPRESSION, ImageError, luminance, read_image, write_image
 from stages.core.provenance import weights_digest
@@ -28,15 +26,27 @@ from stages.core.stage import Stage, StageError, record_path
 from stages.methods.registry import WEIGHTS_DIR, get_method
 
 
-def _to_tensor(img: np.ndarray, device: str) -> torch.Tensor:
-    """``(H, W)`` or ``(H, W, 3)`` numpy → ``(1, C, H, W)`` float tensor."""
-    tensor = torch.from_numpy(np.ascontiguousarray(img))
-    tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
-    return tensor.to(device)
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """YCbCr of RGB in [0, 1], channels last: kornia's ``rgb_to_ycbcr``, operation for operation."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return np.stack([y, (b - y) * 0.564 + 0.5, (r - y) * 0.713 + 0.5], -1)
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_ycbcr` clipped to [0, 1]: kornia's ``ycbcr_to_rgb``, operation for operation."""
+    y, cb, cr = ycbcr[..., 0], ycbcr[..., 1] - 0.5, ycbcr[..., 2] - 0.5
+    rgb = np.stack([y + 1.4025245442 * cr, y - 0.7144034731 * cr - 0.3443401356 * cb, y + 1.7730496454 * cb], -1)
+    return np.clip(rgb, 0, 1)
 
 
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    tensor = _to_tensor(img, "cpu")
+    """``img`` ``(H, W)`` or ``(H, W, 3)`` resampled to ``size`` (bilinear, antialiased)."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(img))
+    tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
     out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     return (out[0] if out.shape[0] == 1 else out.permute(1, 2, 0)).numpy()
 
@@ -90,6 +100,7 @@ class FuseStage(Stage):
         self.output_suffix = f".{out_format}"
         info = get_method(method)
         self.fuse_luma = info.factory(device=device, weights=weights, **(method_options or {}))
+        self.on_arrays = info.kind == "classical"  # numpy in, numpy out; networks take tensors on ``device``
         shipped = WEIGHTS_DIR / f"{method}.safetensors"
         self.settings = {"method": method, "weights": weights_digest(weights if weights is not None else shipped),
                          "bit_depth": bit_depth, "resize": resize, **(method_options or {})}
@@ -128,7 +139,6 @@ class FuseStage(Stage):
                     results[i] = StageError(f"pair {records[i].get('id', '?')}: cannot write output: {exc}")
         return results
 
-    @torch.inference_mode()
     def fuse_images(self, irs: list[np.ndarray], viss: list[np.ndarray], records: list[dict] | None = None) -> list[np.ndarray]:
         """Fuse same-size pairs: ``irs`` ``(H, W)``, ``viss`` ``(H, W)`` or ``(H, W, 3)`` → fused, VIS's channels.
 
@@ -136,17 +146,25 @@ class FuseStage(Stage):
         embeddings) set ``uses_records = True`` on their callable and receive
         the pairs' ``records`` to read those keys from, and ``vis_rgb`` ``(B, 3, H, W)``.
         """
-        ir = torch.cat([_to_tensor(x, self.device) for x in irs])  # (B, 1, H, W)
-        vis_rgb = [v.ndim == 3 for v in viss]
-        vis = torch.cat([_to_tensor(v if v.ndim == 3 else v[..., None].repeat(3, -1), self.device) for v in viss])
-        ycbcr = rgb_to_ycbcr(vis)  # (B, 3, H, W); on gray VIS, Y is the gray value
-        extra = {"records": records, "vis_rgb": vis} if getattr(self.fuse_luma, "uses_records", False) else {}
-        fused_y = self.fuse_luma(ir, ycbcr[:, :1], **extra).float().clamp(0, 1)
-        out = []
-        for b, is_rgb in enumerate(vis_rgb):
-            if is_rgb:
-                rgb = ycbcr_to_rgb(torch.cat([fused_y[b : b + 1], ycbcr[b : b + 1, 1:]], dim=1)).clamp(0, 1)
-                out.append(rgb[0].permute(1, 2, 0).cpu().numpy())
-            else:
-                out.append(fused_y[b, 0].cpu().numpy())
-        return out
+        ir = np.stack(irs)[:, None]  # (B, 1, H, W)
+        vis = np.stack([v if v.ndim == 3 else np.repeat(v[..., None], 3, -1) for v in viss])  # (B, H, W, 3)
+        ycbcr = rgb_to_ycbcr(vis)  # on gray VIS, Y is the gray value
+        vis_y = np.ascontiguousarray(ycbcr[:, None, ..., 0])  # (B, 1, H, W)
+        if self.on_arrays:
+            fused_y = self.fuse_luma(ir, vis_y)
+        else:
+            fused_y = self._fuse_tensors(ir, vis_y, vis, records)
+        fused_y = np.clip(fused_y.astype(np.float32, copy=False), 0, 1)
+        return [ycbcr_to_rgb(np.concatenate([fused_y[b, 0, ..., None], ycbcr[b, ..., 1:]], -1)) if v.ndim == 3
+                else fused_y[b, 0] for b, v in enumerate(viss)]
+
+    def _fuse_tensors(self, ir: np.ndarray, vis_y: np.ndarray, vis: np.ndarray, records: list[dict] | None) -> np.ndarray:
+        """A network's fused luminance ``(B, 1, H, W)``, computed on the stage's device."""
+        import torch
+
+        with torch.inference_mode():
+            extra = {}
+            if getattr(self.fuse_luma, "uses_records", False):
+                extra = {"records": records, "vis_rgb": torch.from_numpy(vis).permute(0, 3, 1, 2).contiguous().to(self.device)}
+            fused = self.fuse_luma(torch.from_numpy(ir).to(self.device), torch.from_numpy(vis_y).to(self.device), **extra)
+            return fused.float().cpu().numpy()

@@ -119,12 +119,14 @@ def test_help_version_and_pairs_import_neither_torch_nor_scipy(synthetic_pairs):
         assert not {"torch", "scipy"} & modules, args
 
 
-def test_list_methods_and_a_classical_method_import_no_network(synthetic_pairs, tmp_path):
+def test_list_methods_and_classical_methods_import_neither_torch_nor_a_network(synthetic_pairs, tmp_path):
     listed = _imported("fuse", "--list-methods")
     assert "torch" not in listed and not NETWORK_MODULES & listed
-    fused = _imported("fuse", "-m", "laplacian", "-q", "-o", tmp_path, "--ir", synthetic_pairs / "ir",
-                      "--vis", synthetic_pairs / "vis")
-    assert (tmp_path / "scene_00.png").is_file() and not NETWORK_MODULES & fused
+    for method in ("laplacian", "max"):  # per-image OpenCV filters, and a whole-batch numpy rule
+        fused = _imported("fuse", "-m", method, "-q", "-o", tmp_path / method, "--ir", synthetic_pairs / "ir",
+                          "--vis", synthetic_pairs / "vis")
+        assert (tmp_path / method / "scene_00.png").is_file()
+        assert not {"torch", "kornia", "scipy"} & fused and not NETWORK_MODULES & fused, method
 
 
 def test_every_listed_method_registers_its_factory():

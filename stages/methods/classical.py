@@ -1,45 +1,61 @@
 """Classical fusion methods: no weights, deterministic, any device.
 
 All act on luminance batches ``(B, 1, H, W)`` in [0, 1] and return the same
-shape (see :mod:`stages.methods.registry`). ``mean`` and ``max`` are torch and run where
-the tensors are; ``laplacian`` and ``gff`` filter each image with OpenCV on the
-CPU (one core filters a 640×480 image faster than torch's conv on several) and
-return the result on the tensors' device.
+shape (see :mod:`stages.methods.registry`): float32 numpy arrays, which is how
+:mod:`stages.fuse` calls them (so fusing classically imports no torch), or torch
+tensors on any device, returned on that device. They compute with numpy and
+OpenCV on the CPU (one core filters a 640×480 image faster than torch's conv on
+several).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
 import numpy as np
-import torch
 
 from stages.methods.registry import register_factory
 
-Tensor = torch.Tensor
 _BURT_ADELSON = np.array([1, 4, 6, 4, 1], dtype=np.float32) / 16  # the 5-tap generating kernel
 
 
-def _per_image(fn):
-    """Lift ``fn(ir, vis)`` on 2-D float32 numpy images to ``(B, 1, H, W)`` tensors on any device."""
+def _arrays_or_tensors(fn):
+    """Let ``fn`` on float32 numpy batches take torch tensors too, returning a tensor on their device."""
 
-    def fused(ir: Tensor, vis: Tensor, **options) -> Tensor:
-        out = [fn(a[0].detach().float().cpu().numpy(), b[0].detach().float().cpu().numpy(), **options)
-               for a, b in zip(ir, vis)]
-        return torch.from_numpy(np.stack(out)[:, None]).to(device=ir.device, dtype=ir.dtype)
+    @functools.wraps(fn)
+    def fused(ir, vis, **options):
+        if isinstance(ir, np.ndarray):
+            return fn(ir, vis, **options)
+        import torch
 
-    fused.__doc__ = fn.__doc__
+        out = fn(ir.detach().float().cpu().numpy(), vis.detach().float().cpu().numpy(), **options)
+        return torch.from_numpy(out).to(device=ir.device, dtype=ir.dtype)
+
     return fused
 
 
-def fuse_mean(ir: Tensor, vis: Tensor) -> Tensor:
+def _per_image(fn):
+    """Lift ``fn(ir, vis)`` on 2-D float32 images to ``(B, 1, H, W)`` batches (arrays or tensors)."""
+
+    @_arrays_or_tensors
+    @functools.wraps(fn)
+    def fused(ir: np.ndarray, vis: np.ndarray, **options) -> np.ndarray:
+        return np.stack([fn(a[0], b[0], **options) for a, b in zip(ir, vis)])[:, None]
+
+    return fused
+
+
+@_arrays_or_tensors
+def fuse_mean(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
     """Pixel-wise average ``(ir + vis) / 2``."""
     return (ir + vis) / 2
 
 
-def fuse_max(ir: Tensor, vis: Tensor) -> Tensor:
+@_arrays_or_tensors
+def fuse_max(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
     """Pixel-wise maximum (the "choose-max" rule)."""
-    return torch.maximum(ir, vis)
+    return np.maximum(ir, vis)
 
 
 def _blur5(img: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ listing methods, or running one, imports no other method's network.
 :func:`list_methods`, so a method added here is listed, tested and benchmarked.
 
 A factory is called as ``factory(device=..., weights=None, **options)`` and
-returns a callable ``fuse(ir, vis) -> fused`` on luminance tensors:
+returns a callable ``fuse(ir, vis) -> fused`` on luminance tensors (classical
+methods take float32 numpy arrays of the same shapes as well, and
+:mod:`stages.fuse` gives them arrays, so they run without torch):
 
 * ``ir``:  ``(B, 1, H, W)`` float in [0, 1]
 * ``vis``: ``(B, 1, H, W)`` float in [0, 1] (the Y channel of an RGB image)

@@ -168,6 +168,29 @@ def test_png_round_trips_exactly_with_its_recipe(tmp_path, shape, bit_depth):
     assert read_recipe(path) == recipe
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+def test_read_uint8_equals_the_float_route(tmp_path, suffix):
+    """read_uint8 hands an 8-bit file's values over as decoded; they equal to_uint8(read_image(path))."""
+    import imageio.v3 as iio
+
+    from stages.core.images import read_uint8, to_uint8
+
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, size=(21, 34, 3), dtype=np.uint8)
+    images = {"gray": rgb[..., 0], "rgb": rgb, "gray_as_rgb": np.repeat(rgb[..., :1], 3, -1),
+              "rgba": np.concatenate([rgb, rgb[..., :1]], -1)}
+    for name, data in images.items():
+        if suffix in (".jpg", ".bmp") and name == "rgba":
+            continue
+        path = tmp_path / f"{name}{suffix}"
+        if suffix == ".tif":
+            tifffile.imwrite(path, data)
+        else:
+            iio.imwrite(path, data)
+        fast = read_uint8(path)
+        assert fast.dtype == np.uint8 and np.array_equal(fast, to_uint8(read_image(path))), name
+
+
 def test_16bit_tiff_round_trip_and_radiometric_ir(tmp_path):
     img = np.random.default_rng(0).random((33, 47)).astype(np.float32)
     write_image(tmp_path / "x.tif", img, bit_depth=16)

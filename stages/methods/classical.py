@@ -122,11 +122,18 @@ def _box(img: np.ndarray, size: int) -> np.ndarray:
 def guided_filter(guide: np.ndarray, src: np.ndarray, size: int, eps: float) -> np.ndarray:
     """He et al.'s guided filter of ``src`` by ``guide`` (2-D, same shape), ``size``×``size`` box windows, regulariser ``eps``."""
     mean_i, mean_p = _box(guide, size), _box(src, size)
-    var_i = _box(guide * guide, size) - mean_i * mean_i
-    cov_ip = _box(guide * src, size) - mean_i * mean_p
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
-    return _box(a, size) * guide + _box(b, size)
+    var_i = _box(guide * guide, size)
+    var_i -= mean_i * mean_i
+    a = _box(guide * src, size)
+    a -= mean_i * mean_p  # cov(I, p)
+    var_i += eps
+    a /= var_i
+    b = mean_p
+    b -= a * mean_i
+    out = _box(a, size)  # in place where it can be: the same operations, fewer full-size temporaries
+    out *= guide
+    out += _box(b, size)
+    return out
 
 
 _LAPLACIAN_3 = np.array([[1, 1, 1], [1, -8, 1], [1, 1, 1]], dtype=np.float32) / 16  # kornia's, normalised

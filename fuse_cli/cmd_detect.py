@@ -63,7 +63,7 @@ def ultralytics_device(name: str) -> str:
 
 
 def _class_map(items: list[str] | None) -> dict[str, str]:
-    from stages.detection_eval import parse_class_map
+    from stages.detection.evaluation import parse_class_map
 
     try:
         return parse_class_map(items)
@@ -167,7 +167,7 @@ def detect(
 
 def _image_sizes(records: list[dict], key: str) -> dict[str, tuple[int, int]]:
     """Lazily-read ``(width, height)`` per id, for mixing pixel and normalised boxes."""
-    from stages.detection_dataset import image_size
+    from stages.detection.dataset import image_size
 
     class Sizes(dict):
         def get(self, pair, default=None):
@@ -185,7 +185,7 @@ def _image_sizes(records: list[dict], key: str) -> dict[str, tuple[int, int]]:
 
 def _evaluate_records(done: list[dict], labels: Path, label_classes: Path | None, mapping: dict[str, str], fmt: str,
                       report: Path | None, source_name: str, image_key: str, reporter: Reporter) -> int:
-    from stages.detection_eval import AnnotationError, read_detections_json
+    from stages.detection.evaluation import AnnotationError, read_detections_json
 
     detections, status = {}, 0
     for record in done:
@@ -208,7 +208,7 @@ def _evaluate_records(done: list[dict], labels: Path, label_classes: Path | None
 def _evaluate_existing(detections: str, labels: Path, label_classes: Path | None, mapping: dict[str, str], fmt: str,
                        report: Path | None, name: str | None, ir: Path | None, vis: Path | None, records: Path | None,
                        reporter: Reporter) -> int:
-    from stages.detection_eval import AnnotationError, load_detections, load_ground_truth, read_class_names
+    from stages.detection.evaluation import AnnotationError, load_detections, load_ground_truth, read_class_names
 
     if detections == "-" or detections.endswith(".jsonl"):
         if detections != "-" and not Path(detections).is_file():
@@ -240,7 +240,7 @@ def _evaluate(detections: dict, image_ids: list[str] | None, labels: Path, label
               mapping: dict[str, str], fmt: str, report: Path | None, source_name: str, sizes, reporter: Reporter,
               gt=None) -> int:
     from stages.core.images import atomic_file
-    from stages.detection_eval import AnnotationError, evaluate, format_table, load_ground_truth, names_by_index
+    from stages.detection.evaluation import AnnotationError, evaluate, format_table, load_ground_truth, names_by_index
 
     try:
         if gt is None:
@@ -284,8 +284,8 @@ def export(
 ) -> None:
     """Write an ultralytics-ready dataset from records' images and their labels; print the data.yaml path."""
     require_extra("detect", "fuse detect export")
-    from stages.detection_dataset import export_dataset
-    from stages.detection_eval import AnnotationError
+    from stages.detection.dataset import export_dataset
+    from stages.detection.evaluation import AnnotationError
 
     if not labels.exists():
         raise usage_error(f"--labels {labels}: no such folder or file")
@@ -334,7 +334,7 @@ def train(
     import yaml
 
     from stages.nets.yolo import ModelError
-    from stages.detection_dataset import train_detector
+    from stages.detection.dataset import train_detector
 
     if not data.is_file():
         raise usage_error(f"--data {data}: no such file")

@@ -156,7 +156,7 @@ def train(
 
         path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **settings, **common, init=init)
     elif method == "tard":
-        from stages.detection_eval import parse_class_map
+        from stages.detection.evaluation import parse_class_map
         from stages.tard_training import LAMBDA_DET, train_tard_detection
 
         try:
@@ -199,8 +199,8 @@ def _detection(det_model: Path | None, labels: Path, label_classes: Path | None,
     """``{"det_loss", "det_weight"}`` for the training functions (λ 0.1 unless given), or ``{}`` without ``--det-model``."""
     if det_model is None:
         return {}
-    from stages.detection_eval import parse_class_map
-    from stages.detection_loss import detection_loss_fn
+    from stages.detection.evaluation import parse_class_map
+    from stages.detection.loss import detection_loss_fn
 
     try:
         mapping = parse_class_map(class_map)

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from stages.core.images import atomic_file
-from stages.detection_eval import GroundTruth, load_ground_truth
-from stages.detection_loss import DetectionLoss, match_classes
+from stages.detection.evaluation import GroundTruth, load_ground_truth
+from stages.detection.loss import DetectionLoss, match_classes
 from stages.nets.registration import identity_grid, resize, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import load_tard
@@ -66,9 +66,9 @@ CLIP_NORM = 10.0
 def object_loss_fn(detector: TardDetector, gt: GroundTruth, device: str | torch.device = "cpu") -> DetectionLoss:
     """``l_ob`` (eq. 8): ``loss(F_f (B, 4C, h, w), ids, affines=None) -> scalar``, ultralytics' loss of ``detector``.
 
-    ``gt`` (:func:`stages.detection_eval.load_ground_truth`) gives the boxes by id;
+    ``gt`` (:func:`stages.detection.evaluation.load_ground_truth`) gives the boxes by id;
     label classes match the detector's names. Boxes follow ``affines`` as in
-    :class:`~stages.detection_loss.DetectionLoss` (normalised full image → pixels of ``F_f``).
+    :class:`~stages.detection.loss.DetectionLoss` (normalised full image → pixels of ``F_f``).
     Gradients reach the detector and ``F_f``.
     """
     labels, class_index, dropped = match_classes(gt, detector.model.names)

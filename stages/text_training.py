@@ -121,7 +121,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     ablation). ``cache``: a folder for the per-pair masks and captions.
     ``max_seconds``: stop after the epoch that passes this wall-clock budget.
     ``det_loss``, ``det_weight``: a frozen detector's loss on the fused patches
-    (:func:`stages.detection_loss.detection_loss_fn`, labels by IR file stem), added
+    (:func:`stages.detection.loss.detection_loss_fn`, labels by IR file stem), added
     with weight λ as in :func:`stages.train.train` — the Text-DFH paper trains its
     second stage through the frozen detector this way.
     """

@@ -57,7 +57,7 @@ from stages.nets.checkpoint import save_weights
 from stages.nets.losses import salient_mask
 
 if TYPE_CHECKING:
-    from stages.detection_loss import DetectionLoss
+    from stages.detection.loss import DetectionLoss
 
 VAL_METRICS = ["EN", "SD", "SF", "AG", "SSIM", "Qabf", "VIF"]
 MIN_LR_FRACTION = 0.01  # cosine schedules end at 1 % of the initial rate
@@ -112,7 +112,7 @@ class Crop(NamedTuple):
 
     def affine(self) -> np.ndarray:
         """The 2×3 map from normalised full-image coordinates to patch pixels (:func:`stages.detection_loss.patch_affine`)."""
-        from stages.detection_loss import patch_affine
+        from stages.detection.loss import patch_affine
 
         return patch_affine(self.full_size, self.x, self.y, self.crop, self.hflip, self.vflip, self.rot90)
 

@@ -36,7 +36,7 @@ def _pairs() -> list[tuple[Path, Path]]:
 
 
 def _detector():
-    from stages.detection_loss import detection_loss_fn
+    from stages.detection.loss import detection_loss_fn
 
     torch.manual_seed(0)
     return detection_loss_fn("yolov8n.yaml", MSRS / "labels", "cpu")

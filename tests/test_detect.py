@@ -21,7 +21,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from conftest import fuse_cli, records_of, shared
 
-from stages.detection_eval import (
+from stages.detection.evaluation import (
     Boxes,
     evaluate,
     format_table,
@@ -212,7 +212,7 @@ def test_coco_ground_truth_and_results_round_trip(tmp_path):
 
 
 def test_patch_affine_follows_random_crop_batch():
-    from stages.detection_loss import patch_affine
+    from stages.detection.loss import patch_affine
     from stages.train import random_crop_batch
 
     full = np.zeros((48, 64), np.float32)
@@ -235,7 +235,7 @@ def test_patch_affine_follows_random_crop_batch():
 def test_detection_loss_gradient_reaches_the_fused_image_not_the_detector():
     import torch
 
-    from stages.detection_loss import detection_loss_fn, patch_affine
+    from stages.detection.loss import detection_loss_fn, patch_affine
 
     torch.manual_seed(0)
     det_loss = detection_loss_fn("yolov8n.yaml", shared("msrs", "labels"), "cpu")

@@ -152,7 +152,7 @@ def test_an_id_is_matched_literally_not_as_a_glob_pattern(tmp_path):
 
 @pytest.mark.parametrize("line", ["0 0.5 0.5 -0.1 0.2", "0 0.5 0.5 0.1 nan", "0 nan 0.5 0.1 0.1", "0 0.5 0.5 0 0.1"])
 def test_yolo_labels_with_negative_zero_or_nan_sizes_are_rejected(tmp_path, line):
-    from stages.detection_eval import AnnotationError, read_yolo_txt
+    from stages.detection.evaluation import AnnotationError, read_yolo_txt
 
     path = tmp_path / "x.txt"
     path.write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")

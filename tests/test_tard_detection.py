@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.detection_eval import Boxes, GroundTruth, load_ground_truth
+from stages.detection.evaluation import Boxes, GroundTruth, load_ground_truth
 from stages.nets import tard_detection
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import TardNet, load_tard

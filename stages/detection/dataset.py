@@ -7,7 +7,7 @@
     OUT/data.yaml                 path, train, val, nc, names
 
 from records (``fused`` images by default) and labels in any format
-:mod:`stages.detection_eval` reads (YOLO txt + classes file, VOC xml, COCO
+:mod:`stages.detection.evaluation` reads (YOLO txt + classes file, VOC xml, COCO
 json). The train/val split is a seeded shuffle, so the same seed gives the same
 split. :func:`train_detector` then trains an ultralytics model on ``data.yaml``.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from stages.core.images import atomic_file
 from stages.core.records import id_problem, shown_id
-from stages.detection_eval import AnnotationError, Boxes, load_ground_truth
+from stages.detection.evaluation import AnnotationError, Boxes, load_ground_truth
 
 
 @dataclass

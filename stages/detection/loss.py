@@ -5,7 +5,7 @@ the fused image to the fusion loss, so the gradient reaches the fusion network
 only. :func:`detection_loss_fn` builds that loss from an ultralytics YOLO
 detector (``v8DetectionLoss``: box IoU + classification BCE + DFL, with
 ultralytics' gains 7.5 / 0.5 / 1.5) and labels in any format
-:mod:`stages.detection_eval` reads::
+:mod:`stages.detection.evaluation` reads::
 
     det_loss = detection_loss_fn("runs/detect/msrs/weights/best.pt", "msrs/labels", "cpu")
     loss = fusion_loss + det_weight * det_loss(fused, ids, affines)
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.detection_eval import Boxes, GroundTruth, load_ground_truth
+from stages.detection.evaluation import Boxes, GroundTruth, load_ground_truth
 
 MIN_VISIBLE = 0.25  # a box cut by the crop is kept when at least this fraction of it stays in the patch
 MIN_SIDE = 2.0  # pixels

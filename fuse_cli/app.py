@@ -54,7 +54,7 @@ FIRST_COMMANDS = ("cmd_pairs", "cmd_fuse", "cmd_score")
 
 
 def _register_command_modules() -> None:
-    """Each ``fuse_cli/cmd_<command>.py`` adds its command(s) through its ``register(app)`` function."""
+    """Each ``fuse_cli/cmd_<command>.py`` adds its command(s) through its ``add_commands(app)`` function."""
     import fuse_cli
 
     def order(module: pkgutil.ModuleInfo) -> tuple[int, str]:
@@ -63,7 +63,7 @@ def _register_command_modules() -> None:
 
     for module in sorted(pkgutil.iter_modules(fuse_cli.__path__), key=order):
         if module.name.startswith("cmd_"):
-            importlib.import_module(f"fuse_cli.{module.name}").register(app)
+            importlib.import_module(f"fuse_cli.{module.name}").add_commands(app)
 
 
 _register_command_modules()

@@ -353,5 +353,5 @@ def train(
     typer.echo(str(best))
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.add_typer(detect_app, name="detect")

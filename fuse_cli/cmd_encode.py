@@ -60,5 +60,5 @@ def encode(
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.command()(encode)

@@ -93,5 +93,5 @@ def figure(
     raise typer.Exit(1 if reporter.errors else 0)  # pairs dropped: a folder lacked files
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.command()(figure)

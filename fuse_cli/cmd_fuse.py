@@ -83,5 +83,5 @@ def fuse_command(
     raise typer.Exit(run_stage(stage, source, run, reporter, make_stage=make_stage))
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.command("fuse")(fuse_command)

@@ -37,5 +37,5 @@ def pairs(
     raise typer.Exit(1 if reporter.errors or pairing.duplicates else 0)
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.command()(pairs)

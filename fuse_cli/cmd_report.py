@@ -105,5 +105,5 @@ def report(
     raise typer.Exit(status)
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.command()(report)

@@ -108,5 +108,5 @@ the end, so a pipe shows scores while earlier stages still run.
 """
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.command()(score)

@@ -216,5 +216,5 @@ def _detection(det_model: Path | None, labels: Path, label_classes: Path | None,
     return {"det_loss": det_loss, "det_weight": 0.1 if weight is None else weight}
 
 
-def register(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.command()(train)

@@ -163,7 +163,7 @@ def block_reduce(img: np.ndarray, size: int, reduce) -> np.ndarray:
     """MATLAB ``blkproc(img, [size size], fun)``: zero-pad to whole blocks, ``reduce`` each block."""
     h, w = img.shape
     ph, pw = -h % size, -w % size
-    padded = np.pad(img, ((0, ph), (0, pw)))
+    padded = np.pad(img, ((0, ph), (0, pw))) if ph or pw else img
     blocks = padded.reshape((h + ph) // size, size, (w + pw) // size, size)
     return reduce(blocks, axis=(1, 3))
 

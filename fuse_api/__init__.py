@@ -18,12 +18,16 @@ is fused, the visible chroma kept), an RGB IR is reduced to its luminance.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from stages.extras import MissingExtra
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MissingExtra", "fuse", "score", "methods", "metrics"]
 
@@ -42,11 +46,17 @@ def metrics() -> list[str]:
     return list(METRICS)
 
 
+def _is_tensor(value) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch (a tensor means it is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def _as_float(image, name: str) -> np.ndarray:
     """``image`` as float32 in [0, 1], ``(H, W)`` or ``(H, W, 3)``; ``ValueError`` saying what was expected."""
     from stages.core.images import _channels, _normalise
 
-    if isinstance(image, torch.Tensor):
+    if _is_tensor(image):
         image = image.detach().cpu().numpy()
         if image.ndim == 3 and image.shape[0] in (1, 3):
             image = np.moveaxis(image, 0, -1)  # (C, H, W) -> (H, W, C)
@@ -65,7 +75,9 @@ def _as_float(image, name: str) -> np.ndarray:
 
 def _like(fused: np.ndarray, template) -> np.ndarray | torch.Tensor:
     """``fused`` (float [0, 1]) in the type of ``template``: its integer dtype, or a ``(C, H, W)`` tensor."""
-    if isinstance(template, torch.Tensor):
+    if _is_tensor(template):
+        import torch
+
         tensor = torch.from_numpy(np.ascontiguousarray(fused))
         return tensor.permute(2, 0, 1) if tensor.ndim == 3 and template.ndim == 3 and template.shape[0] == 3 else tensor
     dtype = np.asarray(template).dtype
@@ -110,9 +122,15 @@ def fuse(ir, vis, method: str = "refinefuse", *, weights: str | Path | None = No
     if ir_float.shape[:2] != vis_float.shape[:2]:
         raise ValueError(f"sizes differ: ir is {ir_float.shape[1]}x{ir_float.shape[0]}, "
                          f"vis is {vis_float.shape[1]}x{vis_float.shape[0]}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     from stages.core.images import luminance
+    from stages.methods.registry import get_method
+
+    if device == "auto" and get_method(method).kind == "classical":
+        device = "cpu"  # arrays only: no need to import torch to look for CUDA
+    elif device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
 
     stage = _stage(method, device, str(weights) if weights else None, tuple(sorted(options.items())))
     fused = stage.fuse_images([luminance(ir_float)], [vis_float])[0]

@@ -158,13 +158,16 @@ class FuseStage(Stage):
         return [ycbcr_to_rgb(np.concatenate([fused_y[b, 0, ..., None], ycbcr[b, ..., 1:]], -1)) if v.ndim == 3
                 else fused_y[b, 0] for b, v in enumerate(viss)]
 
-    def _fuse_tensors(self, ir: np.ndarray, vis_y: np.ndarray, vis: np.ndarray, records: list[dict] | None) -> np.ndarray:
+    def _fuse_tensors(self, ir: np.ndarray, vis_y: np.ndarray, vis: np.ndarray,
+                      records: list[dict] | None) -> np.ndarray:
         """A network's fused luminance ``(B, 1, H, W)``, computed on the stage's device."""
         import torch
+
+        def on_device(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(self.device)
 
         with torch.inference_mode():
             extra = {}
             if getattr(self.fuse_luma, "uses_records", False):
-                extra = {"records": records, "vis_rgb": torch.from_numpy(vis).permute(0, 3, 1, 2).contiguous().to(self.device)}
-            fused = self.fuse_luma(torch.from_numpy(ir).to(self.device), torch.from_numpy(vis_y).to(self.device), **extra)
-            return fused.float().cpu().numpy()
+                extra = {"records": records, "vis_rgb": on_device(np.ascontiguousarray(vis.transpose(0, 3, 1, 2)))}
+            return self.fuse_luma(on_device(ir), on_device(vis_y), **extra).float().cpu().numpy()

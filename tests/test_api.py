@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import subprocess
 import sys
 
 import imageio.v3 as iio
@@ -41,6 +42,15 @@ def test_array_types_agree(pair):
     assert np.abs(as_float * 255 - as_uint8).max() <= 0.5 + 1e-3
     assert np.abs(as_uint16 / 257.0 - as_uint8).max() <= 0.5 + 1e-3
     assert torch.equal(as_tensor, torch.from_numpy(as_float).permute(2, 0, 1))
+
+
+def test_classical_fusion_of_arrays_imports_no_torch():
+    code = ("import sys, numpy as np, fuse_api\n"
+            "ir, vis = np.zeros((40, 48), np.uint8), np.full((40, 48, 3), (200, 120, 40), np.uint8)\n"
+            "fused = fuse_api.fuse(ir, vis, method='laplacian')\n"
+            "assert fused.shape == (40, 48, 3) and 'torch' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_same_pixels_and_scores_as_the_command_line(pair, tmp_path):

@@ -125,9 +125,16 @@ def ce(a, b, f) -> float:
     return (_cross_entropy_bits(b, f) + _cross_entropy_bits(a, f)) / 2
 
 
+@shared
+def _squared_error(x: np.ndarray, f: np.ndarray) -> float:
+    """``sum((x − f)²)``, once per pair of images (MSE, RMSE and PSNR share it); a dot product, no second temporary."""
+    d = (x - f).ravel()
+    return float(np.dot(d, d))
+
+
 def mse(a, b, f) -> float:
     """Mean squared error, averaged over the two sources: ``(MSE(A,F) + MSE(B,F)) / 2``, grey levels² (0..255 scale)."""
-    return float((np.mean((a - f) ** 2) + np.mean((b - f) ** 2)) / 2)
+    return (_squared_error(a, f) / a.size + _squared_error(b, f) / b.size) / 2
 
 
 def rmse_mmif(a, b, f) -> float:
@@ -136,7 +143,7 @@ def rmse_mmif(a, b, f) -> float:
 
 
 def _vifb_error(x: np.ndarray, f: np.ndarray) -> float:
-    return float(np.sqrt(((x - f) ** 2).sum()) / x.size)
+    return float(np.sqrt(_squared_error(x, f)) / x.size)
 
 
 def rmse_vifb(a, b, f) -> float:
@@ -168,13 +175,13 @@ def psnr_vifb(a, b, f) -> float:
 @shared
 def _centered(x: np.ndarray) -> tuple[np.ndarray, float]:
     """``x`` minus its mean and its sum of squares (CC and SCD share those of A, B and F)."""
-    d = x - x.mean()
-    return d, float((d * d).sum())
+    d = (x - x.mean()).ravel()
+    return d, float(np.dot(d, d))
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     (dx, xx), (dy, yy) = _centered(x), _centered(y)
-    return safe_divide((dx * dy).sum(), np.sqrt(xx * yy), 0.0)
+    return safe_divide(np.dot(dx, dy), np.sqrt(xx * yy), 0.0)
 
 
 def cc(a, b, f) -> float:

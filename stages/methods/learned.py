@@ -167,7 +167,7 @@ def fuse_tiled(fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ir: t
 
 
 class NetworkFuser:
-    """A loaded network as a fusion callable: ``fuser(ir, vis) -> fused``.
+    """A loaded network as a fusion callable: ``fuser(ir, vis) -> fused``; pads, tiles, casts.
 
     ``ir`` and ``vis`` are ``(B, 1, H, W)`` float in [0, 1] of any ``H × W``; the
     result is ``(B, 1, H, W)`` float32 in [0, 1] on the input's device.
@@ -195,15 +195,23 @@ class NetworkFuser:
             raise ValueError(f"tile_overlap must be ≥ 0, got {tile_overlap}")
         self.tile, self.tile_overlap = tile, tile_overlap
 
-    def _run(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    def guidance(self, ir: torch.Tensor, vis: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
+        """The network's inputs besides ``ir`` and ``vis``, the same for every tile; none here.
+
+        Called under inference mode with ``ir`` and ``vis`` on the fuser's device and
+        dtype; ``inputs`` are the keyword arguments of the call. A fuser whose network
+        takes guidance (CLIP embeddings, ...) overrides it.
+        """
+        if inputs:
+            raise TypeError(f"{type(self.model).__name__} takes no {', '.join(sorted(inputs))}")
+        return {}
+
+    def _run(self, ir: torch.Tensor, vis: torch.Tensor, guidance: dict[str, torch.Tensor]) -> torch.Tensor:
         h, w = ir.shape[-2:]
-        fused = self.model(pad_to_multiple(ir, self.multiple), pad_to_multiple(vis, self.multiple))
+        fused = self.model(pad_to_multiple(ir, self.multiple), pad_to_multiple(vis, self.multiple), **guidance)
         return fused[..., :h, :w].float()
 
-    def _run_tiled(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        return fuse_tiled(self._run, ir, vis, self.tile, self.tile_overlap)
-
-    def __call__(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ir: torch.Tensor, vis: torch.Tensor, **inputs) -> torch.Tensor:
         if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
             raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got "
                              f"{tuple(ir.shape)} and {tuple(vis.shape)}")
@@ -211,11 +219,12 @@ class NetworkFuser:
         ir = ir.to(self.device, self.dtype)
         vis = vis.to(self.device, self.dtype)
         with torch.inference_mode():
+            guidance = self.guidance(ir, vis, **inputs)
             h, w = ir.shape[-2:]
             if self.tile is not None and (h > self.tile or w > self.tile):
-                fused = self._run_tiled(ir, vis)
+                fused = fuse_tiled(lambda a, b: self._run(a, b, guidance), ir, vis, self.tile, self.tile_overlap)
             else:
-                fused = self._run(ir, vis)
+                fused = self._run(ir, vis, guidance)
             fused = fused.clamp_(0.0, 1.0).to(source_device)
         return fused.clone()  # a normal tensor, usable outside inference mode
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from stages.methods.learned import fuse_tiled, resolve_weights
+from stages.methods.learned import NetworkFuser, resolve_weights
 from stages.methods.registry import register_factory
 from stages.nets.checkpoint import config_of, invalid, read_header
 from stages.nets.clip import ClipImageEncoder, embedding_metadata, load_embeddings, parse_pretrained, pretrained_label
@@ -67,7 +67,7 @@ def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.
     return model.to(device).eval()
 
 
-class MGFusionFuser:
+class MGFusionFuser(NetworkFuser):
     """MGFusion as a fusion callable: ``fuser(ir, vis, *, vis_rgb=None, records=None, embeddings=None)``.
 
     ``ir``, ``vis``: ``(B, 1, H, W)`` in [0, 1], any ``H × W``; result ``(B, 1, H, W)``
@@ -84,14 +84,7 @@ class MGFusionFuser:
 
     def __init__(self, model: MGFusion, device: str | torch.device = "cpu", *, tile: int | None = 1024,
                  tile_overlap: int = 64, half: bool = True):
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
-        self.model = model.to(self.device, self.dtype).eval()
-        if tile is not None and (tile < 2 * tile_overlap or tile < 1):
-            raise ValueError(f"tile ({tile}) must be at least twice tile_overlap ({tile_overlap})")
-        if tile_overlap < 0:
-            raise ValueError(f"tile_overlap must be ≥ 0, got {tile_overlap}")
-        self.tile, self.tile_overlap = tile, tile_overlap
+        super().__init__(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
         clip = model.clip
         self.clip_model = clip.model_name if clip is not None else ""
         self.clip_pretrained = pretrained_label(clip.pretrained) if clip is not None else ""
@@ -131,29 +124,17 @@ class MGFusionFuser:
         return (torch.stack([t.to(self.device, self.dtype) for t in e_ir]),
                 torch.stack([t.to(self.device, self.dtype) for t in e_vis]))
 
-    def __call__(self, ir: torch.Tensor, vis: torch.Tensor, *, vis_rgb: torch.Tensor | None = None,
-                 records: list[dict] | None = None, embeddings: dict | None = None) -> torch.Tensor:
-        if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
-            raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got "
-                             f"{tuple(ir.shape)} and {tuple(vis.shape)}")
-        source_device = ir.device
-        ir, vis = ir.to(self.device, self.dtype), vis.to(self.device, self.dtype)
+    def guidance(self, ir: torch.Tensor, vis: torch.Tensor, *, vis_rgb: torch.Tensor | None = None,
+                 records: list[dict] | None = None, embeddings: dict | None = None) -> dict[str, torch.Tensor]:
+        """The whole image's CLIP embeddings ``clip_ir``, ``clip_vis`` ``(B, E)``, shared by every tile."""
+        if embeddings is not None:
+            return {"clip_ir": embeddings["ir"].to(self.device, self.dtype),
+                    "clip_vis": embeddings["vis"].to(self.device, self.dtype)}
         if vis_rgb is not None:
             vis_rgb = vis_rgb.to(self.device, self.dtype)
-        with torch.inference_mode():
-            if embeddings is not None:
-                e_ir = embeddings["ir"].to(self.device, self.dtype)
-                e_vis = embeddings["vis"].to(self.device, self.dtype)
-            else:
-                paths = [record.get("embedding") for record in records] if records is not None else None
-                e_ir, e_vis = self.embeddings_for(ir, vis, vis_rgb, paths)
-            h, w = ir.shape[-2:]
-            if self.tile is not None and (h > self.tile or w > self.tile):
-                fused = fuse_tiled(lambda a, b: self.model(a, b, e_ir, e_vis), ir, vis, self.tile, self.tile_overlap)
-            else:
-                fused = self.model(ir, vis, e_ir, e_vis).float()
-            fused = fused.clamp_(0.0, 1.0).to(source_device)
-        return fused.clone()  # a normal tensor, usable outside inference mode
+        paths = [record.get("embedding") for record in records] if records is not None else None
+        e_ir, e_vis = self.embeddings_for(ir, vis, vis_rgb, paths)
+        return {"clip_ir": e_ir, "clip_vis": e_vis}
 
 
 @register_factory("mgfusion")

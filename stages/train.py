@@ -1,4 +1,4 @@
-"""Training of the learned fusion networks (:data:`stages.nets.learned_methods.NETWORKS`).
+"""Training of the learned fusion networks (:data:`stages.methods.learned.NETWORKS`).
 
 :func:`run_epochs` is the one training loop of every crop-trained network (this module's
 ``NETWORKS``, :mod:`stages.text_training`'s ``tesg`` and ``textdfh``, :mod:`stages.mgfusion_training`):
@@ -22,7 +22,7 @@ After every epoch it writes, atomically, into ``out``:
 Detection-driven training (``det_loss``, ``det_weight``): a frozen detector's
 training loss on each fused batch is added, weighted, to the fusion loss, as
 the detection-driven fusion papers do; boxes follow each patch's crop, flips
-and turn (:class:`Crop`, :func:`stages.detection_loss.patch_affine`), pair ids
+and turn (:class:`Crop`, :func:`stages.detection.loss.patch_affine`), pair ids
 are the IR file stems. The card then also records the detector, labels and
 weight (``detection``) and the per-epoch ``train_fusion_loss`` and unweighted
 ``train_det_loss``; ``train_loss`` is always the loss minimised.
@@ -111,7 +111,7 @@ class Crop(NamedTuple):
     rot90: int
 
     def affine(self) -> np.ndarray:
-        """The 2×3 map from normalised full-image coordinates to patch pixels (:func:`stages.detection_loss.patch_affine`)."""
+        """The 2×3 map from normalised full-image coordinates to patch pixels (:func:`stages.detection.loss.patch_affine`)."""
         from stages.detection.loss import patch_affine
 
         return patch_affine(self.full_size, self.x, self.y, self.crop, self.hflip, self.vflip, self.rot90)
@@ -398,7 +398,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
             ``.optim.safetensors`` beside it) to continue from.
         init: weights to start from (e.g. the shipped ones, for fine-tuning):
             a fresh optimiser and epoch count, unlike ``resume``.
-        det_loss: a frozen detector's loss (:func:`stages.detection_loss.detection_loss_fn`);
+        det_loss: a frozen detector's loss (:func:`stages.detection.loss.detection_loss_fn`);
             each batch then minimises ``fusion_loss + det_weight · det_loss(fused, ids, affines)``,
             ids being the IR file stems and the affines following each sample's crop,
             flips and turn. Only the fusion network is optimised.

@@ -369,13 +369,19 @@ def test_training_deformation_is_undone_by_its_label():
     assert (back - ir).abs()[back > 0].mean() < 0.03
 
 
-def test_train_register_resumes_exactly_from_its_safetensors_checkpoint(tmp_path):
-    """Two epochs in one run equal one epoch, a stop, and a resumed second epoch (weights, Adam, random streams)."""
+def _aligned_records(tmp_path) -> list[dict]:
+    """Two aligned 80 x 128 synthetic pairs written under ``tmp_path``, as records."""
     recs = []
     for i in range(2):
         write_image(tmp_path / f"ir{i}.png", scene(80, 128, i))
         write_image(tmp_path / f"vis{i}.png", 1 - scene(80, 128, i))
         recs.append({"ir": str(tmp_path / f"ir{i}.png"), "vis": str(tmp_path / f"vis{i}.png")})
+    return recs
+
+
+def test_train_register_resumes_exactly_from_its_safetensors_checkpoint(tmp_path):
+    """Two epochs in one run equal one epoch, a stop, and a resumed second epoch (weights, Adam, random streams)."""
+    recs = _aligned_records(tmp_path)
     settings = {"fusion_epochs": 0, "batch_size": 2, "crop": 128, "progress": False, "log": lambda s: None}
     train_register(recs, tmp_path / "straight", epochs=2, **settings)
     train_register(recs, tmp_path / "stopped", epochs=1, **settings)
@@ -387,11 +393,7 @@ def test_train_register_resumes_exactly_from_its_safetensors_checkpoint(tmp_path
 
 
 def test_train_register_writes_weights_and_card(tmp_path):
-    recs = []
-    for i in range(2):
-        write_image(tmp_path / f"ir{i}.png", scene(80, 128, i))
-        write_image(tmp_path / f"vis{i}.png", 1 - scene(80, 128, i))
-        recs.append({"ir": str(tmp_path / f"ir{i}.png"), "vis": str(tmp_path / f"vis{i}.png")})
+    recs = _aligned_records(tmp_path)
     run = tmp_path / "run"
     path = train_register(recs, run, epochs=1, fusion_epochs=0, batch_size=2, crop=128, progress=False, log=lambda s: None)
     assert path == run / "register.safetensors"

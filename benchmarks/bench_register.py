@@ -2,7 +2,7 @@
 
 ``--deform FOLDER`` (e.g. ``../shared/data/msrs``: 26 night and day pairs) takes the
 aligned pairs of ``FOLDER/ir`` and ``FOLDER/vis`` and deforms each IR the way the
-network's training views are deformed (:func:`stages.register_training.random_correction`:
+network's training views are deformed (:func:`stages.training.registration.random_correction`:
 rotation, anisotropy, scale, translation and a smooth field, in normalised coordinates,
 so about 30 px at 640 x 480), with a seed per pair id: the same pairs get the same
 fields on every run and machine. Without it, the known fields of ``unaligned/roadscene``.
@@ -74,7 +74,7 @@ from stages.core.records import pair_directories
 from stages.metrics.registration import registration_metrics
 from stages.metrics.registration import residual_displacement
 from stages.register import RegisterStage, apply_grid
-from stages.register_training import invert_grid, random_correction
+from stages.training.registration import invert_grid, random_correction
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

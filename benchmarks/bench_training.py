@@ -7,7 +7,7 @@ For each network: milliseconds per step spent cropping the batch (from pairs hel
 forward pass, the loss, the backward pass and the optimiser step (Adam), measured one after another
 on real MSRS training pairs (``msrs_extra``; synthetic pairs when ``../shared/data`` is absent).
 Then samples/s of whole steps three ways: crops cut from float32 images in the step (the loop as it
-was), from uint8 images in a background thread (:func:`stages.train.prefetch`), and the latter with
+was), from uint8 images in a background thread (:func:`stages.training.loop.prefetch`), and the latter with
 channels-last weights and batches (the loop now), and (``--compile``) that with the step's forward
 through ``torch.compile`` (the compilation, minutes, is in the warm-up step and not counted; the loop
 does not compile: for little more speed, if any). Prints a markdown table.
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages.methods.learned import NETWORKS  # noqa: E402
-from stages.train import UNLABELLED, load_training_pair, prefetch, random_crop_batch, salient_targets  # noqa: E402
+from stages.training.loop import UNLABELLED, load_training_pair, prefetch, random_crop_batch, salient_targets  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs_extra"
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from stages.methods.learned import load_network  # noqa: E402
 from stages.methods.registry import WEIGHTS_DIR  # noqa: E402
-from stages.train import load_pair, validate  # noqa: E402
+from stages.training.loop import load_pair, validate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 EVALUATION = {"msrs": DATA / "msrs", "tno": DATA / "tno"}
@@ -40,7 +40,7 @@ def folder_pairs(root: Path) -> tuple[list[str], list[tuple[np.ndarray, np.ndarr
 
 
 def scores(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Mean validation metrics (``stages.train.VAL_METRICS``, mmif) of ``model`` on full-size pairs."""
+    """Mean validation metrics (``stages.training.loop.VAL_METRICS``, mmif) of ``model`` on full-size pairs."""
     return validate(model, images, "cpu")
 
 

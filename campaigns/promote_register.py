@@ -29,7 +29,7 @@ from bench_register import deformed_pairs, evaluate, load_pairs  # noqa: E402
 from stages.core.images import to_uint8  # noqa: E402
 from stages.methods.registry import WEIGHTS_DIR  # noqa: E402
 from stages.nets.tard import load_tard  # noqa: E402
-from stages.train import VAL_METRICS, load_pair  # noqa: E402
+from stages.training.loop import VAL_METRICS, load_pair  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -41,7 +41,7 @@ def mean_epe(pairs: list[dict], weights: Path | None) -> float:
 
 
 def tard_scores(weights: Path, folder: Path) -> dict[str, float]:
-    """Mean :data:`stages.train.VAL_METRICS` of ``fuse fuse -m tard`` with ``weights`` on the aligned pairs of ``folder``."""
+    """Mean :data:`stages.training.loop.VAL_METRICS` of ``fuse fuse -m tard`` with ``weights`` on the aligned pairs of ``folder``."""
     from stages.metrics import compute_metrics
 
     net, sums = load_tard(weights), {}

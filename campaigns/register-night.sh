@@ -7,7 +7,7 @@
 # exactly from campaigns/register-night/tard.safetensors (weights; Adam state in tard.optim.safetensors,
 # epoch and random streams in register.json; rewritten every epoch; commit them to keep the campaign).
 # Data (../shared/data, training sets only): roadscene (less the scenes of unaligned/roadscene), llvip,
-# msrs_extra less its 8 validation pairs (stages.register_training.HELD_OUT). No evaluation pair is read.
+# msrs_extra less its 8 validation pairs (stages.training.registration.HELD_OUT). No evaluation pair is read.
 # Validation: python benchmarks/bench_register.py --deform runs/register-night/val --weights ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${THREADS:-1}
 
 mkdir -p "$OUT" runs/register-night/val/ir runs/register-night/val/vis
-for id in $("$PY" -c "from stages.register_training import HELD_OUT; print(' '.join(h.split('/')[1] for h in HELD_OUT))"); do
+for id in $("$PY" -c "from stages.training.registration import HELD_OUT; print(' '.join(h.split('/')[1] for h in HELD_OUT))"); do
   ln -sfn "$(realpath "$DATA/msrs_extra/ir/$id.png")" "runs/register-night/val/ir/$id.png"
   ln -sfn "$(realpath "$DATA/msrs_extra/vis/$id.png")" "runs/register-night/val/vis/$id.png"
 done
@@ -29,6 +29,6 @@ else
   start=(--init stages/weights/tard.safetensors)
 fi
 # The shipped run's recipe (crop 320, batch 4), a lower rate for fine-tuning.
-echo "$(date -u +%FT%TZ) python -m stages.register_training ${start[*]} (epochs $EPOCHS + $FUSION_EPOCHS)"
-exec "$PY" -m stages.register_training --data "$DATA" --out "$OUT" "${start[@]}" --epochs "$EPOCHS" \
+echo "$(date -u +%FT%TZ) python -m stages.training.registration ${start[*]} (epochs $EPOCHS + $FUSION_EPOCHS)"
+exec "$PY" -m stages.training.registration --data "$DATA" --out "$OUT" "${start[@]}" --epochs "$EPOCHS" \
   --fusion-epochs "$FUSION_EPOCHS" --batch-size 4 --crop 320 --lr 3e-4 --seed 0 --no-progress

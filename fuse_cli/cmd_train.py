@@ -97,7 +97,7 @@ def train(
     """Train a fusion or registration network; writes OUT/<name>.safetensors and OUT/<name>.json."""
     from stages.methods.learned import NETWORKS
 
-    from stages.text_training import RECIPES as TEXT_RECIPES
+    from stages.training.text import RECIPES as TEXT_RECIPES
 
     detection_trainable = [*NETWORKS, *TEXT_RECIPES]
     if resume is not None and not resume.is_file():
@@ -152,12 +152,12 @@ def train(
     settings = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop}.items() if v is not None}
     common = {"seed": seed, "device": opt.resolve_device(device), "resume": resume, "progress": not quiet and sys.stderr.isatty(), "log": log}
     if method == "register":
-        from stages.register_training import train_register
+        from stages.training.registration import train_register
 
         path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **settings, **common, init=init)
     elif method == "tard":
         from stages.detection.evaluation import parse_class_map
-        from stages.tard_training import LAMBDA_DET, train_tard_detection
+        from stages.training.tard import LAMBDA_DET, train_tard_detection
 
         try:
             mapping = parse_class_map(class_map)
@@ -172,18 +172,18 @@ def train(
             raise usage_error(f"--labels {labels}: {exc}") from None
     elif method == "mgfusion":
         from stages.nets.clip import parse_pretrained
-        from stages.mgfusion_training import train_mgfusion
+        from stages.training.mgfusion import train_mgfusion
 
         path = train_mgfusion(pairs, out, clip_model=clip_model, pretrained=parse_pretrained(pretrained), **settings, **common)
     elif method in TEXT_RECIPES:
-        from stages.text_training import train_text_fusion
+        from stages.training.text import train_text_fusion
 
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
         path = train_text_fusion(method, pairs, out, **settings, **common, base_weights=base_weights,
                                  text_backend=text_encoder, mask_guidance=mask_guidance, fixed_text=fixed_text,
                                  cache=cache, **detection)
     else:
-        from stages.train import train as train_network
+        from stages.training.loop import train as train_network
 
         paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
         val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None

@@ -99,7 +99,7 @@ def test_bench_register_deforms_night_pairs_reproducibly_in_the_dataset_conventi
 
     from stages.metrics.registration import residual_displacement
     from stages.register import apply_grid
-    from stages.register_training import invert_grid
+    from stages.training.registration import invert_grid
 
     bench = load_bench_register()
     first, again = bench.deformed_pairs(shared("msrs"), limit=2), bench.deformed_pairs(shared("msrs"), limit=2)

@@ -262,7 +262,7 @@ def test_minilm_tokens_and_a_tiny_training_run(tmp_path):
     from stages.nets.checkpoint import save_weights
     from stages.methods.text import tesg_factory
     from stages.nets.text_features import TEXT_TOKENS, shared_encoder
-    from stages.text_training import train_text_fusion
+    from stages.training.text import train_text_fusion
 
     enc = shared_encoder("minilm", "cpu")
     tokens = enc.tokens(["the visible image is dark; raise contrast in the lower half", "well exposed"])

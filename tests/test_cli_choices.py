@@ -89,7 +89,7 @@ def test_light_copies_of_the_choices_match_the_stages():
     from fuse_cli import cmd_caption, cmd_mask, cmd_register, cmd_train
     from stages.metrics import METRIC_NAMES, METRICS
     from stages.methods.learned import NETWORKS
-    from stages.text_training import RECIPES
+    from stages.training.text import RECIPES
 
     assert METRIC_NAMES == tuple(METRICS)
     assert cmd_caption.BACKENDS == stages.caption.BACKENDS and cmd_mask.BACKENDS == stages.mask.BACKENDS
@@ -122,13 +122,13 @@ def test_figure_and_report_fail_when_a_fused_folder_lacks_a_pair(command, fused_
 
 
 def test_train_fails_when_a_folder_lacks_a_pair(synthetic_pairs, tmp_path, monkeypatch):
-    import stages.train
+    import stages.training.loop
     from fuse_cli.app import app
 
     shutil.copytree(synthetic_pairs, tmp_path / "pairs")
     (tmp_path / "pairs" / "vis" / "scene_01.png").unlink()
     trained = []
-    monkeypatch.setattr(stages.train, "train", lambda method, pairs, out, **kwargs: trained.append(pairs) or out / "x")
+    monkeypatch.setattr(stages.training.loop, "train", lambda method, pairs, out, **kwargs: trained.append(pairs) or out / "x")
     done = CliRunner().invoke(app, ["train", "-m", "refinefuse", "--ir", str(tmp_path / "pairs" / "ir"),
                                     "--vis", str(tmp_path / "pairs" / "vis"), "-o", str(tmp_path / "run")])
     assert done.exit_code == 1

@@ -1,4 +1,4 @@
-"""Detection-driven fusion training: ``stages.train.train(det_loss=..., det_weight=...)`` and ``fuse train --det-model``.
+"""Detection-driven fusion training: ``stages.training.loop.train(det_loss=..., det_weight=...)`` and ``fuse train --det-model``.
 
 A random-init ``yolov8n.yaml`` detector (nothing downloaded) and two real MSRS pairs with their YOLO labels; crops of
 64 px, one step per epoch, so the whole file runs in seconds on a CPU.
@@ -21,7 +21,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from typer.testing import CliRunner
 
 from fuse_cli.app import app
-from stages.train import Crop, random_crop_batch, train
+from stages.training.loop import Crop, random_crop_batch, train
 
 torch.set_num_threads(1)
 

@@ -213,7 +213,7 @@ def test_coco_ground_truth_and_results_round_trip(tmp_path):
 
 def test_patch_affine_follows_random_crop_batch():
     from stages.detection.loss import patch_affine
-    from stages.train import random_crop_batch
+    from stages.training.loop import random_crop_batch
 
     full = np.zeros((48, 64), np.float32)
     full[10, 40] = 1.0  # a marker pixel at x=40, y=10

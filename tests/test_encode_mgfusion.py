@@ -166,7 +166,7 @@ def test_gradients_reach_only_trainable_parts(encoder):
 
 
 def test_learning_rate_schedule():
-    from stages.mgfusion_training import lr_at
+    from stages.training.mgfusion import lr_at
 
     assert lr_at(0, 100, 1e-3) == pytest.approx(1e-4)
     assert lr_at(20, 100, 1e-3) == pytest.approx(1e-3)
@@ -192,7 +192,7 @@ def _training_pairs(tmp_path: Path) -> list[tuple[str, str]]:
 def test_tiny_training_run_saves_a_reloadable_checkpoint(tmp_path, clip, pairs_dir):
     from stages.encode import EncodeStage
     from stages.fuse import load_pair
-    from stages.mgfusion_training import train_mgfusion
+    from stages.training.mgfusion import train_mgfusion
     from stages.methods.mgfusion import MGFusionFuser, load_mgfusion, mgfusion_factory
     from stages.nets.mgfusion import checkpoint_clip
 

@@ -304,7 +304,7 @@ def test_register_resume_does_not_run_a_crafted_checkpoint(tmp_path):
     import torch
 
     from stages.nets.checkpoint import WeightsError
-    from stages.register_training import load_checkpoint
+    from stages.training.registration import load_checkpoint
 
     marker, evil = tmp_path / "pwned", tmp_path / "tard.safetensors"
     torch.save({"model": _RunsCode(marker)}, evil)
@@ -321,7 +321,7 @@ def test_register_resume_does_not_run_a_crafted_checkpoint(tmp_path):
 
 def test_register_resume_needs_the_model_card_beside_the_weights(tmp_path):
     from stages.nets.checkpoint import WeightsError
-    from stages.register_training import load_checkpoint
+    from stages.training.registration import load_checkpoint
 
     shipped = tmp_path / "tard.safetensors"
     shipped.write_bytes((ROOT / "stages" / "weights" / "tard.safetensors").read_bytes())

@@ -18,7 +18,7 @@ from stages.methods.learned import NETWORKS, NetworkFuser, load_network
 from stages.nets.checkpoint import save_weights
 from stages.methods.registry import list_methods
 from stages.nets.text_features import MINILM_DIM
-from stages.train import load_pair, train
+from stages.training.loop import load_pair, train
 
 torch.set_num_threads(1)
 
@@ -81,7 +81,7 @@ def network_and_loss(name: str) -> tuple[nn.Module, Callable[[nn.Module, torch.T
         import random
 
         from stages.nets.tard import TardNet
-        from stages.register_training import fusion_losses, invert_grid, random_correction, registration_losses
+        from stages.training.registration import fusion_losses, invert_grid, random_correction, registration_losses
 
         def tard_loss(m, ir, vis):
             phi = random_correction(ir.shape[0], ir.shape[-2:], torch.Generator().manual_seed(2))
@@ -236,7 +236,7 @@ def test_shipped_weights_fuse_a_real_pair(name):
 
 
 def test_low_light_darkens_only_the_chosen_samples():
-    from stages.train import darken_as_night
+    from stages.training.loop import darken_as_night
 
     gen = torch.Generator().manual_seed(0)
     ir, vis = torch.rand(64, 1, 8, 8, generator=gen), torch.rand(64, 1, 8, 8, generator=gen)

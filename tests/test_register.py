@@ -20,7 +20,7 @@ from stages.nets.tard import TardNet, load_tard
 from stages.methods.learned import tard_factory
 from stages.metrics.registration import residual_displacement
 from stages.register import RegisterStage, apply_grid, ecc_grid, ecc_warp
-from stages.register_training import invert_grid, load_init, make_batch, random_correction, train_register
+from stages.training.registration import invert_grid, load_init, make_batch, random_correction, train_register
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNALIGNED = DATA / "unaligned" / "roadscene"
@@ -268,7 +268,7 @@ def test_fuse_train_register_leaves_the_defaults_to_the_trainer(tmp_path, monkey
     """`fuse train -m register` passes on only the options given, so the trainer's defaults (EPOCHS) apply."""
     from typer.testing import CliRunner
 
-    import stages.register_training as register_training
+    import stages.training.registration as register_training
     from fuse_cli.app import app
 
     calls = []

@@ -13,7 +13,7 @@ from stages.nets import tard_detection
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import TardNet, load_tard
 from stages.nets.tard_detection import TardDetection, TardDetector, load_detector, read_config, save_detector
-from stages.tard_training import object_loss_fn
+from stages.training.tard import object_loss_fn
 from tests.conftest import shared
 
 torch.set_num_threads(1)
@@ -77,7 +77,7 @@ def test_object_loss_reaches_the_head_and_the_features():
 
 
 def test_labelled_batch_boxes_follow_the_flip_and_the_ir_alone_is_deformed():
-    from stages.tard_training import labelled_batch
+    from stages.training.tard import labelled_batch
 
     h, w = 32, 64
     pair = torch.zeros(2, h, w)
@@ -104,8 +104,8 @@ def test_labelled_batch_boxes_follow_the_flip_and_the_ir_alone_is_deformed():
 
 def test_a_few_steps_reduce_l_ob_on_a_fixed_batch_and_the_saved_head_reloads(tmp_path):
     from stages.nets.registration import resize
-    from stages.register_training import preload
-    from stages.tard_training import labelled_batch
+    from stages.training.registration import preload
+    from stages.training.tard import labelled_batch
 
     root = shared("msrs")
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_a_few_steps_reduce_l_ob_on_a_fixed_batch_and_the_saved_head_reloads(tmp
 @pytest.fixture(scope="module")
 def tard_run(tmp_path_factory):
     """One short epoch of joint training on four MSRS pairs: the run folder."""
-    from stages.tard_training import train_tard_detection
+    from stages.training.tard import train_tard_detection
 
     root = shared("msrs")
     out = tmp_path_factory.mktemp("tard_run")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.train import UNLABELLED, load_training_pair, prefetch, random_crop_batch, salient_targets, train
+from stages.training.loop import UNLABELLED, load_training_pair, prefetch, random_crop_batch, salient_targets, train
 
 torch.set_num_threads(1)
 

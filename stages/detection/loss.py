@@ -14,7 +14,7 @@ ultralytics' gains 7.5 / 0.5 / 1.5) and labels in any format
 Training crops, flips and rotates patches, so boxes must follow them:
 ``affines[b]`` is a 2×3 matrix taking *normalised* coordinates of the full
 labelled image ``(x/W, y/H)`` to *pixel* coordinates of sample ``b`` of the
-fused batch; :func:`patch_affine` builds it for ``stages.train.random_crop_batch``'s
+fused batch; :func:`patch_affine` builds it for ``stages.training.loop.random_crop_batch``'s
 crop / flip / quarter-turn. Without ``affines`` each sample is taken to be the
 whole image (resized or not: boxes are normalised).
 
@@ -83,7 +83,7 @@ class DetectionLoss:
         model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **(args if isinstance(args, dict) else vars(args))})
         self.scale = scale  # resize factor applied to the fused batch before the detector
         self.dropped = dropped  # label class name → boxes the detector has no class for
-        # where the detector and labels came from (recorded in model cards by stages.train)
+        # where the detector and labels came from (recorded in model cards by stages.training.loop)
         self.source = {"model": None, "labels": None, "scale": scale, **(source or {})}
         self.stride = int(max(model.stride.max().item(), 32))
         head = model.model[-1]

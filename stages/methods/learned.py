@@ -1,7 +1,7 @@
 """The learned networks as fusion methods: ``refinefuse``, ``dfh-base`` and ``tard``.
 
 * :data:`NETWORKS` — name → :class:`NetworkSpec` (model class, loss function,
-  default training hyper-parameters from the paper); :mod:`stages.train` and the
+  default training hyper-parameters from the paper); :mod:`stages.training.loop` and the
   tests iterate it.
 * :func:`load_network` — rebuilds a network from its checkpoint
   (:func:`stages.nets.checkpoint.save_weights`: one ``.safetensors`` file whose

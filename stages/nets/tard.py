@@ -11,8 +11,8 @@ The Tanh output ``t`` is mapped to ``(t + 1) / 2`` in [0, 1]. The detection head
 the same ``F_f`` and its loss ``l_ob`` (eq. 8) are in :mod:`stages.nets.tard_detection`.
 
 The head is trained jointly with :class:`~stages.nets.registration.RegistrationNet`
-by :func:`stages.register_training.train_register` (without ``l_ob``) and, with the
-detection head and ``l_ob``, by :func:`stages.tard_training.train_tard_detection`;
+by :func:`stages.training.registration.train_register` (without ``l_ob``) and, with the
+detection head and ``l_ob``, by :func:`stages.training.tard.train_tard_detection`;
 ``stages/weights/tard.safetensors`` holds the whole joint network (trained without
 ``l_ob``). :func:`tard_factory` follows the fusion-method contract of :mod:`stages.methods.registry`.
 """

@@ -6,7 +6,7 @@ fused feature ``F_f = [F_i^r, F^_i^r, F_v, F^_v]`` (eq. 7, :meth:`TardNet.featur
 detection head, YOLOv5 in the paper, trained with ``l_ob = c_yolov5(y, y_gt)`` (eq. 8),
 YOLOv5's training loss; the total loss is ``l_c + l_s + 10 l_reg + 5 l_f + 5 l_ob``
 (eq. 12 with section 4.1.1.2's weights). Joint training:
-:func:`stages.tard_training.train_tard_detection`.
+:func:`stages.training.tard.train_tard_detection`.
 
 Chosen here:
 

@@ -32,7 +32,7 @@ Choices where the paper is silent:
   plus a pedestrian-detection proxy, ``λ_t · mean(M ⊙ |f − ir|)`` over the
   ``salient`` mask's warm targets (λ_t = 1), which keeps the targets a detector
   needs as bright as in IR. A frozen detector's loss is the paper's ``ℓ_pd``;
-  it can be added in :func:`stages.text_training.train_text_fusion` later.
+  it can be added in :func:`stages.training.text.train_text_fusion` later.
 * ``d`` = the base width (32), one head; text tokens from MiniLM (384-d).
 """
 from __future__ import annotations

@@ -11,8 +11,8 @@ once, and cached in memory and — with ``cache`` — on disk):
 
 Pairs larger than :data:`MAX_SIDE` (LLVIP's 1280×1024) are halved first (area
 averaging), so a crop covers a comparable part of the scene in every dataset.
-Crops, flips and rotations are :func:`stages.train.random_crop_batch`'s, applied
-identically to the mask; the loop is :func:`stages.train.run_epochs`. Text tokens are per pair.
+Crops, flips and rotations are :func:`stages.training.loop.random_crop_batch`'s, applied
+identically to the mask; the loop is :func:`stages.training.loop.run_epochs`. Text tokens are per pair.
 
 Recipes (the papers'; shortened by ``epochs`` on a CPU):
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.train import _dataset_counts, load_optimizer, optimizer_path, _versions, load_pair, random_crop_batch, run_epochs
+from stages.training.loop import _dataset_counts, load_optimizer, optimizer_path, _versions, load_pair, random_crop_batch, run_epochs
 
 MAX_SIDE = 800
 
@@ -122,7 +122,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     ``max_seconds``: stop after the epoch that passes this wall-clock budget.
     ``det_loss``, ``det_weight``: a frozen detector's loss on the fused patches
     (:func:`stages.detection.loss.detection_loss_fn`, labels by IR file stem), added
-    with weight λ as in :func:`stages.train.train` — the Text-DFH paper trains its
+    with weight λ as in :func:`stages.training.loop.train` — the Text-DFH paper trains its
     second stage through the frozen detector this way.
     """
     from stages.methods.text import load_text_network, save_text_network
@@ -209,7 +209,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
 
 
 def _main(argv: list[str] | None = None) -> None:
-    """``python -m stages.text_training METHOD OUT --data DIR ...`` (background runs)."""
+    """``python -m stages.training.text METHOD OUT --data DIR ...`` (background runs)."""
     import argparse
 
     from stages.core.records import pair_directories

@@ -1,7 +1,7 @@
 """Training of the learned fusion networks (:data:`stages.methods.learned.NETWORKS`).
 
 :func:`run_epochs` is the one training loop of every crop-trained network (this module's
-``NETWORKS``, :mod:`stages.text_training`'s ``tesg`` and ``textdfh``, :mod:`stages.mgfusion_training`):
+``NETWORKS``, :mod:`stages.training.text`'s ``tesg`` and ``textdfh``, :mod:`stages.training.mgfusion`):
 seeded epochs, cropping in a background thread, one checkpoint format (weights, optimiser state,
 model card) written after every epoch, exact resume. Each trainer gives it the network's batches,
 loss, learning-rate schedule and weights writer.

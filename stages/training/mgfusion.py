@@ -105,7 +105,7 @@ def train_mgfusion(pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int
         progress: a tqdm bar with the running loss on stderr.
         log: called with one line per epoch.
     """
-    from stages.train import _dataset_counts, load_optimizer, optimizer_path, _versions, random_crop_batch, run_epochs
+    from stages.training.loop import _dataset_counts, load_optimizer, optimizer_path, _versions, random_crop_batch, run_epochs
 
     if not pairs:
         raise ValueError("no training pairs given")

@@ -2,18 +2,18 @@
 
 Hu et al. 2025, eq. 12: ``l = l_c + l_s + 10 l_reg + 5 l_f + lambda_3 l_ob`` with
 ``lambda_3 = 5`` (section 4.1.1.2), every term at once. Here the joint network starts
-from a trained ``tard.safetensors`` (the packaged one: :mod:`stages.register_training`,
+from a trained ``tard.safetensors`` (the packaged one: :mod:`stages.training.registration`,
 without ``l_ob``) and a fresh :class:`~stages.nets.tard_detection.TardDetector`; each
 step, on a batch of labelled aligned pairs:
 
 * views: the whole pair resized to the working size, flipped left–right at random
-  (the boxes follow). No random crop: :mod:`stages.register_training`'s views do not
+  (the boxes follow). No random crop: :mod:`stages.training.registration`'s views do not
   report their window, so boxes could not follow it.
-* the IR is deformed with :mod:`stages.register_training`'s random correction fields
+* the IR is deformed with :mod:`stages.training.registration`'s random correction fields
   (same rigid + elastic mix). Boxes are in VIS coordinates and VIS is the fixed image,
   so they do not move.
-* loss: :func:`~stages.register_training.registration_losses` (``l_c + 10 l_reg``) +
-  :func:`~stages.register_training.fusion_losses` (``l_s + 5 l_f``; the registration
+* loss: :func:`~stages.training.registration.registration_losses` (``l_c + 10 l_reg``) +
+  :func:`~stages.training.registration.fusion_losses` (``l_s + 5 l_f``; the registration
   under ``no_grad`` there, as in its phase 2) + ``det_weight * l_ob`` on ``F_f`` of the
   deformed IR and the VIS view, which reaches every part of the joint network through
   the warp and the field. Adam on all parameters — the head at ``lr``, the trained
@@ -48,7 +48,7 @@ from stages.nets.registration import identity_grid, resize, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import load_tard
 from stages.nets.tard_detection import YAML, TardDetector, save_detector
-from stages.register_training import (
+from stages.training.registration import (
     BN_BATCHES,
     MIN_LR_FRACTION,
     preload,

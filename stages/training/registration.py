@@ -39,7 +39,7 @@ Choices the paper leaves open (also written to the model card):
   for validation (:data:`HELD_OUT`, the same as the fusion campaigns'). ``msrs_train128``
   is not used: its frames are squashed to 128 x 128, a fifth of the working width.
 
-Run it in the background: ``python -m stages.register_training --epochs 50 --out runs/register``.
+Run it in the background: ``python -m stages.training.registration --epochs 50 --out runs/register``.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from stages.core.images import atomic_file, luminance, read_image
 from stages.nets.registration import identity_grid, resize, save_state, to_pixels
 from stages.nets.tard import TardNet, fusion_loss
-from stages.train import load_optimizer, optimizer_path, save_optimizer
+from stages.training.loop import load_optimizer, optimizer_path, save_optimizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAIN_SETS = ("roadscene", "llvip", "msrs_extra")
@@ -484,7 +484,7 @@ def _export(net: TardNet, out: Path, size, pairs, history, seconds, **settings) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m stages.register_training``: train on RoadScene, LLVIP and msrs_extra from ``--data``."""
+    """``python -m stages.training.registration``: train on RoadScene, LLVIP and msrs_extra from ``--data``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, required=True)

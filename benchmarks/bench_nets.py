@@ -9,8 +9,10 @@ The ceiling is the best GFLOP/s of a 64->64-channel 3x3 convolution on a 240x320
 map (NCHW or channels-last), measured in the same run with the same threads.
 
 Variants, each checked against the shipped path (max |difference| of the fused
-image): ``torch.inference_mode`` around the call, weights in channels-last memory
-format, and one torch thread instead of all. Wall times are medians of ``--runs``.
+image): weights and inputs in contiguous (NCHW) memory instead of the fusers'
+channels-last (:class:`~stages.methods.learned.NetworkFuser`; networks without such a
+fuser run as they are), and one torch thread instead of all. Wall times are medians of
+``--runs``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -122,26 +123,25 @@ def main() -> None:
         gflops = counter.get_total_flops() / 1e9
         split[name] = where_time_goes(lambda: fuse(ir, vis), counter)
         nets = modules_of(fuse)
-        variants = [("as shipped", nullcontext, None, threads),
-                    ("+ inference_mode", torch.inference_mode, None, threads),
-                    ("+ channels-last weights", torch.inference_mode, torch.channels_last, threads),
-                    ("+ inference_mode, 1 thread", torch.inference_mode, None, 1)]
-        for label, context, fmt, n_threads in variants:
+        shipped_format = getattr(fuse, "memory_format", torch.contiguous_format)
+        variants = [("as shipped", shipped_format, threads),
+                    ("contiguous (NCHW) weights and inputs", torch.contiguous_format, threads),
+                    ("as shipped, 1 thread", shipped_format, 1)]
+        for label, fmt, n_threads in variants:
             torch.set_num_threads(n_threads)
             for net in nets:
-                net.to(memory_format=fmt or torch.contiguous_format)
+                net.to(memory_format=fmt)
+            if hasattr(fuse, "memory_format"):
+                fuse.memory_format = fmt
 
             def call():
-                with context():
-                    return fuse(ir, vis)
+                return fuse(ir, vis)
 
             diff = (call() - reference).abs().max().item()
             seconds = median_s(call, runs)
             best = ceiling if n_threads == threads else ceiling_1
             print(f"| {name} | {gflops:.1f} | {label} | {1e3 * seconds:.0f} | {gflops / seconds:.1f} | "
                   f"{100 * gflops / seconds / best:.0f} | {diff:.1e} |", flush=True)
-        for net in nets:
-            net.to(memory_format=torch.contiguous_format)
         torch.set_num_threads(threads)
     print("\nWhere the time goes, as shipped (torch.profiler self CPU time; GFLOP/s of that part):\n")
     print("| network | convolution: % time | GFLOP/s | matmul, attention: % time | GFLOP/s | other (element-wise, "

@@ -1,6 +1,10 @@
 """Promote a campaign's checkpoint to the shipped weights, only when validation improves.
 
     python campaigns/promote.py refinefuse campaigns/refinefuse-msrs --val runs/refinefuse-msrs/val [--dry-run]
+    python campaigns/promote.py textdfh campaigns/textdfh-msrs --val runs/dfh-base-msrs/val
+
+Every learned fusion method is scored as ``fuse fuse -m METHOD --weights FILE`` fuses (through
+:func:`fuse_api.fuse`, so text-guided networks get their captions and masks as in the CLI).
 
 Selection uses the campaign's validation pairs only (``VAL/ir``, ``VAL/vis``: held-out training-set
 pairs): the candidate is promoted when its mean Qabf is higher and its VIF no lower than the shipped
@@ -24,9 +28,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from stages.methods.learned import load_network  # noqa: E402
+from fuse_api import fuse  # noqa: E402
+from stages.core.images import to_uint8  # noqa: E402
 from stages.methods.registry import WEIGHTS_DIR  # noqa: E402
-from stages.training.loop import load_pair, validate  # noqa: E402
+from stages.metrics import compute_metrics  # noqa: E402
+from stages.training.loop import VAL_METRICS, load_pair  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 EVALUATION = {"msrs": DATA / "msrs", "tno": DATA / "tno"}
@@ -39,17 +45,22 @@ def folder_pairs(root: Path) -> tuple[list[str], list[tuple[np.ndarray, np.ndarr
     return [p.stem for p in irs], [load_pair(p, vis[p.stem]) for p in irs]
 
 
-def scores(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Mean validation metrics (``stages.training.loop.VAL_METRICS``, mmif) of ``model`` on full-size pairs."""
-    return validate(model, images, "cpu")
+def scores(method: str, weights: Path, images: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Mean :data:`~stages.training.loop.VAL_METRICS` (mmif) of ``method`` with ``weights`` on full-size pairs."""
+    sums: dict[str, float] = {}
+    for ir, vis in images:
+        fused = fuse(ir, vis, method, weights=weights, device="cpu")
+        for name, value in compute_metrics(to_uint8(ir), to_uint8(vis), to_uint8(fused), names=VAL_METRICS).items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+    return {name: round(total / len(images), 4) for name, total in sums.items()}
 
 
-def training_loss(method: str, model: torch.nn.Module | None, images: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Mean of the method's own training loss on full-size pairs, for ``model``'s output or, with ``None``,
-    for pixel-max (does the network reach the loss of the baseline it must beat?)."""
-    from stages.methods.learned import NETWORKS, NetworkFuser
+def training_loss(method: str, weights: Path | None, images: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean of the method's own training loss on full-size pairs, for its output with ``weights`` or, with
+    ``None``, for pixel-max (does the network reach the loss of the baseline it must beat?); plain networks only."""
+    from stages.methods.learned import NETWORKS, NetworkFuser, load_network
 
-    fuser = None if model is None else NetworkFuser(model, half=False)
+    fuser = None if weights is None else NetworkFuser(load_network(method, weights), half=False)
     losses = []
     for ir_np, vis_np in images:
         ir, vis = (torch.from_numpy(a)[None, None] for a in (ir_np, vis_np))
@@ -79,16 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     card = json.loads(candidate_path.with_suffix(".json").read_text())
     shipped_card_path = WEIGHTS_DIR / f"{args.method}.json"
     shipped_card = json.loads(shipped_card_path.read_text())
-    candidate, shipped = load_network(args.method, candidate_path), load_network(args.method)
+    shipped_path = WEIGHTS_DIR / f"{args.method}.safetensors"
 
     val_ids, val_images = folder_pairs(args.val)
-    val_new, val_old = scores(candidate, val_images), scores(shipped, val_images)
+    val_new, val_old = scores(args.method, candidate_path, val_images), scores(args.method, shipped_path, val_images)
     print(f"validation ({len(val_ids)} pairs): shipped Qabf {val_old['Qabf']:.4f} VIF {val_old['VIF']:.4f}; "
           f"candidate (epoch {card['epochs']}) Qabf {val_new['Qabf']:.4f} VIF {val_new['VIF']:.4f}")
-    val_loss = {"candidate": training_loss(args.method, candidate, val_images),
-                "shipped_before": training_loss(args.method, shipped, val_images),
-                "max": training_loss(args.method, None, val_images)}
-    print(f"validation loss ({args.method}'s own): {val_loss}")
+    from stages.methods.learned import NETWORKS
+
+    val_loss = None
+    if args.method in NETWORKS:  # the text-guided losses need their guidance: not scored here
+        val_loss = {"candidate": training_loss(args.method, candidate_path, val_images),
+                    "shipped_before": training_loss(args.method, shipped_path, val_images),
+                    "max": training_loss(args.method, None, val_images)}
+        print(f"validation loss ({args.method}'s own): {val_loss}")
     if not (val_new["Qabf"] > val_old["Qabf"] and val_new["VIF"] >= val_old["VIF"]):
         print("not promoted: validation did not improve")
         return 1
@@ -96,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, root in EVALUATION.items():
         if (root / "ir").is_dir():
             ids, images = folder_pairs(root)
-            evaluation[name] = {"pairs": len(ids), "candidate": scores(candidate, images),
-                                "shipped_before": scores(shipped, images)}
+            evaluation[name] = {"pairs": len(ids), "candidate": scores(args.method, candidate_path, images),
+                                "shipped_before": scores(args.method, shipped_path, images)}
             print(f"{name} ({len(ids)} pairs, reported only): before {evaluation[name]['shipped_before']}, "
                   f"after {evaluation[name]['candidate']}")
     if args.dry_run:
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if card.get("init") and shipped_card.get("promotions"):
         lineage.append({k: v for k, v in shipped_card["promotions"][-1].items() if k != "evaluation_reported_only"})
     card.update({"lineage": lineage, "promotions": shipped_card.get("promotions", []) + [promotion]})
-    shutil.copyfile(candidate_path, WEIGHTS_DIR / f"{args.method}.safetensors")
+    shutil.copyfile(candidate_path, shipped_path)
     shipped_card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"promoted {candidate_path} to {WEIGHTS_DIR / (args.method + '.safetensors')}")
     return 0

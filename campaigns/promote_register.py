@@ -5,8 +5,8 @@
 Selection uses the campaign's validation pairs only (``VAL/ir``, ``VAL/vis``: held-out msrs_extra pairs,
 deformed like the training views by ``benchmarks/bench_register.py --deform``): ``register.safetensors``
 is promoted when ``fuse register -m net``'s mean end-point error is lower than the shipped weights'.
-``tard.safetensors`` (the same registration + the fusion head) goes with it only when its fused
-validation pairs also keep their Qabf and VIF. The evaluation sets (``unaligned/roadscene``, MSRS's
+``tard.safetensors`` (the same registration + the fusion head), when the folder has one, goes with
+it only when its fused validation pairs also keep their Qabf and VIF. The evaluation sets (``unaligned/roadscene``, MSRS's
 26 pairs deformed the same way) are then measured for the model card, as a report: they never decide.
 The shipped card (``stages/weights/register.json``) becomes the campaign's card plus ``lineage`` and
 ``promotions``, as ``campaigns/promote.py`` writes them for the fusion networks.
@@ -75,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     if not val["candidate"] < val["shipped_before"]:
         print("not promoted: validation did not improve")
         return 1
-    tard = {"candidate": tard_scores(args.campaign / "tard.safetensors", args.val),
-            "shipped_before": tard_scores(WEIGHTS_DIR / "tard.safetensors", args.val)}
-    tard_promoted = (tard["candidate"]["Qabf"] >= tard["shipped_before"]["Qabf"]
-                     and tard["candidate"]["VIF"] >= tard["shipped_before"]["VIF"])
-    print(f"tard on the aligned validation pairs: shipped {tard['shipped_before']}, candidate {tard['candidate']}"
-          f" -> {'promoted' if tard_promoted else 'kept'}")
+    tard, tard_promoted = None, False
+    if (args.campaign / "tard.safetensors").is_file():  # a folder may hold the registration network alone
+        tard = {"candidate": tard_scores(args.campaign / "tard.safetensors", args.val),
+                "shipped_before": tard_scores(WEIGHTS_DIR / "tard.safetensors", args.val)}
+        tard_promoted = (tard["candidate"]["Qabf"] >= tard["shipped_before"]["Qabf"]
+                         and tard["candidate"]["VIF"] >= tard["shipped_before"]["VIF"])
+        print(f"tard on the aligned validation pairs: shipped {tard['shipped_before']}, candidate {tard['candidate']}"
+              f" -> {'promoted' if tard_promoted else 'kept'}")
     evaluation = {}
     for name, pairs in {"unaligned/roadscene": load_pairs(DATA / "unaligned" / "roadscene"),
                         "msrs (deformed like the training views)": deformed_pairs(DATA / "msrs")}.items():

@@ -55,6 +55,12 @@ weights (6.09 / 7.01 after 11 of 22 epochs, stopped); five ensemble sizes
 deformed like the training views (night scenes, larger motion) the network is
 far weaker: 30.6 px unregistered, 19.6 single pass, 17.6 ensemble (ECC diverges
 there: 92 px).
+
+Notes from the night campaign (``campaigns/register-night.sh``: msrs_extra's pairs added,
+fine-tuned from those weights at lr 3e-4, 24 registration + 3 fusion epochs; ``--deform
+../shared/data/msrs``, the 26 evaluation pairs, 34.96 px unregistered): the weights before
+17.28 px; epoch 10 10.65 px (validation 9.57 px, so promoted), epoch 27 11.87 px
+(validation 9.92); RoadScene 3.69 and 3.99 px. ECC at night: 85.9 px, net-ecc 47.4.
 """
 from __future__ import annotations
 

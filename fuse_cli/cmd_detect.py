@@ -31,18 +31,6 @@ TableFormat = opt.choice(FORMATS, "--format", "-f", what="format", help="Evaluat
 EVAL_CONF = 0.001  # the confidence floor detectors are evaluated at (ultralytics val, YOLOv5 val)
 
 Model = Annotated[str, typer.Option("--model", help="YOLO weights: a .safetensors from fuse detect train (loads no code), a .pt path (a pickle: loading it runs any code it carries, so give only files you trust), a model YAML (random init), or a name ultralytics downloads (yolov8n.pt) where there is internet. Or the tard network's own detection head: a tard_detector.safetensors you trained (fuse train -m tard --labels DIR; no head is packaged) with its tard.safetensors beside it; it reads each record's ir and vis, registers the IR inside the network and gives boxes on the VIS grid (--image, --imgsz and --half do not apply).")]
-Labels = Annotated[
-    Path | None,
-    typer.Option("--labels", help="Ground truth: a folder of YOLO txt (with classes.txt) or VOC xml, or a COCO json. Prints the evaluation table.", show_default=False),
-]
-LabelClasses = Annotated[
-    Path | None,
-    typer.Option("--label-classes", help="Class names of YOLO labels (classes.txt or data.yaml); default: classes.txt beside or above the labels.", show_default=False),
-]
-ClassMap = Annotated[
-    list[str] | None,
-    typer.Option("--class-map", help="Rename classes before matching, FROM=TO (repeat, or comma-separate): People=person.", show_default=False),
-]
 ImageKey = opt.choice(("fused", "ir", "vis"), "--image", what="image", help="Which image of each record: fused, ir or vis.")
 
 detect_app = typer.Typer(
@@ -95,9 +83,9 @@ def detect(
     imgsz: Annotated[int, typer.Option("--imgsz", min=32, help="Inference size (pixels, longest side).")] = 640,
     draw: Annotated[bool, typer.Option("--draw", help="Also write OUT/<id>.jpg with the boxes drawn.")] = False,
     half: Annotated[bool, typer.Option("--half", help="Half precision (CUDA only).")] = False,
-    labels: Labels = None,
-    label_classes: LabelClasses = None,
-    class_map: ClassMap = None,
+    labels: opt.Labels = None,
+    label_classes: opt.LabelClasses = None,
+    class_map: opt.ClassMap = None,
     detections: Annotated[
         str | None,
         typer.Option("--detections", help="Evaluate existing detections instead of running a model: a folder of YOLO txt with a score column or of fuse json, a COCO results json, a .jsonl of records from fuse detect, or - for such records on stdin.", show_default=False),
@@ -268,7 +256,7 @@ def _evaluate(detections: dict, image_ids: list[str] | None, labels: Path, label
 
 @detect_app.command("export")
 def export(
-    labels: Annotated[Path, typer.Option("--labels", help="Ground truth: YOLO txt folder (with classes.txt), VOC xml folder or COCO json.")],
+    labels: opt.Labels = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder: images/, labels/, data.yaml.")] = Path("dataset"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
@@ -276,8 +264,8 @@ def export(
     image: ImageKey = "fused",
     split: Annotated[float, typer.Option("--split", min=0.0, max=1.0, help="Fraction of images for training; the rest validate (1: all train, val = train).")] = 0.8,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val shuffle.")] = 0,
-    label_classes: LabelClasses = None,
-    class_map: ClassMap = None,
+    label_classes: opt.LabelClasses = None,
+    class_map: opt.ClassMap = None,
     link: Annotated[bool, typer.Option("--link", help="Hard-link images instead of copying them (same file system).")] = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -287,6 +275,8 @@ def export(
     from stages.detection.dataset import export_dataset
     from stages.detection.evaluation import AnnotationError
 
+    if labels is None:
+        raise usage_error("fuse detect export needs --labels (the ground truth it writes the dataset from)")
     if not labels.exists():
         raise usage_error(f"--labels {labels}: no such folder or file")
     mapping = _class_map(class_map)

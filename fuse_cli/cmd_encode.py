@@ -17,22 +17,14 @@ from fuse_cli.inputs import build_stage, gather_records, usage_error
 from fuse_cli.runner import Reporter, run_stage
 from stages.extras import require_extra
 
-ClipModel = Annotated[str, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32, ViT-L-14.")]
-ClipPretrained = Annotated[
-    str,
-    typer.Option("--pretrained", help="open_clip weights tag (downloaded by open_clip on a machine with internet), "
-                 "a local checkpoint file, or 'none' for a random untrained CLIP (tests only)."),
-]
-
-
 @opt.stage_options(batch_size=16)
 def encode(
     out: opt.OutDir = Path("emb"),
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
     records: opt.RecordsFile = None,
-    model: ClipModel = "ViT-B-32",
-    pretrained: ClipPretrained = "openai",
+    model: opt.ClipModel = "ViT-B-32",
+    pretrained: opt.ClipPretrained = "openai",
     image: Annotated[str, typer.Option("--image", help="Comma-separated record images to embed: ir, vis, fused.")] = "ir,vis",
     tokens: Annotated[bool, typer.Option("--tokens", help="Also store the patch-token maps <image>_tokens (ViT models).")] = False,
     *,

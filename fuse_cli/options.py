@@ -76,6 +76,21 @@ Concurrency = Annotated[int, typer.Option("--concurrency", min=1, help="--engine
 NumGPUs = Annotated[float, typer.Option("--num-gpus", min=0, help="--engine ray: GPUs per actor (a fraction shares a GPU between actors).")]
 Weights = Annotated[Optional[Path], typer.Option("--weights", help="Model weights file (.safetensors) instead of the shipped ones.", show_default=False)]
 
+# Domain options, the same in every command that takes them.
+ClipModel = Annotated[str, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32, ViT-L-14.")]
+ClipPretrained = Annotated[str, typer.Option(
+    "--pretrained", help="open_clip weights tag (downloaded by open_clip on a machine with internet), a local "
+                         "checkpoint file, or 'none' for a random untrained CLIP (tests only).")]
+Labels = Annotated[Optional[Path], typer.Option(
+    "--labels", help="Ground truth per pair (by IR file stem): a folder of YOLO txt (with classes.txt) or VOC xml, "
+                     "or a COCO json.", show_default=False)]
+LabelClasses = Annotated[Optional[Path], typer.Option(
+    "--label-classes", help="Class names of YOLO labels (classes.txt or data.yaml); default: classes.txt beside or "
+                            "above the labels.", show_default=False)]
+ClassMap = Annotated[Optional[list[str]], typer.Option(
+    "--class-map", help="Rename label classes before matching, FROM=TO (repeat, or comma-separate): People=person.",
+    show_default=False)]
+
 
 @dataclass
 class RunOptions:

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fuse_api import fuse  # noqa: E402
 from stages.core.images import to_uint8  # noqa: E402
+from stages.methods.learned import NETWORKS  # noqa: E402
 from stages.methods.registry import WEIGHTS_DIR  # noqa: E402
 from stages.metrics import compute_metrics  # noqa: E402
 from stages.training.loop import VAL_METRICS, load_pair  # noqa: E402
@@ -58,7 +59,7 @@ def scores(method: str, weights: Path, images: list[tuple[np.ndarray, np.ndarray
 def training_loss(method: str, weights: Path | None, images: list[tuple[np.ndarray, np.ndarray]]) -> float:
     """Mean of the method's own training loss on full-size pairs, for its output with ``weights`` or, with
     ``None``, for pixel-max (does the network reach the loss of the baseline it must beat?); plain networks only."""
-    from stages.methods.learned import NETWORKS, NetworkFuser, load_network
+    from stages.methods.learned import NetworkFuser, load_network
 
     fuser = None if weights is None else NetworkFuser(load_network(method, weights), half=False)
     losses = []
@@ -96,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     val_new, val_old = scores(args.method, candidate_path, val_images), scores(args.method, shipped_path, val_images)
     print(f"validation ({len(val_ids)} pairs): shipped Qabf {val_old['Qabf']:.4f} VIF {val_old['VIF']:.4f}; "
           f"candidate (epoch {card['epochs']}) Qabf {val_new['Qabf']:.4f} VIF {val_new['VIF']:.4f}")
-    from stages.methods.learned import NETWORKS
-
     val_loss = None
     if args.method in NETWORKS:  # the text-guided losses need their guidance: not scored here
         val_loss = {"candidate": training_loss(args.method, candidate_path, val_images),

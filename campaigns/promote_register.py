@@ -26,10 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench_register import deformed_pairs, evaluate, load_pairs  # noqa: E402
-from stages.core.images import to_uint8  # noqa: E402
+from promote import folder_pairs, scores  # noqa: E402
 from stages.methods.registry import WEIGHTS_DIR  # noqa: E402
-from stages.nets.tard import load_tard  # noqa: E402
-from stages.training.loop import VAL_METRICS, load_pair  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -38,21 +36,6 @@ def mean_epe(pairs: list[dict], weights: Path | None) -> float:
     """Mean end-point error (px) over ``pairs`` of ``fuse register -m net`` with ``weights``, or unregistered (``None``)."""
     rows = evaluate("none", pairs, None)[0] if weights is None else evaluate("net", pairs, weights)[0]
     return round(float(np.mean([row["epe"] for row in rows])), 3)
-
-
-def tard_scores(weights: Path, folder: Path) -> dict[str, float]:
-    """Mean :data:`stages.training.loop.VAL_METRICS` of ``fuse fuse -m tard`` with ``weights`` on the aligned pairs of ``folder``."""
-    from stages.metrics import compute_metrics
-
-    net, sums = load_tard(weights), {}
-    paths = sorted((folder / "ir").iterdir())
-    for ir_path in paths:
-        ir, vis = load_pair(ir_path, folder / "vis" / ir_path.name)
-        with torch.inference_mode():
-            fused = net.fuse(torch.from_numpy(ir)[None, None], torch.from_numpy(vis)[None, None])[0, 0].numpy()
-        for name, value in compute_metrics(to_uint8(ir), to_uint8(vis), to_uint8(fused), names=VAL_METRICS).items():
-            sums[name] = sums.get(name, 0.0) + float(value)
-    return {name: round(total / len(paths), 4) for name, total in sums.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tard, tard_promoted = None, False
     if (args.campaign / "tard.safetensors").is_file():  # a folder may hold the registration network alone
-        tard = {"candidate": tard_scores(args.campaign / "tard.safetensors", args.val),
-                "shipped_before": tard_scores(WEIGHTS_DIR / "tard.safetensors", args.val)}
+        val_images = folder_pairs(args.val)[1]
+        tard = {"candidate": scores("tard", args.campaign / "tard.safetensors", val_images),
+                "shipped_before": scores("tard", WEIGHTS_DIR / "tard.safetensors", val_images)}
         tard_promoted = (tard["candidate"]["Qabf"] >= tard["shipped_before"]["Qabf"]
                          and tard["candidate"]["VIF"] >= tard["shipped_before"]["VIF"])
         print(f"tard on the aligned validation pairs: shipped {tard['shipped_before']}, candidate {tard['candidate']}"

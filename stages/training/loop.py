@@ -48,12 +48,11 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from stages.core.images import luminance, read_image, to_uint8
+from stages.core.images import atomic_file, luminance, read_image, to_uint8
 from stages.methods.learned import NETWORKS, NetworkFuser, load_network
-from stages.nets.checkpoint import save_weights
+from stages.nets.checkpoint import save_weights, write_checkpoint
 from stages.nets.losses import salient_mask
 
 if TYPE_CHECKING:
@@ -262,10 +261,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         for key, value in slots.items():
             value = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"state.{index}.{key}"] = value.detach().to("cpu").contiguous()
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"param_groups": json.dumps(state["param_groups"])})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_checkpoint(tensors, {"param_groups": json.dumps(state["param_groups"])}, path)
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -289,9 +285,8 @@ def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
 
 def write_json(data: dict, path: Path) -> None:
     """``data`` as indented JSON at ``path``, atomically."""
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def validate(model: torch.nn.Module, images: Sequence[tuple[np.ndarray, np.ndarray]],

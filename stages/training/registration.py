@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from stages.core.images import atomic_file, luminance, read_image
 from stages.nets.registration import identity_grid, resize, save_state, to_pixels
 from stages.nets.tard import TardNet, fusion_loss
-from stages.training.loop import load_optimizer, optimizer_path, save_optimizer
+from stages.training.loop import load_optimizer, optimizer_path, save_optimizer, write_json
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAIN_SETS = ("roadscene", "llvip", "msrs_extra")
@@ -479,8 +479,7 @@ def _export(net: TardNet, out: Path, size, pairs, history, seconds, **settings) 
         "device": str(next(net.parameters()).device),
         "history": history,
     }
-    with atomic_file(out / "register.json") as tmp:
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
+    write_json(card, out / "register.json")
 
 
 def main(argv: list[str] | None = None) -> None:

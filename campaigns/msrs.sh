@@ -4,20 +4,24 @@
 #
 #   nohup bash campaigns/msrs.sh refinefuse > runs/refinefuse-msrs.log 2>&1 &
 #   nohup bash campaigns/msrs.sh dfh-base   > runs/dfh-base-msrs.log 2>&1 &
+#   nohup bash campaigns/msrs.sh tesg       > runs/tesg-msrs.log 2>&1 &
+#   RUN=textdfh-lowlr nohup bash campaigns/msrs.sh textdfh > runs/textdfh-lowlr.log 2>&1 &
 #
 # Starts from the shipped weights; after any stop, the same command resumes exactly from the last
-# epoch written to campaigns/METHOD-msrs/ (weights, Adam state and model card, one set per epoch,
-# written atomically; commit them to keep a campaign across sessions).
+# epoch written to campaigns/RUN/ (RUN defaults to METHOD-msrs; weights, Adam state and model card,
+# written atomically after every epoch, with the best epoch by validation Qabf in campaigns/RUN/best/;
+# commit them to keep a campaign across sessions).
 # Data (../shared/data, training sets only): msrs_train128 (1,079), msrs_extra less the 8 validation
 # pairs below (112), roadscene (221), llvip (47).
 # Validation (checkpoint selection, campaigns/promote.py): the 8 held-out msrs_extra pairs. No evaluation
 # pair (msrs/, tno/, m3fd/) is read here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-METHOD=${1:?usage: campaigns/msrs.sh refinefuse|dfh-base}
+METHOD=${1:?usage: campaigns/msrs.sh refinefuse|dfh-base|tesg|textdfh}
 DATA=${DATA:-../shared/data}
-OUT=campaigns/$METHOD-msrs
-WORK=runs/$METHOD-msrs
+RUN=${RUN:-$METHOD-msrs}
+OUT=campaigns/$RUN
+WORK=runs/$RUN
 EPOCHS=${EPOCHS:-30}
 VAL_IDS="00111D 00504D 00754N 00874N 00988N 01102N 01222N 01335N"
 FUSE=${FUSE:-.venv/bin/fuse}
@@ -28,6 +32,10 @@ export OMP_NUM_THREADS=${THREADS:-1}
 case $METHOD in
   refinefuse) recipe=(--optimizer adam --lr 5e-4 --batch-size 8 --crop 128) ;;  # paper: SGD 1e-3, which stalls in a CPU budget
   dfh-base) recipe=(--optimizer adam --lr 1e-4 --batch-size 16 --crop 128) ;;   # paper: Adam 1e-3 from scratch; fine-tuning here
+  # TeSG (paper: AdamW 1e-4, crops of 96, 140 epochs): fine-tuning the shipped weights at 2e-4 on crops of 64.
+  tesg) recipe=(--lr 2e-4 --batch-size 8 --crop 64 --cache runs/text-guidance-cache) ;;
+  # Text-DFH stage 2 (paper: Adam 1e-3): 1e-3 overshot here (validation below its frozen base), so 1e-4.
+  textdfh) recipe=(--lr 1e-4 --batch-size 16 --crop 128 --cache runs/text-guidance-cache) ;;
   *) echo "campaigns/msrs.sh: no recipe for $METHOD" >&2; exit 2 ;;
 esac
 

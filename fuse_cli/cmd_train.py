@@ -78,7 +78,7 @@ def train(
     clip_model: Annotated[str, typer.Option("--clip-model", help="mgfusion: open_clip model name.")] = "ViT-B-32",
     pretrained: opt.ClipPretrained = "openai",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint to continue from.", show_default=False)] = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help="refinefuse, dfh-base, register (a tard.safetensors), tard: weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume).", show_default=False)] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="refinefuse, dfh-base, tesg, textdfh, register (a tard.safetensors), tard: weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume).", show_default=False)] = None,
     base_weights: Annotated[Optional[Path], typer.Option("--base-weights", help="textdfh: the frozen dfh-base weights it refines (default: the shipped ones).", show_default=False)] = None,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="tesg: foreground/background mask guidance (MGCA); --no-mask-guidance trains the paper's ablation.")] = True,
     fixed_text: Annotated[Optional[str], typer.Option("--fixed-text", help="tesg, textdfh: one text for every pair instead of the advisor's captions (the fixed-text ablation).", show_default=False)] = None,
@@ -103,8 +103,8 @@ def train(
     if resume is not None and not resume.is_file():
         raise usage_error(f"--resume {resume}: no such checkpoint")
     if init is not None:
-        if method not in (*NETWORKS, "register", "tard"):
-            raise usage_error(f"--init is for {', '.join(NETWORKS)}, register, tard, not -m {method}")
+        if method not in (*NETWORKS, *TEXT_RECIPES, "register", "tard"):
+            raise usage_error(f"--init is for {', '.join([*NETWORKS, *TEXT_RECIPES])}, register, tard, not -m {method}")
         if resume is not None:
             raise usage_error("--init starts a new run and --resume continues one: give one of them")
         if not init.is_file():
@@ -133,7 +133,8 @@ def train(
                       "--fixed-text": fixed_text is not None and method not in TEXT_RECIPES,
                       "--cache": cache is not None and method not in TEXT_RECIPES,
                       "--low-light": bool(low_light) and method not in NETWORKS,
-                      "--optimizer": optimizer is not None and method not in NETWORKS}
+                      "--optimizer": optimizer is not None and method not in NETWORKS,
+                      "--val-ir/--val-vis": (val_ir or val_vis) is not None and method not in detection_trainable}
     if misplaced := [name for name, wrong in method_options.items() if wrong]:
         raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m {method}")
     if base_weights is not None and not base_weights.is_file():
@@ -148,6 +149,7 @@ def train(
     pairs = _pairs(list(gather_records(ir, vis, records, reporter)), reporter)
     if not pairs:
         raise usage_error("no training pairs")
+    val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
     log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
     settings = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop}.items() if v is not None}
     common = {"seed": seed, "device": opt.resolve_device(device), "resume": resume, "progress": not quiet and sys.stderr.isatty(), "log": log}
@@ -181,12 +183,11 @@ def train(
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
         path = train_text_fusion(method, pairs, out, **settings, **common, base_weights=base_weights,
                                  text_backend=text_encoder, mask_guidance=mask_guidance, fixed_text=fixed_text,
-                                 cache=cache, **detection)
+                                 cache=cache, init=init, val_pairs=val_pairs, **detection)
     else:
         from stages.training.loop import train as train_network
 
         paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
-        val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
         path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init,
                              optimizer=optimizer, low_light=low_light, **detection, **common)

@@ -283,6 +283,18 @@ def test_minilm_tokens_and_a_tiny_training_run(tmp_path):
                                  progress=False, log=lambda line: None, base_weights=base, cache=tmp_path / "cache")
         card = json.loads(path.with_suffix(".json").read_text())
         assert card["epochs"] == 1 and np.isfinite(card["train_loss"][0])
+    # fine-tuning from those weights: a fresh epoch count, and the validation pairs scored every epoch
+    first = tmp_path / "run" / "tesg.safetensors"
+    tuned = train_text_fusion("tesg", pairs, tmp_path / "tuned", epochs=1, batch_size=2, crop=32, seed=0,
+                              progress=False, log=lambda line: None, init=first, val_pairs=pairs[:1],
+                              cache=tmp_path / "cache")
+    card = json.loads(tuned.with_suffix(".json").read_text())
+    assert card["epochs"] == 1 and card["init"] == str(first) and card["data"]["val"]
+    assert set(card["val_metrics"][0]) >= {"Qabf", "VIF"} and 0 <= card["val_metrics"][0]["Qabf"] <= 1
+    assert json.loads((tmp_path / "tuned" / "best" / "tesg.json").read_text())["epochs"] == 1  # the best epoch so far
+    with pytest.raises(ValueError, match="resume or init"):
+        train_text_fusion("tesg", pairs, tmp_path / "both", epochs=1, resume=first, init=first, cache=tmp_path / "cache",
+                          progress=False, log=lambda line: None)
     fuse = tesg_factory(device="cpu", weights=tmp_path / "run" / "tesg.safetensors")
     ir, vis = (torch.from_numpy(a)[None, None] for a in (make_pair(5, 40, 52)[0], make_pair(5, 40, 52)[1].mean(-1)))
     out = fuse(ir, vis)  # mask and advisor caption computed on the fly

@@ -289,21 +289,21 @@ def write_json(data: dict, path: Path) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def validate(model: torch.nn.Module, images: Sequence[tuple[np.ndarray, np.ndarray]],
-             device: str | torch.device) -> dict[str, float] | None:
-    """Mean :data:`VAL_METRICS` of ``model`` on full-size pairs; ``None`` while :mod:`stages.metrics` is missing."""
+def validate(fuser: Callable[..., torch.Tensor], images: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float] | None:
+    """Mean :data:`VAL_METRICS` of ``fuser`` (``(1, 1, H, W)`` IR, VIS in [0, 1] → fused) on full-size pairs.
+
+    ``None`` while :mod:`stages.metrics` is missing.
+    """
     try:
         from stages.metrics import compute_metrics
     except ImportError:
         return None
-    fuser = NetworkFuser(model, device, half=False)
     sums: dict[str, float] = {}
     for ir, vis in images:
         fused = fuser(torch.from_numpy(ir)[None, None], torch.from_numpy(vis)[None, None])[0, 0].cpu().numpy()
         scores = compute_metrics(to_uint8(ir), to_uint8(vis), to_uint8(fused), names=VAL_METRICS)
         for name, value in scores.items():
             sums[name] = sums.get(name, 0.0) + float(value)
-    model.train()
     return {name: round(total / len(images), 4) for name, total in sums.items()}
 
 
@@ -326,7 +326,8 @@ def run_epochs(method: str, model: torch.nn.Module, opt: torch.optim.Optimizer, 
 
     After every epoch, atomically, into ``out``: the weights (``save(path)``), the optimiser state
     (``<method>.optim.safetensors``) and the model card (``<method>.json``: ``card`` with the epochs,
-    seconds, per-epoch mean losses and, with ``validate``, ``val_metrics``). ``max_steps`` caps the
+    seconds, per-epoch mean losses and, with ``validate``, ``val_metrics``); the weights and card of
+    the epoch with the highest validation Qabf so far also go to ``out/best/``. ``max_steps`` caps the
     steps of an epoch (smoke runs); ``max_seconds`` stops after the epoch that spends the budget.
     """
     weights_path = out / f"{method}.safetensors"
@@ -367,6 +368,11 @@ def run_epochs(method: str, model: torch.nn.Module, opt: torch.optim.Optimizer, 
         save(weights_path)
         save_optimizer(opt, optimizer_path(weights_path))
         write_json(card, weights_path.with_suffix(".json"))
+        if metrics and metrics.get("Qabf") is not None and metrics["Qabf"] >= max(
+                (m["Qabf"] for m in card["val_metrics"] if m and m.get("Qabf") is not None), default=0.0):
+            (out / "best").mkdir(exist_ok=True)
+            save(out / "best" / weights_path.name)
+            write_json(card, out / "best" / weights_path.with_suffix(".json").name)
         parts = ", ".join(f"{k[6:-5]} {sums[k] / steps:.4f}" for k in sorted(sums) if k != "train_loss")
         shown = "" if metrics is None else "  " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
         log(f"{method} epoch {epoch + 1}/{epochs}: loss {card['train_loss'][-1]:.4f}{f' ({parts})' if parts else ''} "
@@ -496,5 +502,5 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
                       seed=seed, batches=epoch_batches, step_loss=step_loss,
                       lr_at=lambda progress: _epoch_lr(lr, schedule, int(progress), epochs),
                       save=lambda path: save_weights(model, method, path),
-                      validate=(lambda: validate(model, val_images, device)) if val_images else None,
+                      validate=(lambda: validate(NetworkFuser(model, device, half=False), val_images)) if val_images else None,
                       progress=progress, log=log)

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.training.loop import _dataset_counts, load_optimizer, optimizer_path, _versions, load_pair, random_crop_batch, run_epochs
+from stages.training.loop import (_dataset_counts, _versions, load_optimizer, load_pair, optimizer_path,
+                                  random_crop_batch, run_epochs, validate)
 
 MAX_SIDE = 800
 
@@ -112,7 +113,8 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
                       progress: bool = True, log: Callable[[str], None] = print, base_weights=None,
                       text_backend: str = "minilm", mask_guidance: bool = True, fixed_text: str | None = None,
                       cache: str | os.PathLike | None = None, max_seconds: float | None = None,
-                      det_loss=None, det_weight: float = 0.0) -> Path:
+                      det_loss=None, det_weight: float = 0.0, init=None,
+                      val_pairs: Sequence[tuple] | None = None) -> Path:
     """Train ``tesg`` or ``textdfh`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Unset hyper-parameters take :data:`RECIPES`. ``base_weights``: the ``dfh-base``
@@ -124,8 +126,11 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     (:func:`stages.detection.loss.detection_loss_fn`, labels by IR file stem), added
     with weight λ as in :func:`stages.training.loop.train` — the Text-DFH paper trains its
     second stage through the frozen detector this way.
+    ``init``: weights to start from (fine-tuning: a fresh optimiser and epoch count, unlike
+    ``resume``). ``val_pairs``: scored after every epoch at full size, fused as ``fuse fuse``
+    fuses (each pair's ``salient`` mask and ``advisor`` caption), into the card's ``val_metrics``.
     """
-    from stages.methods.text import load_text_network, save_text_network
+    from stages.methods.text import TextFusionCallable, load_text_network, save_text_network
     from stages.nets.text_features import shared_encoder
 
     recipe = RECIPES[method] if method in RECIPES else None
@@ -151,18 +156,23 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     log(f"{method}: {len(samples)} pairs prepared in {time.perf_counter() - started_all:.0f} s "
         f"(mean mask cover {np.mean([s['mask'].mean() for s in samples]):.3f})")
 
-    model_cls = None
-    if resume is not None:
+    if resume is not None and init is not None:
+        raise ValueError("give resume or init, not both")
+    if resume is not None or init is not None:
         from stages.nets.tesg import TeSG
         from stages.nets.textdfh import TextDFH
 
-        model_cls = TeSG if method == "tesg" else TextDFH
-        model = load_text_network(method, model_cls, resume, device).train()
-        card = json.loads(Path(resume).with_suffix(".json").read_text())
+        model = load_text_network(method, TeSG if method == "tesg" else TextDFH, resume or init, device).train()
     else:
         model = build_model(method, base_weights=base_weights, text_dim=encoder.dim, text_backend=text_backend,
                             mask_guidance=mask_guidance).to(device).train()
+    if resume is not None:
+        card = json.loads(Path(resume).with_suffix(".json").read_text())
+    else:
         card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": []}
+        if init is not None:
+            card["init"] = str(init)
+            log(f"starting {method} from {init}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=lr) if recipe["optimizer"] == "adamw" else torch.optim.Adam(params, lr=lr))
     if resume is not None and optimizer_path(Path(resume)).is_file():
@@ -172,7 +182,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         "method": method, "model": type(model).__name__, "config": model.config,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in params),
-        "data": {"train": _dataset_counts(pairs)}, "crop": crop, "batch_size": batch_size, "lr": lr,
+        "data": {"train": _dataset_counts(pairs), "val": _dataset_counts(val_pairs or [])}, "crop": crop, "batch_size": batch_size, "lr": lr,
         "optimizer": recipe["optimizer"], "schedule": "constant", "epochs_planned": epochs, "seed": seed,
         "device": str(device), "guidance": {"mask": "salient (stages.mask)", "text": fixed_text or "advisor captions",
                                              "text_encoder": text_backend},
@@ -202,45 +212,15 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         detection = det_loss(fused, [ids[i] for i in chosen], [c.affine() for c in crops])
         return loss + det_weight * detection.to(loss.device), {"train_det_loss": float(detection.detach())}
 
+    val_images = [load_pair(ir, vis) for ir, vis in (val_pairs or [])]  # scored at full size, float
+    uses_mask = method == "tesg" and model.mask_guidance
+
+    def validate_epoch() -> dict | None:
+        return validate(TextFusionCallable(model, device, uses_mask=uses_mask, fixed_text=fixed_text), val_images)
+
     return run_epochs(method, model, opt, card, out, samples=len(samples), batch_size=batch_size, epochs=epochs,
                       seed=seed, batches=epoch_batches, step_loss=step_loss, lr_at=lambda progress: lr,
                       save=lambda path: save_text_network(model, method, path, fixed_text),
+                      validate=validate_epoch if val_images else None,
                       max_seconds=max_seconds, progress=progress, log=log)
 
-
-def _main(argv: list[str] | None = None) -> None:
-    """``python -m stages.training.text METHOD OUT --data DIR ...`` (background runs)."""
-    import argparse
-
-    from stages.core.records import pair_directories
-
-    parser = argparse.ArgumentParser(description="train tesg or textdfh on the shared datasets")
-    parser.add_argument("method", choices=sorted(RECIPES))
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--sets", nargs="+", required=True, help="dataset folders holding ir/ and vis/")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--crop", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-seconds", type=float)
-    parser.add_argument("--base-weights", type=Path)
-    parser.add_argument("--cache", type=Path)
-    parser.add_argument("--resume", type=Path)
-    parser.add_argument("--no-mask-guidance", action="store_true")
-    parser.add_argument("--fixed-text")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    pairs = []
-    for folder in args.sets:
-        pairs += [(r["ir"], r["vis"]) for r in pair_directories({"ir": Path(folder) / "ir", "vis": Path(folder) / "vis"}).records]
-    train_text_fusion(args.method, pairs, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      crop=args.crop, seed=args.seed, resume=args.resume, progress=False,
-                      base_weights=args.base_weights, mask_guidance=not args.no_mask_guidance,
-                      fixed_text=args.fixed_text, cache=args.cache, max_seconds=args.max_seconds,
-                      log=lambda line: print(line, flush=True))
-
-
-if __name__ == "__main__":
-    _main()

@@ -23,7 +23,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages.methods.learned import NETWORKS  # noqa: E402
+from stages.methods.specs import LEARNED  # noqa: E402
+
+#: the networks the generic loop trains (their loss takes only the fused image and the pair)
+NETWORKS = {name: spec for name, spec in LEARNED.items() if spec.trainer == "stages.training.loop:train"}
 from stages.training.loop import UNLABELLED, load_training_pair, prefetch, random_crop_batch, salient_targets  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs_extra"
@@ -59,7 +62,7 @@ def phases(name: str, images, steps: int, crop: int, batch: int) -> dict[str, fl
         marks.append(time.perf_counter())
         fused = model(ir, vis)
         marks.append(time.perf_counter())
-        loss = NETWORKS[name].loss(fused, ir, vis, **_loss_kwargs(name, ir, labels))
+        loss = NETWORKS[name].loss_fn(fused, ir, vis, **_loss_kwargs(name, ir, labels))
         marks.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -94,7 +97,7 @@ def samples_per_second(name: str, images, steps: int, crop: int, batch: int, *, 
         ir, vis = (x.float().div(255) if uint8 else x for x in (ir, vis))
         labels = labels.to(torch.uint8) if not uint8 else labels
         ir, vis = ir.contiguous(memory_format=fmt), vis.contiguous(memory_format=fmt)
-        loss = NETWORKS[name].loss(forward(ir, vis), ir, vis, **_loss_kwargs(name, ir, labels))
+        loss = NETWORKS[name].loss_fn(forward(ir, vis), ir, vis, **_loss_kwargs(name, ir, labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fuse_api import fuse  # noqa: E402
 from stages.core.images import to_uint8  # noqa: E402
-from stages.methods.learned import NETWORKS  # noqa: E402
+from stages.methods.specs import LEARNED  # noqa: E402
+
+#: the networks the generic loop trains (their loss takes only the fused image and the pair)
+NETWORKS = {name: spec for name, spec in LEARNED.items() if spec.trainer == "stages.training.loop:train"}
 from stages.methods.registry import WEIGHTS_DIR  # noqa: E402
 from stages.metrics import compute_metrics  # noqa: E402
 from stages.training.loop import VAL_METRICS, load_pair  # noqa: E402
@@ -66,7 +69,7 @@ def training_loss(method: str, weights: Path | None, images: list[tuple[np.ndarr
     for ir_np, vis_np in images:
         ir, vis = (torch.from_numpy(a)[None, None] for a in (ir_np, vis_np))
         fused = torch.maximum(ir, vis) if fuser is None else fuser(ir, vis)
-        losses.append(float(NETWORKS[method].loss(fused, ir, vis)))
+        losses.append(float(NETWORKS[method].loss_fn(fused, ir, vis)))
     return round(sum(losses) / len(losses), 5)
 
 

@@ -5,7 +5,7 @@ Several datasets are joined by concatenating records:
     cat <(fuse pairs roadscene/ir roadscene/vis) <(fuse pairs llvip/ir llvip/vis) \\
       | fuse train -m refinefuse -o runs/ --epochs 50
 
-Unset hyper-parameters take the paper's values (``stages.methods.learned.NETWORKS``).
+Unset hyper-parameters take the paper's values (``stages.methods.specs.LEARNED``).
 
 The target-aware joint network trains its own detection head (l_ob) with the registration
 and fusion losses, starting from the shipped ``tard`` weights:
@@ -95,10 +95,10 @@ def train(
     quiet: opt.Quiet = False,
 ) -> None:
     """Train a fusion or registration network; writes OUT/<name>.safetensors and OUT/<name>.json."""
-    from stages.methods.learned import NETWORKS
+    from stages.methods.specs import LEARNED
 
-    from stages.training.text import RECIPES as TEXT_RECIPES
-
+    NETWORKS = [name for name, spec in LEARNED.items() if spec.trainer == "stages.training.loop:train"]
+    TEXT_RECIPES = [name for name, spec in LEARNED.items() if spec.trainer == "stages.training.text:train_text_fusion"]
     detection_trainable = [*NETWORKS, *TEXT_RECIPES]
     if resume is not None and not resume.is_file():
         raise usage_error(f"--resume {resume}: no such checkpoint")
@@ -187,9 +187,8 @@ def train(
     else:
         from stages.training.loop import train as train_network
 
-        paper = {k: NETWORKS[method].defaults[k] for k in ("epochs", "batch_size", "lr", "crop")}
         detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
-        path = train_network(method, pairs, out, **{**paper, **settings}, val_pairs=val_pairs, init=init,
+        path = train_network(method, pairs, out, **settings, val_pairs=val_pairs, init=init,
                              optimizer=optimizer, low_light=low_light, **detection, **common)
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)

@@ -88,14 +88,14 @@ def test_light_copies_of_the_choices_match_the_stages():
     import stages.register
     from fuse_cli import cmd_caption, cmd_mask, cmd_register, cmd_train
     from stages.metrics import METRIC_NAMES, METRICS
-    from stages.methods.learned import NETWORKS
-    from stages.training.text import RECIPES
+    from stages.methods.registry import list_methods
+    from stages.methods.specs import LEARNED
 
     assert METRIC_NAMES == tuple(METRICS)
     assert cmd_caption.BACKENDS == stages.caption.BACKENDS and cmd_mask.BACKENDS == stages.mask.BACKENDS
     assert cmd_register.METHODS == stages.register.METHODS
     assert cmd_register.ECC_MODELS == tuple(stages.register.ECC_MODELS)
-    assert set(cmd_train.TRAINABLE) == {*NETWORKS, *RECIPES, "mgfusion", "tard", "register"}
+    assert set(cmd_train.TRAINABLE) == set(LEARNED) == {*(m.name for m in list_methods("learned")), "register"}
 
 
 # --- dropped pairs fail figure, report and train ------------------------------------------

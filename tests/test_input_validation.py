@@ -225,18 +225,19 @@ BAD_WEIGHTS = ["empty", "truncated", "pickle", "bare-pickle", "text", "metadata-
 def test_invalid_weights_give_one_reason_and_build_nothing_for_real(tmp_path, monkeypatch, kind):
     import torch
 
+    import stages.nets.refinefuse
     from stages.methods import learned
     from stages.nets.checkpoint import WeightsError
 
     path, reason = _bad_weights(tmp_path, kind)
-    spec = learned.NETWORKS["refinefuse"]
+    network = stages.nets.refinefuse.RefineFuse
     devices = []
 
     def spy(**config):  # where the network is built: only ever on the meta device before the checks pass
         devices.append(torch.empty(0).device.type)
-        return spec.model(**config)
+        return network(**config)
 
-    monkeypatch.setitem(learned.NETWORKS, "refinefuse", spec._replace(model=spy))
+    monkeypatch.setattr(stages.nets.refinefuse, "RefineFuse", spy)
     with pytest.raises(WeightsError) as caught:
         learned.load_network("refinefuse", path)
     assert str(caught.value).startswith(f"{path}: not valid refinefuse weights (")

@@ -1,4 +1,4 @@
-"""Every learned method of the registry: gradients; every ``NETWORKS`` network on small inputs: shapes,
+"""Every learned method of the registry: gradients; every network the generic loop trains on small inputs: shapes,
 training, checkpoints, determinism, tiling and the missing-weights message."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from stages.methods import learned
-from stages.methods.learned import NETWORKS, NetworkFuser, load_network
+from stages.methods.learned import NetworkFuser, load_network
+from stages.methods.specs import LEARNED as SPECS
 from stages.nets.checkpoint import save_weights
 from stages.methods.registry import list_methods
 from stages.nets.text_features import MINILM_DIM
@@ -27,13 +28,13 @@ ROADSCENE = DATA / "roadscene"
 needs_data = pytest.mark.skipif(not (ROADSCENE / "ir").is_dir(),
                                 reason=f"real pairs not found at {ROADSCENE} (../shared/data is absent)")
 
-NAMES = sorted(NETWORKS)
+NAMES = sorted(name for name, spec in SPECS.items() if spec.trainer == "stages.training.loop:train")
 LEARNED = [m.name for m in list_methods("learned")]
 
 
 def fresh_model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return NETWORKS[name].model()
+    return SPECS[name].model()
 
 
 def synthetic_pair(h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,9 +59,9 @@ def network_and_loss(name: str) -> tuple[nn.Module, Callable[[nn.Module, torch.T
     """
     gen = torch.Generator().manual_seed(1)
     text = torch.randn(2, 5, MINILM_DIM, generator=gen)
-    if name in NETWORKS:
-        spec = NETWORKS[name]
-        return spec.model(), lambda m, ir, vis: spec.loss(m(ir, vis), ir, vis)
+    if name in NAMES:
+        spec = SPECS[name]
+        return spec.model(), lambda m, ir, vis: spec.loss_fn(m(ir, vis), ir, vis)
     if name == "tesg":
         from stages.nets.tesg import TeSG, tesg_loss
 
@@ -130,7 +131,7 @@ def test_loss_decreases_on_a_real_crop(name):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(12):
-        loss = NETWORKS[name].loss(model(ir, vis), ir, vis)
+        loss = SPECS[name].loss_fn(model(ir, vis), ir, vis)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -265,7 +265,7 @@ def test_single_pass_is_refused_for_ecc(tmp_path):
 
 
 def test_fuse_train_register_leaves_the_defaults_to_the_trainer(tmp_path, monkeypatch):
-    """`fuse train -m register` passes on only the options given, so the trainer's defaults (EPOCHS) apply."""
+    """`fuse train -m register` passes on only the options given, so the trainer's defaults (the spec's recipe) apply."""
     from typer.testing import CliRunner
 
     import stages.training.registration as register_training

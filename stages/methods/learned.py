@@ -1,9 +1,7 @@
 """The learned networks as fusion methods: ``refinefuse``, ``dfh-base`` and ``tard``.
 
-* :data:`NETWORKS` — name → :class:`NetworkSpec` (model class, loss function,
-  default training hyper-parameters from the paper); :mod:`stages.training.loop` and the
-  tests iterate it.
-* :func:`load_network` — rebuilds a network from its checkpoint
+* :func:`load_network` — rebuilds a network (its class from :data:`stages.methods.specs.LEARNED`)
+  from its checkpoint
   (:func:`stages.nets.checkpoint.save_weights`: one ``.safetensors`` file whose
   metadata holds the method name and the model's constructor arguments); the
   model card (``<name>.json``) sits beside it.
@@ -27,59 +25,16 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stages.methods.registry import WEIGHTS_DIR, register_factory
+from stages.methods.specs import learned_method
 from stages.nets.checkpoint import check_method, config_of, load_checked
-from stages.nets.dfh_base import DFHBase, dfh_loss
-from stages.nets.refinefuse import RefineFuse, refinefuse_loss
 from stages.nets.registration import warp
 from stages.nets.tard import load_tard
-
-
-class NetworkSpec(NamedTuple):
-    """What training needs to know about one network."""
-
-    model: type[nn.Module]
-    loss: Callable[..., torch.Tensor]
-    defaults: dict
-    salient_targets: bool = False  # the loss takes ``salient=`` (B, 1, H, W) target masks
-
-
-NETWORKS: dict[str, NetworkSpec] = {
-    # RefineFuse, "Implement details": SGD, initial lr 1e-3, batch 8, 256×256 crops,
-    # 300 epochs, random rotation and flipping. Momentum and the decay of the
-    # "initial" rate are not given: momentum 0.9 and cosine decay to 1 % are ours.
-    # The shipped weights used optimizer="adam" instead (their card says so): in a
-    # CPU budget of ~1.3 K steps, SGD at 1e-3 left the loss where it started.
-    "refinefuse": NetworkSpec(
-        RefineFuse,
-        refinefuse_loss,
-        {"epochs": 300, "batch_size": 8, "lr": 1e-3, "crop": 256,
-         "optimizer": "sgd", "momentum": 0.9, "schedule": "cosine"},
-        salient_targets=True,
-    ),
-    # Text-DFH, Sect. 4.2: Adam, lr 1e-3, batch 16, 100 epochs (first stage), random
-    # flipping, rotation and cropping; no schedule is given, so the rate is constant.
-    # The crop size is not given: 256 as RefineFuse.
-    "dfh-base": NetworkSpec(
-        DFHBase,
-        dfh_loss,
-        {"epochs": 100, "batch_size": 16, "lr": 1e-3, "crop": 256,
-         "optimizer": "adam", "momentum": 0.0, "schedule": "constant"},
-    ),
-}
-
-
-def _network_spec(method: str) -> NetworkSpec:
-    try:
-        return NETWORKS[method]
-    except KeyError:
-        raise KeyError(f"unknown network {method!r}; choose one of: {', '.join(sorted(NETWORKS))}") from None
 
 
 def resolve_weights(method: str, weights: str | os.PathLike | None, no_weights_message: str | None = None) -> Path:
@@ -92,7 +47,7 @@ def resolve_weights(method: str, weights: str | os.PathLike | None, no_weights_m
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} for fusion method {method!r} does not exist")
         return path
-    shipped = WEIGHTS_DIR / f"{method}.safetensors"
+    shipped = WEIGHTS_DIR / learned_method(method).weights
     if not shipped.is_file():
         raise FileNotFoundError(
             no_weights_message or f"no weights for fusion method {method!r} (looked for {shipped}): "
@@ -108,7 +63,7 @@ def load_network(method: str, weights: str | os.PathLike | None = None, device: 
     (:func:`stages.nets.checkpoint.load_checked`); a file that does not fit raises
     :class:`~stages.nets.checkpoint.WeightsError` (a ``ValueError``).
     """
-    spec = _network_spec(method)
+    spec = learned_method(method)
     path = resolve_weights(method, weights)
 
     def build(metadata: dict[str, str]) -> nn.Module:

@@ -1,14 +1,14 @@
-"""Training of the learned fusion networks (:data:`stages.methods.learned.NETWORKS`).
+"""Training of the learned fusion networks (:data:`stages.methods.specs.LEARNED`).
 
-:func:`run_epochs` is the one training loop of every crop-trained network (this module's
-``NETWORKS``, :mod:`stages.training.text`'s ``tesg`` and ``textdfh``, :mod:`stages.training.mgfusion`):
+:func:`run_epochs` is the one training loop of every crop-trained network (the
+``LEARNED`` specs whose trainer is :func:`train`, :mod:`stages.training.text`'s ``tesg`` and ``textdfh``, :mod:`stages.training.mgfusion`):
 seeded epochs, cropping in a background thread, one checkpoint format (weights, optimiser state,
 model card) written after every epoch, exact resume. Each trainer gives it the network's batches,
 loss, learning-rate schedule and weights writer.
 
 :func:`train` follows the papers' recipes: random crops, random flips and 90°
 rotations (the same for both modalities), the paper's optimiser and learning
-rate (see the defaults in ``NETWORKS``), one random crop per training pair per
+rate (the spec's ``recipe``), one random crop per training pair per
 epoch. Visible RGB images are reduced to their BT.601 luminance.
 
 After every epoch it writes, atomically, into ``out``:
@@ -51,7 +51,8 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from stages.core.images import atomic_file, luminance, read_image, to_uint8
-from stages.methods.learned import NETWORKS, NetworkFuser, load_network
+from stages.methods.learned import NetworkFuser, load_network
+from stages.methods.specs import learned_method
 from stages.nets.checkpoint import save_weights, write_checkpoint
 from stages.nets.losses import salient_mask
 
@@ -384,8 +385,9 @@ def run_epochs(method: str, model: torch.nn.Module, opt: torch.optim.Optimizer, 
 
 
 
-def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int, batch_size: int,
-          lr: float, seed: int, device: str | torch.device = "cpu", crop: int = 256,
+def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, seed: int = 0,
+          device: str | torch.device = "cpu", crop: int | None = None,
           resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
           progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None,
           init: str | os.PathLike | None = None, det_loss: DetectionLoss | None = None,
@@ -394,7 +396,8 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
 
     Args:
         epochs: total epochs; a resumed run continues until this many are done.
-        optimizer: ``"sgd"`` or ``"adam"``; the paper's choice (``NETWORKS`` defaults) when ``None``.
+        epochs, batch_size, lr, crop, optimizer: ``None`` takes the paper's (the spec's ``recipe``);
+            ``optimizer`` is ``"sgd"`` or ``"adam"``.
         resume: a checkpoint written by this function (its ``.json`` card and
             ``.optim.safetensors`` beside it) to continue from.
         init: weights to start from (e.g. the shipped ones, for fine-tuning):
@@ -410,12 +413,15 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         progress: show a tqdm bar with the running loss on stderr.
         log: called with one line per epoch.
     """
-    spec = NETWORKS[method]
+    spec = learned_method(method)
+    recipe = spec.recipe
+    epochs, batch_size, lr, crop = (recipe[k] if v is None else v for k, v in
+                                    (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("crop", crop)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    optimizer_name = optimizer or spec.defaults["optimizer"]
-    momentum = spec.defaults["momentum"]
-    schedule = spec.defaults["schedule"]
+    optimizer_name = optimizer or recipe["optimizer"]
+    momentum = recipe["momentum"]
+    schedule = recipe["schedule"]
     if not pairs:
         raise ValueError("no training pairs given")
     if resume is not None and init is not None:
@@ -486,12 +492,14 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
                 ir, vis = darken_as_night(ir, vis, light_rng, low_light)
             yield indices, ir, vis, arrays[2:], crops
 
+    loss_fn = spec.loss_fn
+
     def step_loss(batch) -> tuple[torch.Tensor, dict[str, float]]:
         indices, ir, vis, labels, crops = batch
         ir, vis = (x.to(device).contiguous(memory_format=torch.channels_last) for x in (ir, vis))
         extra = {"salient": salient_targets(ir, labels[0].to(device))} if spec.salient_targets else {}
         fused = model(ir, vis)
-        loss = spec.loss(fused, ir, vis, **extra)
+        loss = loss_fn(fused, ir, vis, **extra)
         if det_loss is None:
             return loss, {}
         detection = det_loss(fused, [ids[i] for i in indices], [c.affine() for c in crops])

@@ -38,8 +38,9 @@ from stages.core.images import LUMA_WEIGHTS, read_image, to_uint8
 from stages.nets.clip import ClipImageEncoder, parse_pretrained, pretrained_label
 from stages.nets.mgfusion import LOSS_WEIGHT, METHOD, MGFusion, mgfusion_loss, save_mgfusion
 from stages.methods.mgfusion import load_mgfusion
+from stages.methods.specs import learned_method
 
-DEFAULTS = {"epochs": 100, "batch_size": 16, "lr": 1e-3, "crop": 256, "clip_model": "ViT-B-32", "pretrained": "openai"}
+DEFAULTS = learned_method(METHOD).recipe  # the paper's, with the CLIP (stages.methods.specs)
 WARMUP_FRACTION = 0.2  # 20 of 100 epochs
 START_FRACTION = 0.1  # 1e-4 → 1e-3 → 1e-4
 

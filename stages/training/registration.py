@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from stages.core.images import atomic_file, luminance, read_image
+from stages.methods.specs import learned_method
 from stages.nets.registration import identity_grid, resize, save_state, to_pixels
 from stages.nets.tard import TardNet, fusion_loss
 from stages.training.loop import load_optimizer, optimizer_path, save_optimizer, write_json
@@ -71,7 +72,7 @@ ELASTIC_LATTICE, MAX_ELASTIC_STD, IDENTITY_FRACTION = (4, 6), 0.02, 0.1
 INVERSE_ITERATIONS = 10
 BN_BATCHES = 64
 MIN_LR_FRACTION = 0.02
-EPOCHS = 50  # phase 1's default, for `fuse train -m register` and this module's command line
+RECIPE = learned_method("register").recipe  # phase 1's epochs, batch size, lr, crop (stages.methods.specs)
 
 
 def training_pairs(data: Path = DATA, exclude_set: str = "unaligned/roadscene") -> tuple[list[dict], list[str]]:
@@ -286,12 +287,12 @@ def train_register(
     pairs: list[dict],
     out: str | Path,
     *,
-    epochs: int = EPOCHS,
-    batch_size: int = 8,
-    lr: float = 1e-3,
+    epochs: int = RECIPE["epochs"],
+    batch_size: int = RECIPE["batch_size"],
+    lr: float = RECIPE["lr"],
     seed: int = 0,
     device: str = "cpu",
-    crop: int = 256,
+    crop: int = RECIPE["crop"],
     resume: str | Path | None = None,
     progress: bool = True,
     log=print,
@@ -487,12 +488,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     parser.add_argument("--fusion-epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
+    parser.add_argument("--lr", type=float, default=RECIPE["lr"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--crop", type=int, default=RECIPE["crop"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", type=Path)
     parser.add_argument("--init", type=Path, help="tard.safetensors to fine-tune")

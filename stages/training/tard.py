@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from stages.core.images import atomic_file
 from stages.detection.evaluation import GroundTruth, load_ground_truth
 from stages.detection.loss import DetectionLoss, match_classes
+from stages.methods.specs import learned_method
 from stages.nets.registration import identity_grid, resize, save_state
 from stages.nets.tard import WEIGHTS as TARD_WEIGHTS
 from stages.nets.tard import load_tard
@@ -58,6 +59,7 @@ from stages.training.registration import (
     registration_losses,
 )
 
+RECIPE = learned_method("tard").recipe  # epochs, batch size, the head's learning rate (stages.methods.specs)
 LAMBDA_DET = 5.0  # lambda_3 of eq. 12 (section 4.1.1.2)
 NET_LR_FRACTION = 0.1  # the trained joint network learns at this fraction of the head's learning rate
 CLIP_NORM = 10.0
@@ -124,9 +126,9 @@ def train_tard_detection(
     labels_dir: str | Path,
     out: str | Path,
     *,
-    epochs: int = 30,
-    batch_size: int = 4,
-    lr: float = 1e-3,
+    epochs: int = RECIPE["epochs"],
+    batch_size: int = RECIPE["batch_size"],
+    lr: float = RECIPE["lr"],
     seed: int = 0,
     device: str = "cpu",
     init: str | Path | None = None,

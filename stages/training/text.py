@@ -14,7 +14,7 @@ averaging), so a crop covers a comparable part of the scene in every dataset.
 Crops, flips and rotations are :func:`stages.training.loop.random_crop_batch`'s, applied
 identically to the mask; the loop is :func:`stages.training.loop.run_epochs`. Text tokens are per pair.
 
-Recipes (the papers'; shortened by ``epochs`` on a CPU):
+Recipes (the papers', in :data:`stages.methods.specs.LEARNED`; shortened by ``epochs`` on a CPU):
 
 * ``tesg``: AdamW, lr 1e-4, batch 8, 96×96 crops, 140 epochs (Sect. 4.1).
 * ``textdfh``: Adam, lr 1e-3, batch 16, 200 epochs (Sect. 4.2); the crop size is
@@ -39,15 +39,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stages.methods.specs import learned_method
 from stages.training.loop import (_dataset_counts, _versions, load_optimizer, load_pair, optimizer_path,
                                   random_crop_batch, run_epochs, validate)
 
 MAX_SIDE = 800
-
-RECIPES = {
-    "tesg": {"epochs": 140, "batch_size": 8, "lr": 1e-4, "crop": 96, "optimizer": "adamw"},
-    "textdfh": {"epochs": 200, "batch_size": 16, "lr": 1e-3, "crop": 128, "optimizer": "adam"},
-}
 
 
 def _halve(x: np.ndarray) -> np.ndarray:
@@ -82,29 +78,16 @@ def prepare_pair(ir_path, vis_path, cache: Path | None = None) -> dict:
 
 
 def build_model(method: str, *, base_weights=None, text_dim: int, text_backend: str, mask_guidance: bool = True):
+    """A fresh ``tesg``, or a ``textdfh`` on the frozen ``dfh-base`` of ``base_weights`` (default the shipped one)."""
+    model_cls = learned_method(method).model
     if method == "tesg":
-        from stages.nets.tesg import TeSG
+        return model_cls(text_dim=text_dim, text_backend=text_backend, mask_guidance=mask_guidance)
+    from stages.methods.learned import load_network
 
-        return TeSG(text_dim=text_dim, text_backend=text_backend, mask_guidance=mask_guidance)
-    if method == "textdfh":
-        from stages.methods.learned import load_network
-        from stages.nets.textdfh import TextDFH
-
-        base = load_network("dfh-base", base_weights, "cpu")
-        model = TextDFH(widths=base.config["widths"], text_dim=text_dim, text_backend=text_backend)
-        model.load_base(base)
-        return model
-    raise ValueError(f"unknown text-guided network {method!r}; choose tesg or textdfh")
-
-
-def _loss(method: str):
-    if method == "tesg":
-        from stages.nets.tesg import tesg_loss
-
-        return tesg_loss
-    from stages.nets.textdfh import textdfh_loss
-
-    return textdfh_loss
+    base = load_network("dfh-base", base_weights, "cpu")
+    model = model_cls(widths=base.config["widths"], text_dim=text_dim, text_backend=text_backend)
+    model.load_base(base)
+    return model
 
 
 def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int | None = None,
@@ -117,7 +100,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
                       val_pairs: Sequence[tuple] | None = None) -> Path:
     """Train ``tesg`` or ``textdfh`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
-    Unset hyper-parameters take :data:`RECIPES`. ``base_weights``: the ``dfh-base``
+    Unset hyper-parameters take the spec's ``recipe`` (:data:`stages.methods.specs.LEARNED`). ``base_weights``: the ``dfh-base``
     checkpoint Text-DFH refines. ``mask_guidance=False`` trains TeSG's "w/o MGCA"
     ablation; ``fixed_text`` replaces every caption (Text-DFH's fixed-text
     ablation). ``cache``: a folder for the per-pair masks and captions.
@@ -133,9 +116,10 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     from stages.methods.text import TextFusionCallable, load_text_network, save_text_network
     from stages.nets.text_features import shared_encoder
 
-    recipe = RECIPES[method] if method in RECIPES else None
-    if recipe is None:
+    if method not in ("tesg", "textdfh"):
         raise ValueError(f"unknown text-guided network {method!r}; choose tesg or textdfh")
+    spec = learned_method(method)
+    recipe = spec.recipe
     epochs, batch_size = epochs or recipe["epochs"], batch_size or recipe["batch_size"]
     lr, crop = lr or recipe["lr"], crop or recipe["crop"]
     if not pairs:
@@ -159,10 +143,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     if resume is not None and init is not None:
         raise ValueError("give resume or init, not both")
     if resume is not None or init is not None:
-        from stages.nets.tesg import TeSG
-        from stages.nets.textdfh import TextDFH
-
-        model = load_text_network(method, TeSG if method == "tesg" else TextDFH, resume or init, device).train()
+        model = load_text_network(method, spec.model, resume or init, device).train()
     else:
         model = build_model(method, base_weights=base_weights, text_dim=encoder.dim, text_backend=text_backend,
                             mask_guidance=mask_guidance).to(device).train()
@@ -177,13 +158,13 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     opt = (torch.optim.AdamW(params, lr=lr) if recipe["optimizer"] == "adamw" else torch.optim.Adam(params, lr=lr))
     if resume is not None and optimizer_path(Path(resume)).is_file():
         load_optimizer(opt, optimizer_path(Path(resume)))
-    loss_fn = _loss(method)
+    loss_fn = spec.loss_fn
     card.update({
         "method": method, "model": type(model).__name__, "config": model.config,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in params),
         "data": {"train": _dataset_counts(pairs), "val": _dataset_counts(val_pairs or [])}, "crop": crop, "batch_size": batch_size, "lr": lr,
-        "optimizer": recipe["optimizer"], "schedule": "constant", "epochs_planned": epochs, "seed": seed,
+        "optimizer": recipe["optimizer"], "schedule": recipe["schedule"], "epochs_planned": epochs, "seed": seed,
         "device": str(device), "guidance": {"mask": "salient (stages.mask)", "text": fixed_text or "advisor captions",
                                              "text_encoder": text_backend},
         "max_side": MAX_SIDE, "augmentation": "random crop, horizontal/vertical flips, 90° rotations",

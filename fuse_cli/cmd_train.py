@@ -5,7 +5,9 @@ Several datasets are joined by concatenating records:
     cat <(fuse pairs roadscene/ir roadscene/vis) <(fuse pairs llvip/ir llvip/vis) \\
       | fuse train -m refinefuse -o runs/ --epochs 50
 
-Unset hyper-parameters take the paper's values (``stages.methods.specs.LEARNED``).
+Unset hyper-parameters take the paper's values, and each method accepts the options and calls
+the trainer its spec names (``stages.methods.specs.LEARNED``): an option it does not accept is
+a usage error.
 
 The target-aware joint network trains its own detection head (l_ob) with the registration
 and fusion losses, starting from the shipped ``tard`` weights:
@@ -40,10 +42,10 @@ from fuse_cli import options as opt
 from fuse_cli.inputs import gather_records, usage_error
 from fuse_cli.runner import Reporter
 from stages.extras import require_extra
-from stages.methods.registry import list_methods
+from stages.methods.specs import LEARNED
 
-#: Every learned fusion method trains, and so does the registration network.
-TRAINABLE = (*(info.name for info in list_methods("learned")), "register")
+#: Every learned fusion method trains, and so does the registration network (their specs).
+TRAINABLE = tuple(LEARNED)
 Method = opt.choice(TRAINABLE, "--method", "-m", what="trainable network", help="Network to train.")
 Optimizer = opt.choice(("sgd", "adam"), "--optimizer", what="optimizer", optional=True, show_default=False,
                        help="refinefuse, dfh-base: sgd or adam (default: the paper's).")
@@ -95,103 +97,84 @@ def train(
     quiet: opt.Quiet = False,
 ) -> None:
     """Train a fusion or registration network; writes OUT/<name>.safetensors and OUT/<name>.json."""
-    from stages.methods.specs import LEARNED
-
-    NETWORKS = [name for name, spec in LEARNED.items() if spec.trainer == "stages.training.loop:train"]
-    TEXT_RECIPES = [name for name, spec in LEARNED.items() if spec.trainer == "stages.training.text:train_text_fusion"]
-    detection_trainable = [*NETWORKS, *TEXT_RECIPES]
-    if resume is not None and not resume.is_file():
-        raise usage_error(f"--resume {resume}: no such checkpoint")
-    if init is not None:
-        if method not in (*NETWORKS, *TEXT_RECIPES, "register", "tard"):
-            raise usage_error(f"--init is for {', '.join([*NETWORKS, *TEXT_RECIPES])}, register, tard, not -m {method}")
-        if resume is not None:
-            raise usage_error("--init starts a new run and --resume continues one: give one of them")
-        if not init.is_file():
-            raise usage_error(f"--init {init}: no such file")
-    detection_options = {"--labels": labels, "--label-classes": label_classes, "--class-map": class_map}
-    if method == "tard":
-        if labels is None:
-            raise usage_error("-m tard trains the network's detection head: give --labels DIR (ground truth by IR file stem)")
-        if not labels.exists():
-            raise usage_error(f"--labels {labels}: no such folder or file")
-        if misplaced := [n for n, v in {"--det-model": det_model, "--resume": resume, "--crop": crop}.items() if v is not None]:
-            raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m tard (its head trains; the working size comes from --init)")
-    elif det_model is not None:
-        if method not in detection_trainable:
-            raise usage_error(f"--det-model: detection-driven training is for {', '.join(detection_trainable)}, not -m {method}")
-        if labels is None:
-            raise usage_error("--det-model needs --labels (the ground truth the detector's loss is computed against)")
-        if not labels.exists():
-            raise usage_error(f"--labels {labels}: no such folder or file")
-        if not det_model.is_file() and det_model.suffix not in (".yaml", ".yml"):  # ultralytics finds its own YAMLs
-            raise usage_error(f"--det-model {det_model}: no such file")
-    elif given := [name for name, value in detection_options.items() if value]:
-        raise usage_error(f"{', '.join(given)} only apply with --det-model")
-    method_options = {"--base-weights": base_weights is not None and method != "textdfh",
-                      "--no-mask-guidance": not mask_guidance and method != "tesg",
-                      "--fixed-text": fixed_text is not None and method not in TEXT_RECIPES,
-                      "--cache": cache is not None and method not in TEXT_RECIPES,
-                      "--low-light": bool(low_light) and method not in NETWORKS,
-                      "--optimizer": optimizer is not None and method not in NETWORKS,
-                      "--val-ir/--val-vis": (val_ir or val_vis) is not None and method not in detection_trainable}
-    if misplaced := [name for name, wrong in method_options.items() if wrong]:
-        raise usage_error(f"{', '.join(misplaced)} do(es) not apply to -m {method}")
-    if base_weights is not None and not base_weights.is_file():
-        raise usage_error(f"--base-weights {base_weights}: no such file")
-    if method == "mgfusion" or method in TEXT_RECIPES and text_encoder == "clip":
-        require_extra("clip", f"fuse train -m {method}")
-    elif method in TEXT_RECIPES:
-        require_extra("text", f"fuse train -m {method}")
-    if method == "tard" or det_model is not None:
-        require_extra("detect", "fuse train -m tard" if method == "tard" else "fuse train --det-model")
+    spec = LEARNED[method]
+    given = {  # the per-method options given, as the command line spells them (see LearnedMethod.options)
+        "--crop": crop is not None, "--resume": resume is not None, "--init": init is not None,
+        "--optimizer": optimizer is not None, "--low-light": bool(low_light),
+        "--val-ir/--val-vis": (val_ir or val_vis) is not None, "--det-model": det_model is not None,
+        "--labels": labels is not None, "--label-classes": label_classes is not None, "--class-map": bool(class_map),
+        "--det-weight": det_weight is not None, "--det-scale": det_scale != 1.0, "--fixed-text": fixed_text is not None,
+        "--cache": cache is not None, "--text-encoder": text_encoder != "minilm", "--no-mask-guidance": not mask_guidance,
+        "--base-weights": base_weights is not None, "--clip-model": clip_model != "ViT-B-32",
+        "--pretrained": pretrained != "openai",
+    }
+    if misplaced := [option for option, on in given.items() if on and option not in spec.options]:
+        raise usage_error("; ".join(f"{option} is for {', '.join(n for n, s in LEARNED.items() if option in s.options)}"
+                                    f", not -m {method}" for option in misplaced))
+    if missing := [option for option in spec.requires if not given[option]]:
+        raise usage_error(f"-m {method} {spec.requires[missing[0]]}")
+    detection_options = [option for option in ("--labels", "--label-classes", "--class-map") if given[option]]
+    if "--det-model" in spec.options and det_model is None and detection_options:
+        raise usage_error(f"{', '.join(detection_options)} only apply with --det-model")
+    if det_model is not None and labels is None:
+        raise usage_error("--det-model needs --labels (the ground truth the detector's loss is computed against)")
+    if resume is not None and init is not None:
+        raise usage_error("--init starts a new run and --resume continues one: give one of them")
+    for option, path in {"--resume": resume, "--init": init, "--base-weights": base_weights}.items():
+        if path is not None and not path.is_file():
+            raise usage_error(f"{option} {path}: no such {'checkpoint' if option == '--resume' else 'file'}")
+    if labels is not None and not labels.exists():
+        raise usage_error(f"--labels {labels}: no such folder or file")
+    if det_model is not None and not det_model.is_file() and det_model.suffix not in (".yaml", ".yml"):
+        raise usage_error(f"--det-model {det_model}: no such file")  # ultralytics finds its own YAMLs
+    if extra := ("clip" if text_encoder == "clip" else spec.train_extra):
+        require_extra(extra, f"fuse train -m {method}")
+    if det_model is not None:
+        require_extra("detect", "fuse train --det-model")
     reporter = Reporter("train", quiet)
     pairs = _pairs(list(gather_records(ir, vis, records, reporter)), reporter)
     if not pairs:
         raise usage_error("no training pairs")
-    val_pairs = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val_ir or val_vis else None
+    device = opt.resolve_device(device)
     log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
-    settings = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop}.items() if v is not None}
-    common = {"seed": seed, "device": opt.resolve_device(device), "resume": resume, "progress": not quiet and sys.stderr.isatty(), "log": log}
-    if method == "register":
-        from stages.training.registration import train_register
-
-        path = train_register([{"ir": a, "vis": b} for a, b in pairs], out, **settings, **common, init=init)
-    elif method == "tard":
-        from stages.detection.evaluation import parse_class_map
-        from stages.training.tard import LAMBDA_DET, train_tard_detection
-
-        try:
-            mapping = parse_class_map(class_map)
-        except ValueError as exc:
-            raise usage_error(f"--class-map: {exc}") from None
-        try:
-            path = train_tard_detection([{"ir": a, "vis": b} for a, b in pairs], labels, out, **settings, seed=seed,
-                                        device=common["device"], init=init, classes_file=label_classes, class_map=mapping,
-                                        det_weight=LAMBDA_DET if det_weight is None else det_weight,
-                                        progress=not quiet, log=log)
-        except ValueError as exc:  # unreadable labels, no classes, or no pair with boxes
-            raise usage_error(f"--labels {labels}: {exc}") from None
-    elif method == "mgfusion":
-        from stages.nets.clip import parse_pretrained
-        from stages.training.mgfusion import train_mgfusion
-
-        path = train_mgfusion(pairs, out, clip_model=clip_model, pretrained=parse_pretrained(pretrained), **settings, **common)
-    elif method in TEXT_RECIPES:
-        from stages.training.text import train_text_fusion
-
-        detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
-        path = train_text_fusion(method, pairs, out, **settings, **common, base_weights=base_weights,
-                                 text_backend=text_encoder, mask_guidance=mask_guidance, fixed_text=fixed_text,
-                                 cache=cache, init=init, val_pairs=val_pairs, **detection)
-    else:
-        from stages.training.loop import train as train_network
-
-        detection = _detection(det_model, labels, label_classes, class_map, det_scale, det_weight, common["device"])
-        path = train_network(method, pairs, out, **settings, val_pairs=val_pairs, init=init,
-                             optimizer=optimizer, low_light=low_light, **detection, **common)
+    options = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "crop": crop}.items() if v is not None}
+    options.update(seed=seed, device=device, progress=not quiet and sys.stderr.isatty(), log=log)
+    keywords = {  # the trainer's keyword for each per-method option, passed when the method accepts the option
+        "--resume": {"resume": resume}, "--init": {"init": init}, "--optimizer": {"optimizer": optimizer},
+        "--low-light": {"low_light": low_light}, "--fixed-text": {"fixed_text": fixed_text}, "--cache": {"cache": cache},
+        "--text-encoder": {"text_backend": text_encoder}, "--no-mask-guidance": {"mask_guidance": mask_guidance},
+        "--base-weights": {"base_weights": base_weights}, "--clip-model": {"clip_model": clip_model},
+        "--pretrained": {"pretrained": pretrained},
+    }
+    for option in spec.options:
+        options.update(keywords.get(option, {}))
+    if "--val-ir/--val-vis" in spec.options:
+        val = (val_ir or val_vis) is not None
+        options["val_pairs"] = _pairs(list(gather_records(val_ir, val_vis, None, reporter)), reporter) if val else None
+    if "--det-model" in spec.options:  # a frozen detector's loss on the fused patches
+        options.update(_detection(det_model, labels, label_classes, class_map, det_scale, det_weight, device))
+    elif "--labels" in spec.options:  # the network's own detection head (tard) reads the labels
+        options.update(labels_dir=labels, classes_file=label_classes, class_map=_class_map(class_map))
+        options.update({} if det_weight is None else {"det_weight": det_weight})
+    data = [{"ir": a, "vis": b} for a, b in pairs] if spec.pairs_as_records else pairs
+    try:
+        path = spec.train(pairs=data, out=out, **spec.trainer_args, **options)
+    except ValueError as exc:
+        if "--labels" not in spec.requires:
+            raise
+        raise usage_error(f"--labels {labels}: {exc}") from None  # unreadable labels, no classes, no pair with boxes
     typer.echo(str(path))
     raise typer.Exit(1 if reporter.errors else 0)
+
+
+def _class_map(class_map: list[str] | None) -> dict[str, str] | None:
+    """``--class-map`` parsed; a usage error when malformed."""
+    from stages.detection.evaluation import parse_class_map
+
+    try:
+        return parse_class_map(class_map)
+    except ValueError as exc:
+        raise usage_error(f"--class-map: {exc}") from None
 
 
 def _detection(det_model: Path | None, labels: Path, label_classes: Path | None, class_map: list[str] | None,
@@ -199,13 +182,9 @@ def _detection(det_model: Path | None, labels: Path, label_classes: Path | None,
     """``{"det_loss", "det_weight"}`` for the training functions (λ 0.1 unless given), or ``{}`` without ``--det-model``."""
     if det_model is None:
         return {}
-    from stages.detection.evaluation import parse_class_map
     from stages.detection.loss import detection_loss_fn
 
-    try:
-        mapping = parse_class_map(class_map)
-    except ValueError as exc:
-        raise usage_error(f"--class-map: {exc}") from None
+    mapping = _class_map(class_map)
     try:
         det_loss = detection_loss_fn(det_model, labels, device, classes_file=label_classes, class_map=mapping, scale=scale)
     except (OSError, ValueError) as exc:

@@ -1,8 +1,8 @@
 """Training of the learned fusion networks (:data:`stages.methods.specs.LEARNED`).
 
-:func:`run_epochs` is the one training loop of every crop-trained network (the
-``LEARNED`` specs whose trainer is :func:`train`, :mod:`stages.training.text`'s ``tesg`` and ``textdfh``, :mod:`stages.training.mgfusion`):
-seeded epochs, cropping in a background thread, one checkpoint format (weights, optimiser state,
+:func:`run_epochs` is the one training loop of every crop-trained network (those whose spec's
+trainer is :func:`train`, :mod:`stages.training.text`'s ``tesg`` and ``textdfh``,
+:mod:`stages.training.mgfusion`): seeded epochs, cropping in a background thread, one checkpoint format (weights, optimiser state,
 model card) written after every epoch, exact resume. Each trainer gives it the network's batches,
 loss, learning-rate schedule and weights writer.
 

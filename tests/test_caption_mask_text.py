@@ -230,11 +230,11 @@ def test_tesg_gradients_reach_every_parameter():
 @pytest.mark.parametrize("name", ["tesg", "textdfh"])
 def test_save_load_gives_identical_outputs_through_the_factory(name, tmp_path):
     from stages.methods.text import tesg_factory
-    from stages.methods.text import save_text_network
+    from stages.nets.checkpoint import save_weights
     from stages.methods.text import textdfh_factory
 
     model = _models()[name].eval()
-    path = save_text_network(model, name, tmp_path / f"{name}.safetensors")
+    path = save_weights(model, name, tmp_path / f"{name}.safetensors")
     fuse = (tesg_factory if name == "tesg" else textdfh_factory)(device="cpu", weights=path)
     ir, vis, mask, text = _batch(b=1, h=21, w=30)
     with torch.no_grad():

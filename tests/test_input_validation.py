@@ -262,11 +262,9 @@ def test_every_network_loader_checks_its_file(tmp_path, loader):
 
     other = WEIGHTS_DIR / "refinefuse.safetensors"
     if loader in ("tesg", "textdfh"):
-        from stages.methods.text import load_text_network
-        from stages.nets.tesg import TeSG
-        from stages.nets.textdfh import TextDFH
+        from stages.methods.learned import load_network
 
-        load = lambda p: load_text_network(loader, TeSG if loader == "tesg" else TextDFH, p)  # noqa: E731
+        load = lambda p: load_network(loader, p)  # noqa: E731
     elif loader == "register":
         from stages.nets.registration import load_registration_net as load
     else:

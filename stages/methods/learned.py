@@ -32,7 +32,7 @@ from torch import nn
 
 from stages.methods.registry import WEIGHTS_DIR, register_factory
 from stages.methods.specs import learned_method
-from stages.nets.checkpoint import check_method, config_of, load_checked
+from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked
 from stages.nets.registration import warp
 from stages.nets.tard import load_tard
 
@@ -45,7 +45,7 @@ def resolve_weights(method: str, weights: str | os.PathLike | None, no_weights_m
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} for fusion method {method!r} does not exist")
+            raise FileNotFoundError(f"no weights for fusion method {method!r}: {path} does not exist")
         return path
     shipped = WEIGHTS_DIR / learned_method(method).weights
     if not shipped.is_file():
@@ -59,16 +59,21 @@ def resolve_weights(method: str, weights: str | os.PathLike | None, no_weights_m
 def load_network(method: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Build network ``method`` from a checkpoint (see :func:`resolve_weights`), in eval mode on ``device``.
 
-    The file is checked against the network before anything is allocated
-    (:func:`stages.nets.checkpoint.load_checked`); a file that does not fit raises
-    :class:`~stages.nets.checkpoint.WeightsError` (a ``ValueError``).
+    The file (:func:`stages.nets.checkpoint.save_weights`'s) is checked against the network before
+    anything is allocated (:func:`stages.nets.checkpoint.load_checked`); a file that does not fit
+    raises :class:`~stages.nets.checkpoint.WeightsError` (a ``ValueError``). A text-guided network's
+    ``trained_fixed_text`` is the one text it was trained with (``fixed_text`` metadata, the
+    fixed-text ablation), or ``None`` (trained on each pair's caption).
     """
     spec = learned_method(method)
     path = resolve_weights(method, weights)
 
     def build(metadata: dict[str, str]) -> nn.Module:
-        check_method(path, method, metadata)
-        return spec.model(**config_of(path, method, metadata))
+        check_method(path, method, metadata, CHECKPOINT_FORMAT)
+        model = spec.model(**config_of(path, method, metadata))
+        if "text" in spec.guidance:
+            model.trained_fixed_text = metadata.get("fixed_text")
+        return model
 
     return load_checked(path, method, build).to(device).eval()
 

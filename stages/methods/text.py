@@ -7,7 +7,8 @@
   :mod:`stages.methods.guidance` computed on the fly) and the text (a caption, a list of
   captions, precomputed features, or, when absent, the ``advisor`` caption
   computed on the fly); the networks receive both as tensors.
-* :class:`TextFusionCallable` — pads, runs in eval mode, crops back, clamps.
+* :class:`TextFuser` — :class:`~stages.methods.learned.NetworkFuser` (pads, tiles, casts) with that
+  guidance as its hook.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stages.methods.guidance import advise, read_mask, salient_mask
-from stages.methods.learned import load_network, pad_to_multiple
+from stages.methods.learned import NetworkFuser, load_network
 from stages.methods.registry import register_factory
 from stages.nets.text_features import as_text_tokens
 
@@ -63,29 +64,33 @@ def prepare_guidance(ir: torch.Tensor, vis: torch.Tensor, mask=None, text=None, 
     return m, tokens.to(ir.dtype)
 
 
-class TextFusionCallable:
-    """``fuse(ir, vis, *, mask=None, text=None, records=None) -> fused`` on ``(B, 1, H, W)`` in [0, 1].
+class TextFuser(NetworkFuser):
+    """A text-guided network as a fusion callable: ``fuser(ir, vis, *, mask=None, text=None, records=None)``.
 
-    ``records`` (from the fuse stage) supply ``caption`` and ``mask`` per pair when
-    every record has them (``fuse caption`` / ``fuse mask`` ran before). Missing guidance is computed (see :func:`prepare_guidance`); the network runs
-    in eval mode under inference mode, in float32 (its attention is small), on
-    ``device``; the result is float32 in [0, 1] on the input's device.
+    ``ir``, ``vis``: ``(B, 1, H, W)`` in [0, 1]; result ``(B, 1, H, W)`` float32 in [0, 1] on the
+    input's device. ``records`` (from the fuse stage) supply ``caption`` and ``mask`` per pair when
+    every record has them (``fuse caption`` / ``fuse mask`` ran before); missing guidance is
+    computed on the whole image (:func:`prepare_guidance`). Padding and tiling are
+    :class:`NetworkFuser`'s: the mask ``(B, 1, H, W)`` is tiled with the image, the text tokens
+    ``(B, L, D)`` are shared by every tile. Untiled (``tile=None``), float32 and in the contiguous
+    layout by default (its attention is small), as it fused before it could tile.
     """
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, uses_mask: bool,
-                 fixed_text: str | None = None):
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.uses_mask = uses_mask
+    memory_format = torch.contiguous_format
+    uses_records = True  # the fuse stage passes the pairs' records: their "caption" and "mask" guide the fusion
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, fixed_text: str | None = None,
+                 tile: int | None = None, tile_overlap: int = 64, half: bool = False):
+        super().__init__(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
+        self.uses_mask = bool(getattr(model, "mask_guidance", False))  # TeSG's MGCA; Text-DFH takes no mask
         # the fixed-text ablation: the given text, else the one the weights were trained with, if any
         self.fixed_text = fixed_text if fixed_text is not None else getattr(model, "trained_fixed_text", None)
         self.text_dim = int(model.config["text_dim"])
         self.backend = model.config.get("text_backend", "minilm")
-        self.multiple = int(getattr(model, "multiple", 1))
 
-    uses_records = True  # the fuse stage passes the pairs' records: their "caption" and "mask" guide the fusion
-
-    def __call__(self, ir: torch.Tensor, vis: torch.Tensor, *, mask=None, text=None, records=None, vis_rgb=None) -> torch.Tensor:
+    def guidance(self, ir: torch.Tensor, vis: torch.Tensor, *, mask=None, text=None, records=None,
+                 vis_rgb=None) -> dict[str, torch.Tensor]:
+        """``text`` tokens ``(B, L, D)`` and, when the network uses it, the ``mask`` ``(B, 1, H, W)`` in {0, 1}."""
         if self.fixed_text is not None:  # the fixed-text ablation: one text replaces every caption
             text = self.fixed_text
         if records is not None:
@@ -93,26 +98,14 @@ class TextFusionCallable:
                 text = [r["caption"] for r in records]
             if mask is None and all(isinstance(r.get("mask"), str) for r in records):
                 mask = [r["mask"] for r in records]
-        if ir.ndim != 4 or ir.shape[1] != 1 or ir.shape != vis.shape:
-            raise ValueError(f"expected ir and vis of the same shape (B, 1, H, W), got "
-                             f"{tuple(ir.shape)} and {tuple(vis.shape)}")
-        source = ir.device
-        ir, vis = ir.to(self.device, torch.float32), vis.to(self.device, torch.float32)
         m, tokens = prepare_guidance(ir, vis, mask, text, need_mask=self.uses_mask, text_dim=self.text_dim,
                                      backend=self.backend)
-        h, w = ir.shape[-2:]
-        with torch.inference_mode():
-            args = [pad_to_multiple(ir, self.multiple), pad_to_multiple(vis, self.multiple)]
-            kwargs = {"text": tokens}
-            if self.uses_mask:
-                kwargs["mask"] = pad_to_multiple(m, self.multiple)
-            fused = self.model(*args, **kwargs)[..., :h, :w].float().clamp_(0, 1)
-        return fused.to(source).clone()
+        return {"text": tokens} if m is None else {"text": tokens, "mask": m}
 
 
 @register_factory("tesg")
 def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
-                 fixed_text: str | None = None, **_ignored) -> TextFusionCallable:
+                 fixed_text: str | None = None, tile: int | None = None, tile_overlap: int = 64) -> TextFuser:
     """TeSG as a fusion callable ``fuse(ir, vis, *, mask=None, text=None)`` on ``(B, 1, H, W)`` in [0, 1].
 
     ``mask``: the record's mask (a path, list of paths, or tensor); ``None`` computes
@@ -120,22 +113,22 @@ def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike 
     features of the trained width); ``None`` computes the ``advisor`` caption.
     ``fixed_text`` replaces every caption (ablation); by default, weights trained with
     ``--fixed-text`` use their text. Weights: ``weights`` or the shipped
-    ``stages/weights/tesg.safetensors``.
+    ``stages/weights/tesg.safetensors``. ``tile``, ``tile_overlap``: as :class:`TextFuser`.
     """
     model = load_network("tesg", weights, device)
-    return TextFusionCallable(model, device, uses_mask=model.mask_guidance, fixed_text=fixed_text)
+    return TextFuser(model, device, fixed_text=fixed_text, tile=tile, tile_overlap=tile_overlap)
 
 
 @register_factory("textdfh")
 def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
-                    fixed_text: str | None = None, **_ignored) -> TextFusionCallable:
+                    fixed_text: str | None = None, tile: int | None = None, tile_overlap: int = 64) -> TextFuser:
     """Text-DFH as a fusion callable ``fuse(ir, vis, *, mask=None, text=None)`` on ``(B, 1, H, W)``.
 
     ``text``: the record's caption(s) — the advisor's answer to the paper's
     question — or precomputed text features; ``None`` computes the ``advisor``
     caption on the pair. ``mask`` is not used at inference (accepted and ignored).
     ``fixed_text`` replaces every caption (the ablation "fixed text"); by default,
-    weights trained with ``--fixed-text`` use their text.
+    weights trained with ``--fixed-text`` use their text. ``tile``, ``tile_overlap``: as :class:`TextFuser`.
     """
     model = load_network("textdfh", weights, device)
-    return TextFusionCallable(model, device, uses_mask=False, fixed_text=fixed_text)
+    return TextFuser(model, device, fixed_text=fixed_text, tile=tile, tile_overlap=tile_overlap)

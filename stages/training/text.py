@@ -114,7 +114,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     fuses (each pair's ``salient`` mask and ``advisor`` caption), into the card's ``val_metrics``.
     """
     from stages.methods.learned import load_network
-    from stages.methods.text import TextFusionCallable
+    from stages.methods.text import TextFuser
     from stages.nets.checkpoint import save_weights
     from stages.nets.text_features import shared_encoder
 
@@ -196,10 +196,9 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         return loss + det_weight * detection.to(loss.device), {"train_det_loss": float(detection.detach())}
 
     val_images = [load_pair(ir, vis) for ir, vis in (val_pairs or [])]  # scored at full size, float
-    uses_mask = method == "tesg" and model.mask_guidance
 
     def validate_epoch() -> dict | None:
-        return validate(TextFusionCallable(model, device, uses_mask=uses_mask, fixed_text=fixed_text), val_images)
+        return validate(TextFuser(model, device, fixed_text=fixed_text), val_images)
 
     return run_epochs(method, model, opt, card, out, samples=len(samples), batch_size=batch_size, epochs=epochs,
                       seed=seed, batches=epoch_batches, step_loss=step_loss, lr_at=lambda progress: lr,

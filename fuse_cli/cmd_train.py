@@ -46,11 +46,18 @@ from stages.methods.specs import LEARNED
 
 #: Every learned fusion method trains, and so does the registration network (their specs).
 TRAINABLE = tuple(LEARNED)
+
+
+def _for(option: str) -> str:
+    """The start of a per-method option's help: ``"NAME, NAME: "``, the methods whose spec accepts it."""
+    return ", ".join(name for name, spec in LEARNED.items() if option in spec.options) + ": "
+
+
 Method = opt.choice(TRAINABLE, "--method", "-m", what="trainable network", help="Network to train.")
 Optimizer = opt.choice(("sgd", "adam"), "--optimizer", what="optimizer", optional=True, show_default=False,
-                       help="refinefuse, dfh-base: sgd or adam (default: the paper's).")
+                       help=_for("--optimizer") + "sgd or adam (default: the paper's).")
 TextEncoder = opt.choice(("minilm", "clip"), "--text-encoder", what="text encoder",
-                         help="tesg, textdfh: minilm (offline, packaged) or clip (open_clip text tower).")
+                         help=_for("--text-encoder") + "minilm (offline, packaged) or clip (open_clip text tower).")
 
 
 def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
@@ -69,7 +76,7 @@ def train(
     ir: opt.InputIR = None,
     vis: opt.InputVIS = None,
     records: opt.RecordsFile = None,
-    val_ir: Annotated[Optional[Path], typer.Option("--val-ir", help="Validation IR folder (scored every epoch).", show_default=False)] = None,
+    val_ir: Annotated[Optional[Path], typer.Option("--val-ir", help=_for("--val-ir/--val-vis") + "validation IR folder (scored every epoch).", show_default=False)] = None,
     val_vis: Annotated[Optional[Path], typer.Option("--val-vis", help="Validation VIS folder.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (default: the paper's).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (default: the paper's).", show_default=False)] = None,
@@ -77,22 +84,22 @@ def train(
     crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Random crop size (default: the paper's).", show_default=False)] = None,
     optimizer: Optimizer = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; runs on CPU are deterministic.")] = 0,
-    clip_model: Annotated[str, typer.Option("--clip-model", help="mgfusion: open_clip model name.")] = "ViT-B-32",
+    clip_model: Annotated[str, typer.Option("--clip-model", help=_for("--clip-model") + "open_clip model name.")] = "ViT-B-32",
     pretrained: opt.ClipPretrained = "openai",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint to continue from.", show_default=False)] = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help="refinefuse, dfh-base, tesg, textdfh, register (a tard.safetensors), tard: weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume).", show_default=False)] = None,
-    base_weights: Annotated[Optional[Path], typer.Option("--base-weights", help="textdfh: the frozen dfh-base weights it refines (default: the shipped ones).", show_default=False)] = None,
-    mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help="tesg: foreground/background mask guidance (MGCA); --no-mask-guidance trains the paper's ablation.")] = True,
-    fixed_text: Annotated[Optional[str], typer.Option("--fixed-text", help="tesg, textdfh: one text for every pair instead of the advisor's captions (the fixed-text ablation).", show_default=False)] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help=_for("--init") + "weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume; for register a tard.safetensors).", show_default=False)] = None,
+    base_weights: Annotated[Optional[Path], typer.Option("--base-weights", help=_for("--base-weights") + "the frozen dfh-base weights it refines (default: the shipped ones).", show_default=False)] = None,
+    mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help=_for("--no-mask-guidance") + "foreground/background mask guidance (MGCA); --no-mask-guidance trains the paper's ablation.")] = True,
+    fixed_text: Annotated[Optional[str], typer.Option("--fixed-text", help=_for("--fixed-text") + "one text for every pair instead of the advisor's captions (the fixed-text ablation).", show_default=False)] = None,
     text_encoder: TextEncoder = "minilm",
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="tesg, textdfh: folder caching each pair's mask and caption between runs.", show_default=False)] = None,
-    det_model: Annotated[Optional[Path], typer.Option("--det-model", help="refinefuse, dfh-base, textdfh, tesg: a YOLO detector (.pt, or a model YAML; a .pt is a pickle that runs any code it carries: trusted files only) whose loss on the fused image is added to the fusion loss; it stays frozen. Needs --labels.", show_default=False)] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help=_for("--cache") + "folder caching each pair's mask and caption between runs.", show_default=False)] = None,
+    det_model: Annotated[Optional[Path], typer.Option("--det-model", help=_for("--det-model") + "a YOLO detector (.pt, or a model YAML; a .pt is a pickle that runs any code it carries: trusted files only) whose loss on the fused image is added to the fusion loss; it stays frozen. Needs --labels.", show_default=False)] = None,
     labels: opt.Labels = None,
     label_classes: opt.LabelClasses = None,
     class_map: opt.ClassMap = None,
     det_weight: Annotated[Optional[float], typer.Option("--det-weight", min=0.0, help="Weight (lambda) of the detection loss: with --det-model the frozen detector's (default 0.1); with -m tard its head's l_ob (default 5, the paper's lambda_3).", show_default=False)] = None,
     det_scale: Annotated[float, typer.Option("--det-scale", min=0.01, help="With --det-model: resize fused patches by this factor before the detector, to match the size it was trained at (imgsz 320 on 640-wide images: 0.5).")] = 1.0,
-    low_light: Annotated[float, typer.Option("--low-light", min=0.0, max=1.0, help="refinefuse, dfh-base: probability of darkening a training sample as at night (VIS gain 0.15-0.6 and gamma 1-1.8, IR gain 0.2-1), so daylight pairs also teach night scenes.")] = 0.0,
+    low_light: Annotated[float, typer.Option("--low-light", min=0.0, max=1.0, help=_for("--low-light") + "probability of darkening a training sample as at night (VIS gain 0.15-0.6 and gamma 1-1.8, IR gain 0.2-1), so daylight pairs also teach night scenes.")] = 0.0,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
 ) -> None:

@@ -98,6 +98,35 @@ def test_light_copies_of_the_choices_match_the_stages():
     assert set(cmd_train.TRAINABLE) == set(LEARNED) == {*(m.name for m in list_methods("learned")), "register"}
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-m", "mgfusion", "--init", "x.safetensors"],
+     "--init is for dfh-base, refinefuse, tard, tesg, textdfh, register, not -m mgfusion"),
+    (["-m", "refinefuse", "--clip-model", "RN50"], "--clip-model is for mgfusion, not -m refinefuse"),
+    (["-m", "tard", "--crop", "64", "--no-mask-guidance"],
+     "--crop is for dfh-base, mgfusion, refinefuse, tesg, textdfh, register, not -m tard; "
+     "--no-mask-guidance is for tesg, not -m tard"),
+    (["-m", "tard"], "-m tard trains the network's detection head: give --labels DIR"),
+])
+def test_train_takes_only_the_options_of_the_method_spec(args, message):
+    from fuse_cli.app import app
+
+    done = CliRunner().invoke(app, ["train", *args])
+    assert done.exit_code == 2 and message in " ".join(done.stderr.split())
+
+
+def test_every_learned_method_spec_names_what_exists():
+    """Each spec's network and loss import; its trainer's module exists; its options are options of fuse train."""
+    import importlib.util
+
+    from stages.methods.specs import LEARNED
+
+    options = _help("train")
+    for spec in LEARNED.values():
+        assert isinstance(spec.model, type) and (spec.loss is None or callable(spec.loss_fn))
+        assert importlib.util.find_spec(spec.trainer.split(":")[0]) is not None
+        assert all(name in options for option in spec.options for name in option.split("/")), spec.name
+
+
 # --- dropped pairs fail figure, report and train ------------------------------------------
 
 

@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from stages.methods.learned import NetworkFuser, resolve_weights
 from stages.methods.registry import register_factory
-from stages.nets.checkpoint import config_of, invalid, read_header
+from stages.nets.checkpoint import config_of, invalid, load_checked
 from stages.nets.clip import ClipImageEncoder, embedding_metadata, load_embeddings, parse_pretrained, pretrained_label
 from stages.nets.mgfusion import METHOD, MGFusion, checkpoint_clip
 
@@ -45,26 +45,18 @@ def load_mgfusion(weights: str | os.PathLike | None = None, device: str | torch.
         raise ValueError(f"{path} was trained with CLIP weights {pretrained_label(saved_pretrained)!r}, "
                          f"not {pretrained!r} (a local checkpoint file of those weights may be given instead)")
     use_pretrained = pretrained if pretrained is not None else saved_pretrained
-    shapes, metadata = read_header(path, METHOD)
-    config = config_of(path, METHOD, metadata)
-    with safe_open(str(path), framework="pt") as f:
-        state = {name: f.get_tensor(name) for name in shapes}
     if clip is None:
         clip = ClipImageEncoder.load(saved_model, use_pretrained, device)
     elif clip.model_name and clip.model_name != saved_model:
         raise ValueError(f"{path} was trained with CLIP {saved_model}, not {clip.model_name}")
-    if clip.embed_dim != config.get("embed_dim", clip.embed_dim):
-        raise ValueError(f"{path}: CLIP embedding width {clip.embed_dim} differs from the checkpoint's {config['embed_dim']}")
-    config.pop("embed_dim", None)
-    model = MGFusion(**config, clip=clip)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state and not k.startswith("clip.")]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        raise invalid(path, METHOD, f"tensors missing {missing[:3]}, unknown {unexpected[:3]}, of another shape {wrong[:3]}")
-    model.load_state_dict(state, strict=False)
-    return model.to(device).eval()
+
+    def build(metadata: dict[str, str]) -> MGFusion:
+        config = config_of(path, METHOD, metadata)
+        if clip.embed_dim != config.pop("embed_dim", clip.embed_dim):
+            raise invalid(path, METHOD, f"CLIP embedding width {clip.embed_dim} differs from the checkpoint's")
+        return MGFusion(**config, clip=clip)
+
+    return load_checked(path, METHOD, build, unsaved="clip.").to(device).eval()
 
 
 class MGFusionFuser(NetworkFuser):

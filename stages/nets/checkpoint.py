@@ -108,12 +108,13 @@ def check_method(path: str | os.PathLike, kind: str, metadata: dict[str, str], f
 
 
 def load_checked(path: str | os.PathLike, kind: str, build: Callable[[dict[str, str]], nn.Module], *,
-                 strict: bool = True) -> nn.Module:
+                 unsaved: str | None = None) -> nn.Module:
     """``build(metadata)`` with the file's tensors loaded, after checking names and shapes on a meta copy.
 
     ``build`` constructs the network from the file's metadata (it may raise
     :class:`WeightsError` itself); it runs once on the ``meta`` device and once for
-    real. ``strict=False`` allows network tensors the file lacks (not the reverse).
+    real. ``unsaved``: the prefix of network tensors the file does not hold (a frozen
+    part built by ``build`` itself, e.g. ``"clip."``); every other tensor must be in the file.
     """
     import torch
     from safetensors import safe_open
@@ -129,7 +130,7 @@ def load_checked(path: str | os.PathLike, kind: str, build: Callable[[dict[str, 
         raise invalid(path, kind, f"its config does not build the network: {type(exc).__name__}: {exc}") from None
     expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     unexpected = sorted(set(shapes) - set(expected))
-    missing = sorted(set(expected) - set(shapes)) if strict else []
+    missing = sorted(name for name in set(expected) - set(shapes) if not (unsaved and name.startswith(unsaved)))
     if unexpected or missing:
         parts = [f"{len(missing)} tensors missing, e.g. {missing[0]!r}"] if missing else []
         parts += [f"{len(unexpected)} unknown tensors, e.g. {unexpected[0]!r}"] if unexpected else []
@@ -143,7 +144,7 @@ def load_checked(path: str | os.PathLike, kind: str, build: Callable[[dict[str, 
             state = {name: f.get_tensor(name) for name in shapes}
     except Exception as exc:  # safetensors' own checks (dtype, overlapping offsets)
         raise invalid(path, kind, f"{type(exc).__name__}: {exc}") from None
-    model.load_state_dict(state, strict=strict)
+    model.load_state_dict(state, strict=unsaved is None)
     return model
 
 

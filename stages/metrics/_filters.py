@@ -212,6 +212,15 @@ def fft_filter(img_spectrum: np.ndarray, packed: np.ndarray) -> np.ndarray:
     return cv2.dft(cv2.mulSpectrums(img_spectrum, packed, 0), flags=_INVERSE)
 
 
+def dot(x: np.ndarray, y: np.ndarray) -> float:
+    """Inner product of two 1-D float64 arrays, summed by numpy itself.
+
+    ``np.dot`` hands vectors this long to OpenBLAS, whose threads busy-wait for a core:
+    on a loaded machine that cost more CPU time than any metric.
+    """
+    return float(np.einsum("i,i->", x, y))
+
+
 def safe_divide(num, den, default: float):
     """``num / den`` with ``default`` where ``den`` is 0, without floating-point warnings."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)

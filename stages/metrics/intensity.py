@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ._filters import round_half_away, safe_divide, shared, sobel
+from ._filters import dot, round_half_away, safe_divide, shared, sobel
 
 PSNR_RANGE_DB = (0.0, 100.0)  # degenerate images (zero error, all-black fusion) are clipped here instead of ±inf
 
@@ -129,7 +129,7 @@ def ce(a, b, f) -> float:
 def _squared_error(x: np.ndarray, f: np.ndarray) -> float:
     """``sum((x − f)²)``, once per pair of images (MSE, RMSE and PSNR share it); a dot product, no second temporary."""
     d = (x - f).ravel()
-    return float(np.dot(d, d))
+    return dot(d, d)
 
 
 def mse(a, b, f) -> float:
@@ -176,12 +176,12 @@ def psnr_vifb(a, b, f) -> float:
 def _centered(x: np.ndarray) -> tuple[np.ndarray, float]:
     """``x`` minus its mean and its sum of squares (CC and SCD share those of A, B and F)."""
     d = (x - x.mean()).ravel()
-    return d, float(np.dot(d, d))
+    return d, dot(d, d)
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     (dx, xx), (dy, yy) = _centered(x), _centered(y)
-    return safe_divide(np.dot(dx, dy), np.sqrt(xx * yy), 0.0)
+    return safe_divide(dot(dx, dy), np.sqrt(xx * yy), 0.0)
 
 
 def cc(a, b, f) -> float:

@@ -4,6 +4,7 @@ Every function takes ``(a, b, f)``: IR, VIS and fused, 2-D float arrays on the 0
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -11,14 +12,23 @@ from ._filters import box_sum_valid, filter_valid, gaussian_1d, local_mean, prod
 
 
 def _mean7(img: np.ndarray) -> np.ndarray:
-    return ndimage.uniform_filter(img, size=7)
+    """scipy's ``uniform_filter(img, 7)`` (reflect border) of an (H, W) float32 image of integers up to 65025, bit for bit.
+
+    scipy takes a running mean in double down the columns, then along the rows, rounding
+    to float32 after each pass. Here the column sums of 7 integers are exact in OpenCV's
+    float32 box sum, and their float32 quotient by 7 is the rounding of scipy's double
+    (an integer /7 is never within its running-sum error of a float32 tie); the row pass stays scipy's.
+    """
+    cols = cv2.boxFilter(img, -1, (1, 7), normalize=False, borderType=cv2.BORDER_REFLECT)
+    cols /= np.float32(7)
+    return ndimage.uniform_filter1d(cols, 7, axis=1)
 
 
 def _ssim_skimage(x: np.ndarray, ux: np.ndarray, uxx: np.ndarray, y: np.ndarray) -> float:
     """scikit-image 0.19 ``structural_similarity(x, y)`` defaults for float32 data, operation for operation.
 
     ``ux`` and ``uxx`` are the 7×7 means of ``x`` and ``x * x``, shared by the two calls of ``ssim_mmif``.
-    scipy's running-sum uniform filter is kept: in flat windows the float32 variances are
+    The means are scipy's to the bit (``_mean7``): in flat windows the float32 variances are
     rounding noise that the near-zero constants amplify, so another filter moves the score.
     """
     y = y.astype(np.float32)
@@ -169,6 +179,17 @@ def _vif_pyramid(img: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(levels)
 
 
+@shared
+def _vif_distorted(dist: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and variance σ2² (clamped at 0) of one scale of the distorted image, 'valid' maps.
+
+    Both VIF terms share the fused image's, so they are computed once per scale.
+    """
+    mu = local_mean(dist, g)
+    var = local_mean(product(dist, dist), g) - mu * mu
+    return mu, np.maximum(var, 0, out=var)
+
+
 def _vif_single(ref: np.ndarray, dist: np.ndarray) -> float:
     """VIF(ref, dist). The reference's fix-ups, per pixel: where σ1² < ε (flat reference) the pixel
     adds nothing to either sum; where σ2² < ε or the gain is negative it adds only to the
@@ -178,21 +199,20 @@ def _vif_single(ref: np.ndarray, dist: np.ndarray) -> float:
     for ref, dist, g in zip(_vif_pyramid(ref), _vif_pyramid(dist), _VIF_WINDOWS):
         if min(ref.shape) < len(g):
             break
-        mu1, mu2 = filter_valid(ref, g), local_mean(dist, g)
-        e11, e22 = filter_valid(product(ref, ref), g), local_mean(product(dist, dist), g)
-        e12 = filter_valid(product(ref, dist), g)
+        mu1, (mu2, var2) = filter_valid(ref, g), _vif_distorted(dist, g)
+        e11, e12 = filter_valid(product(ref, ref), g), filter_valid(product(ref, dist), g)
         for rows in row_blocks(mu1.shape):
-            m1, m2 = mu1[rows], mu2[rows]
+            m1, s2 = mu1[rows], var2[rows]
             s1 = np.maximum(e11[rows] - m1 * m1, 0)
-            s2 = np.maximum(e22[rows] - m2 * m2, 0)
-            s12 = e12[rows] - m1 * m2
+            s12 = e12[rows] - m1 * mu2[rows]
             gain = s12 / (s1 + eps)
             sv = np.maximum(s2 - gain * s12, eps)
             textured = s1 >= eps
             ok = textured & (s2 >= eps) & (gain > 0)
             # The references sum log10 terms; their ratio is the same in natural logarithms.
-            num += np.log1p(np.where(ok, gain * gain * s1 / (sv + sigma_nsq), 0)).sum()
-            den += np.log1p(np.where(textured, s1, 0) / sigma_nsq).sum()
+            info = gain * gain * s1 / (sv + sigma_nsq)
+            num += np.log1p(info, out=np.zeros_like(info), where=ok).sum()
+            den += np.log1p(s1 / sigma_nsq, out=np.zeros_like(s1), where=textured).sum()
     return float(num / den) if den > 0 else 1.0
 
 

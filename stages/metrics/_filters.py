@@ -159,13 +159,14 @@ def _float32(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
-def block_reduce(img: np.ndarray, size: int, reduce) -> np.ndarray:
-    """MATLAB ``blkproc(img, [size size], fun)``: zero-pad to whole blocks, ``reduce`` each block."""
+def block_sum(img: np.ndarray, size: int) -> np.ndarray:
+    """MATLAB ``blkproc(img, [size size], @(b) sum(b(:)))``: zero-pad (H, W) to whole blocks and sum each,
+    giving (⌈H/size⌉, ⌈W/size⌉); rows first, then along them (contiguous sums, several times faster)."""
     h, w = img.shape
     ph, pw = -h % size, -w % size
     padded = np.pad(img, ((0, ph), (0, pw))) if ph or pw else img
-    blocks = padded.reshape((h + ph) // size, size, (w + pw) // size, size)
-    return reduce(blocks, axis=(1, 3))
+    rows = padded.reshape((h + ph) // size, size, w + pw).sum(axis=1)
+    return rows.reshape(rows.shape[0], (w + pw) // size, size).sum(axis=2)
 
 
 @shared
@@ -180,7 +181,9 @@ def normalize_255(img: np.ndarray) -> np.ndarray:
         return np.zeros_like(img, dtype=np.float64)
     if lo == 0 and hi == 255:
         return img
-    return round_half_away((img - lo) / (hi - lo) * 255)
+    levels = (img - lo) / (hi - lo) * 255
+    levels += 0.5  # round_half_away of levels ≥ 0, in two passes instead of five
+    return np.floor(levels, out=levels)
 
 
 def centered_frequencies(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -108,18 +108,6 @@ def filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     return _valid(sep_filter(img, g), len(g))
 
 
-@shared
-def local_mean(img: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """:func:`filter_valid`, memoised inside :func:`sharing`: the window statistics several metrics use."""
-    return filter_valid(img, g)
-
-
-@shared
-def product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``x * y``, computed once per pair of arrays inside :func:`sharing` (for local second moments)."""
-    return x * y
-
-
 BLOCK_ELEMENTS = 1 << 15  # elements per row block of the element-wise work: its temporaries stay in the CPU cache
 
 
@@ -133,6 +121,22 @@ def row_blocks(shape: tuple[int, ...]):
     rows = max(1, BLOCK_ELEMENTS // max(1, int(np.prod(shape[1:]))))
     for start in range(0, shape[0], rows):
         yield slice(start, min(start + rows, shape[0]))
+
+
+def row_bands(shape: tuple[int, int], window: int):
+    """Slices of the rows of an (H, W) image, for 'valid' filtering with a ``window``-row window band by band.
+
+    Consecutive bands overlap by ``window − 1`` rows, so every output row comes from
+    exactly one band; a band has about :data:`BLOCK_ELEMENTS` outputs (at least
+    ``4 (window − 1)`` rows), so a metric's dozen filtered maps of it stay in the CPU
+    cache between the filters and the arithmetic on them. A pixel's value does not
+    depend on the band it is computed in.
+    """
+    rows, cols = shape
+    out_rows = rows - window + 1
+    step = max(BLOCK_ELEMENTS // max(1, cols), 4 * (window - 1), 1)
+    for start in range(0, out_rows, step):
+        yield slice(start, min(start + step, out_rows) + window - 1)
 
 
 def box_sum_valid(img: np.ndarray, n: int) -> np.ndarray:

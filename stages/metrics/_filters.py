@@ -128,9 +128,10 @@ def row_bands(shape: tuple[int, int], window: int):
 
     Consecutive bands overlap by ``window − 1`` rows, so every output row comes from
     exactly one band; a band has about :data:`BLOCK_ELEMENTS` outputs (at least
-    ``4 (window − 1)`` rows), so a metric's dozen filtered maps of it stay in the CPU
-    cache between the filters and the arithmetic on them. A pixel's value does not
-    depend on the band it is computed in.
+    ``4 (window − 1)`` rows). A metric's dozen filtered maps of a band are small arrays
+    that stay in the CPU cache and that the allocator reuses (whole-image maps were
+    page-faulted in afresh, ~12600 faults per pair, when a metric ran alone). A pixel's
+    value does not depend on the band it is computed in.
     """
     rows, cols = shape
     out_rows = rows - window + 1

@@ -13,16 +13,8 @@ from ._filters import dot, normalize_255, safe_divide, shared, sobel
 PSNR_RANGE_DB = (0.0, 100.0)  # degenerate images (zero error, all-black fusion) are clipped here instead of ±inf
 
 
-@shared
-def _levels(img: np.ndarray) -> np.ndarray:
-    """The grey levels 0..255 of ``img`` (truncated) as uint8, converted once per image for the histograms."""
-    return img.astype(np.uint8)
-
-
 def _histogram(img: np.ndarray) -> np.ndarray:
-    """Normalised 256-bin histogram of the grey levels (OpenCV's counts, exact in their float32)."""
-    counts = cv2.calcHist([_levels(img)], [0], None, [256], [0, 256]).ravel()
-    return counts.astype(np.float64) / img.size
+    return np.bincount(img.astype(np.int64).ravel(), minlength=256) / img.size
 
 
 def _entropy_bits(p: np.ndarray) -> float:
@@ -93,8 +85,8 @@ def ei(a, b, f) -> float:
 
 def _mutual_information_nats(x: np.ndarray, y: np.ndarray) -> float:
     """MI of two integer-valued 0..255 images from their joint histogram, natural log."""
-    joint = cv2.calcHist([_levels(x), _levels(y)], [0, 1], None, [256, 256], [0, 256, 0, 256])
-    p = joint.astype(np.float64) / x.size
+    joint = np.bincount((x.astype(np.int64) * 256 + y.astype(np.int64)).ravel(), minlength=65536)
+    p = joint.reshape(256, 256) / x.size
     px, py = p.sum(1), p.sum(0)
     nz = p > 0
     return float(max((p[nz] * np.log(p[nz] / np.outer(px, py)[nz])).sum(), 0.0))

@@ -168,6 +168,18 @@ def test_constant_images_are_finite_without_warnings(convention, levels):
     assert all(np.isfinite(v) for v in scores.values()), scores
 
 
+def test_ssim_means_are_scipys_uniform_filter_bit_for_bit():
+    """SSIM (mmif) hangs on the last bit of its float32 7x7 means in flat windows (see ``structural._mean7``)."""
+    from scipy import ndimage
+
+    from stages.metrics.structural import _mean7
+
+    x = RNG.integers(0, 256, size=(61, 83)).astype(np.float32)
+    y = RNG.integers(0, 256, size=(61, 83)).astype(np.float32)
+    for img in (x, x * x, x * y, np.zeros_like(x), np.full_like(x, 255.0 * 255.0)):
+        np.testing.assert_array_equal(_mean7(img), ndimage.uniform_filter(img, size=7))
+
+
 def test_colour_handling():
     ir = _gray((48, 48))
     vis = RNG.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)

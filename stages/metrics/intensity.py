@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ._filters import round_half_away, safe_divide, shared, sobel
+from ._filters import dot, normalize_255, safe_divide, shared, sobel
 
 PSNR_RANGE_DB = (0.0, 100.0)  # degenerate images (zero error, all-black fusion) are clipped here instead of ±inf
 
@@ -97,17 +97,10 @@ def mi_mmif(a, b, f) -> float:
     return _mutual_information_nats(f, a) + _mutual_information_nats(f, b)
 
 
-def _minmax_levels(img: np.ndarray) -> np.ndarray:
-    lo, hi = img.min(), img.max()
-    if hi == lo:
-        return np.zeros(img.shape)
-    return round_half_away((img - lo) / (hi - lo) * 255)
-
-
 def mi_vifb(a, b, f) -> float:
     """MI(VIS, F) + MI(IR, F) in nats after min–max stretching each image to 0..255 and rounding (VIFB ``metricsMutinf``)."""
-    fl = _minmax_levels(f)
-    return _mutual_information_nats(_minmax_levels(b), fl) + _mutual_information_nats(_minmax_levels(a), fl)
+    fl = normalize_255(f)
+    return _mutual_information_nats(normalize_255(b), fl) + _mutual_information_nats(normalize_255(a), fl)
 
 
 def _cross_entropy_bits(src: np.ndarray, f: np.ndarray) -> float:
@@ -129,7 +122,7 @@ def ce(a, b, f) -> float:
 def _squared_error(x: np.ndarray, f: np.ndarray) -> float:
     """``sum((x − f)²)``, once per pair of images (MSE, RMSE and PSNR share it); a dot product, no second temporary."""
     d = (x - f).ravel()
-    return float(np.dot(d, d))
+    return dot(d, d)
 
 
 def mse(a, b, f) -> float:
@@ -176,12 +169,12 @@ def psnr_vifb(a, b, f) -> float:
 def _centered(x: np.ndarray) -> tuple[np.ndarray, float]:
     """``x`` minus its mean and its sum of squares (CC and SCD share those of A, B and F)."""
     d = (x - x.mean()).ravel()
-    return d, float(np.dot(d, d))
+    return d, dot(d, d)
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     (dx, xx), (dy, yy) = _centered(x), _centered(y)
-    return safe_divide(np.dot(dx, dy), np.sqrt(xx * yy), 0.0)
+    return safe_divide(dot(dx, dy), np.sqrt(xx * yy), 0.0)
 
 
 def cc(a, b, f) -> float:

@@ -10,7 +10,7 @@ import functools
 import cv2
 import numpy as np
 
-from ._filters import (block_reduce, centered_frequencies, fft_filter, normalize_255,
+from ._filters import (block_sum, centered_frequencies, fft_filter, normalize_255,
                        packed_response, row_blocks, safe_divide, sep_filter, sobel, spectrum)
 
 
@@ -57,9 +57,9 @@ def qcv(a, b, f) -> float:
     csf = _csf_qcv(f.shape)
     num = den = 0.0
     for src in (b, a):
-        saliency = block_reduce(_sobel_strength_5(src), 16, np.sum)
+        saliency = block_sum(_sobel_strength_5(src), 16)
         # FFT(src − F) = FFT(src) − FFT(F): the spectra are shared with Qcb.
-        distortion = block_reduce(fft_filter(spectrum(src) - spectrum(f), csf) ** 2, 16, np.sum) / 256
+        distortion = block_sum(fft_filter(spectrum(src) - spectrum(f), csf) ** 2, 16) / 256
         num += (saliency * distortion).sum()
         den += saliency.sum()
     return safe_divide(num, den, 0.0)

@@ -4,21 +4,31 @@ Every function takes ``(a, b, f)``: IR, VIS and fused, 2-D float arrays on the 0
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
-from ._filters import box_sum_valid, filter_valid, gaussian_1d, local_mean, product, row_blocks, shared
+from ._filters import box_sum_valid, filter_valid, gaussian_1d, row_bands, row_blocks
 
 
 def _mean7(img: np.ndarray) -> np.ndarray:
-    return ndimage.uniform_filter(img, size=7)
+    """scipy's ``uniform_filter(img, 7)`` (reflect border) of an (H, W) float32 image of integers up to 65025, bit for bit.
+
+    scipy takes a running mean in double down the columns, then along the rows, rounding
+    to float32 after each pass. Here the column sums of 7 integers are exact in OpenCV's
+    float32 box sum, and their float32 quotient by 7 is the rounding of scipy's double
+    (an integer /7 is never within its running-sum error of a float32 tie); the row pass stays scipy's.
+    """
+    cols = cv2.boxFilter(img, -1, (1, 7), normalize=False, borderType=cv2.BORDER_REFLECT)
+    cols /= np.float32(7)
+    return ndimage.uniform_filter1d(cols, 7, axis=1)
 
 
 def _ssim_skimage(x: np.ndarray, ux: np.ndarray, uxx: np.ndarray, y: np.ndarray) -> float:
     """scikit-image 0.19 ``structural_similarity(x, y)`` defaults for float32 data, operation for operation.
 
     ``ux`` and ``uxx`` are the 7×7 means of ``x`` and ``x * x``, shared by the two calls of ``ssim_mmif``.
-    scipy's running-sum uniform filter is kept: in flat windows the float32 variances are
+    The means are scipy's to the bit (``_mean7``): in flat windows the float32 variances are
     rounding noise that the near-zero constants amplify, so another filter moves the score.
     """
     y = y.astype(np.float32)
@@ -60,13 +70,18 @@ _WANG = gaussian_1d(11, 1.5)
 def _ssim_wang(x: np.ndarray, y: np.ndarray) -> float:
     if min(x.shape) < 11:
         return float("nan")
+    total = sum(_ssim_wang_sum(x[band], y[band]) for band in row_bands(x.shape, 11))
+    return float(total / ((x.shape[0] - 10) * (x.shape[1] - 10)))
+
+
+def _ssim_wang_sum(x: np.ndarray, y: np.ndarray) -> float:
+    """The sum of Wang's SSIM map over one band of rows (its 'valid' part)."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    ux, uy = local_mean(x, _WANG), local_mean(y, _WANG)
-    vx = local_mean(product(x, x), _WANG) - ux * ux
-    vy = local_mean(product(y, y), _WANG) - uy * uy
-    vxy = local_mean(product(x, y), _WANG) - ux * uy
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return float(s.mean())
+    ux, uy = filter_valid(x, _WANG), filter_valid(y, _WANG)
+    vx = filter_valid(x * x, _WANG) - ux * ux
+    vy = filter_valid(y * y, _WANG) - uy * uy
+    vxy = filter_valid(x * y, _WANG) - ux * uy
+    return float((((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))).sum())
 
 
 def ssim_vifb(a, b, f) -> float:
@@ -82,7 +97,7 @@ def _mef_ssim(x0: np.ndarray, x1: np.ndarray, f: np.ndarray) -> float:
 
     Window statistics of the sources are box sums, exact for grey levels and their 2×2
     averages, so a flat window is recognised exactly as the per-pixel loop does. The
-    Gaussian window statistics of the first scale are shared with ``ssim_vifb`` and VIF.
+    maps are computed band by band (``row_bands``), where their dozen statistics stay in cache.
 
     Tang's patch model, per window: source patches x_i with box means μ_i and box
     covariances C_ij weigh in with c_i = w_i / ‖x_i − μ_i‖ (w_i the exposure weights),
@@ -94,38 +109,38 @@ def _mef_ssim(x0: np.ndarray, x1: np.ndarray, f: np.ndarray) -> float:
     σ12 = max‖·‖ (V0f + u·V1f) / √N (both 0 where N ≤ 0).
     """
     n = 11
+    total = sum(_mef_ssim_sum(x0[band], x1[band], f[band]) for band in row_bands(f.shape, n))
+    return float(total / ((f.shape[0] - n + 1) * (f.shape[1] - n + 1)))
+
+
+def _mef_ssim_sum(x0: np.ndarray, x1: np.ndarray, f: np.ndarray) -> float:
+    """The sum of the MEF-SSIM map of one band of rows (its 'valid' part): see :func:`_mef_ssim`."""
+    n = 11
     area = n * n
     b0, b1 = box_sum_valid(x0, n), box_sum_valid(x1, n)
-    b00, b01, b11 = (box_sum_valid(product(x, y), n) for x, y in ((x0, x0), (x0, x1), (x1, x1)))
-    g = _WANG
-    gf, gff = local_mean(f, g), local_mean(product(f, f), g)
-    g0, g1 = local_mean(x0, g), local_mean(x1, g)
-    g0f, g1f = local_mean(product(x0, f), g), local_mean(product(x1, f), g)
-    g00, g01, g11 = (local_mean(product(x, y), g) for x, y in ((x0, x0), (x0, x1), (x1, x1)))
+    c00 = (area * box_sum_valid(x0 * x0, n) - b0 * b0) / area
+    c01 = (area * box_sum_valid(x0 * x1, n) - b0 * b1) / area
+    c11 = (area * box_sum_valid(x1 * x1, n) - b1 * b1) / area
     eps = np.finfo(float).eps
     r_cap = 0.95  # tan(π/2 · r) > 10 from r ≈ 0.9366 on, so p = 10 there, as for Tang's r > 1 → 1 − eps
     const = (0.03 * 255) ** 2
-    total = 0.0
-    for rows in row_blocks(gf.shape):
-        s0, s1 = b0[rows], b1[rows]
-        c00 = (area * b00[rows] - s0 * s0) / area
-        c01 = (area * b01[rows] - s0 * s1) / area
-        c11 = (area * b11[rows] - s1 * s1) / area
-        spread0, spread1 = np.sqrt(np.maximum(c00, 0)), np.sqrt(np.maximum(c11, 0))  # ‖x_i − μ_i‖
-        r = (np.sqrt(np.maximum(c00 + c11 + 2 * c01, 0)) + eps) / (spread0 + spread1 + eps)
-        p = np.minimum(np.tan(np.pi / 2 * np.minimum(r, r_cap)), 10.0)
-        ed0, ed1 = spread0 + 0.001, spread1 + 0.001
-        u = ((ed1 / n) ** p + eps) * ed0 / (((ed0 / n) ** p + eps) * ed1)  # c_1 / c_0
-        norm2 = c00 + u * (2 * c01 + u * c11)
-        top = np.maximum(ed0, ed1)
-        top = np.divide(top, np.sqrt(norm2), out=np.zeros_like(top), where=norm2 > 0)  # the patch's scale times c_0
-        m0, m1, mf = g0[rows], g1[rows], gf[rows]
-        v00, v01, v11 = g00[rows] - m0 * m0, g01[rows] - m0 * m1, g11[rows] - m1 * m1
-        sigma1 = top * top * (v00 + u * (2 * v01 + u * v11))
-        sigma2 = gff[rows] - mf * mf
-        sigma12 = top * (g0f[rows] - m0 * mf + u * (g1f[rows] - m1 * mf))
-        total += ((2 * sigma12 + const) / (sigma1 + sigma2 + const)).sum()
-    return float(total / gf.size)
+    spread0, spread1 = np.sqrt(np.maximum(c00, 0)), np.sqrt(np.maximum(c11, 0))  # ‖x_i − μ_i‖
+    r = (np.sqrt(np.maximum(c00 + c11 + 2 * c01, 0)) + eps) / (spread0 + spread1 + eps)
+    p = np.minimum(np.tan(np.pi / 2 * np.minimum(r, r_cap)), 10.0)
+    ed0, ed1 = spread0 + 0.001, spread1 + 0.001
+    u = ((ed1 / n) ** p + eps) * ed0 / (((ed0 / n) ** p + eps) * ed1)  # c_1 / c_0
+    norm2 = c00 + u * (2 * c01 + u * c11)
+    top = np.maximum(ed0, ed1)
+    top = np.divide(top, np.sqrt(norm2), out=np.zeros_like(top), where=norm2 > 0)  # the patch's scale times c_0
+    g = _WANG
+    m0, m1, mf = filter_valid(x0, g), filter_valid(x1, g), filter_valid(f, g)
+    v00 = filter_valid(x0 * x0, g) - m0 * m0
+    v01 = filter_valid(x0 * x1, g) - m0 * m1
+    v11 = filter_valid(x1 * x1, g) - m1 * m1
+    sigma1 = top * top * (v00 + u * (2 * v01 + u * v11))
+    sigma2 = filter_valid(f * f, g) - mf * mf
+    sigma12 = top * (filter_valid(x0 * f, g) - m0 * mf + u * (filter_valid(x1 * f, g) - m1 * mf))
+    return float(((2 * sigma12 + const) / (sigma1 + sigma2 + const)).sum())
 
 
 def _halve(img: np.ndarray) -> np.ndarray:
@@ -159,41 +174,35 @@ def ms_ssim(a, b, f) -> float:
 _VIF_WINDOWS = tuple(gaussian_1d(n, n / 5.0) for n in (17, 9, 5, 3))
 
 
-@shared
 def _vif_pyramid(img: np.ndarray) -> tuple[np.ndarray, ...]:
     """The image at VIF's four scales: from the second on, the previous one filtered 'valid' with
-    this scale's window and decimated by 2 (the fused image's pyramid serves both VIF terms)."""
+    this scale's window and decimated by 2."""
     levels = [np.asarray(img, dtype=np.float64)]
     for g in _VIF_WINDOWS[1:]:
         levels.append(np.ascontiguousarray(filter_valid(levels[-1], g)[::2, ::2]))
     return tuple(levels)
 
 
-def _vif_single(ref: np.ndarray, dist: np.ndarray) -> float:
-    """VIF(ref, dist). The reference's fix-ups, per pixel: where σ1² < ε (flat reference) the pixel
-    adds nothing to either sum; where σ2² < ε or the gain is negative it adds only to the
-    denominator; elsewhere σv² = σ2² − g·σ12 is clamped below at ε."""
+def _vif_band(ref: np.ndarray, dist: np.ndarray, g: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """VIF's (numerator, denominator) sums over one band of rows of one scale: ``mu2`` and ``s2`` are the
+    distorted band's local mean and variance σ2² (clamped at 0), which both terms share.
+
+    The reference's fix-ups, per pixel: where σ1² < ε (flat reference) the pixel adds nothing
+    to either sum; where σ2² < ε or the gain is negative it adds only to the denominator;
+    elsewhere σv² = σ2² − g·σ12 is clamped below at ε.
+    """
     sigma_nsq, eps = 2.0, 1e-10
-    num = den = 0.0
-    for ref, dist, g in zip(_vif_pyramid(ref), _vif_pyramid(dist), _VIF_WINDOWS):
-        if min(ref.shape) < len(g):
-            break
-        mu1, mu2 = filter_valid(ref, g), local_mean(dist, g)
-        e11, e22 = filter_valid(product(ref, ref), g), local_mean(product(dist, dist), g)
-        e12 = filter_valid(product(ref, dist), g)
-        for rows in row_blocks(mu1.shape):
-            m1, m2 = mu1[rows], mu2[rows]
-            s1 = np.maximum(e11[rows] - m1 * m1, 0)
-            s2 = np.maximum(e22[rows] - m2 * m2, 0)
-            s12 = e12[rows] - m1 * m2
-            gain = s12 / (s1 + eps)
-            sv = np.maximum(s2 - gain * s12, eps)
-            textured = s1 >= eps
-            ok = textured & (s2 >= eps) & (gain > 0)
-            # The references sum log10 terms; their ratio is the same in natural logarithms.
-            num += np.log1p(np.where(ok, gain * gain * s1 / (sv + sigma_nsq), 0)).sum()
-            den += np.log1p(np.where(textured, s1, 0) / sigma_nsq).sum()
-    return float(num / den) if den > 0 else 1.0
+    mu1 = filter_valid(ref, g)
+    s1 = np.maximum(filter_valid(ref * ref, g) - mu1 * mu1, 0)
+    s12 = filter_valid(ref * dist, g) - mu1 * mu2
+    gain = s12 / (s1 + eps)
+    sv = np.maximum(s2 - gain * s12, eps)
+    textured = s1 >= eps
+    ok = textured & (s2 >= eps) & (gain > 0)
+    # The references sum log10 terms; their ratio is the same in natural logarithms.
+    info = gain * gain * s1 / (sv + sigma_nsq)
+    return np.array([np.log1p(info, out=np.zeros_like(info), where=ok).sum(),
+                     np.log1p(s1 / sigma_nsq, out=np.zeros_like(s1), where=textured).sum()])
 
 
 def vif(a, b, f) -> float:
@@ -204,4 +213,15 @@ def vif(a, b, f) -> float:
     reference (0/0) scores 1 per term, as the evaluator's NaN fallback does. VIFB has no
     VIF; its convention uses this definition too.
     """
-    return _vif_single(a, f) + _vif_single(b, f)
+    sources, fused = [_vif_pyramid(a), _vif_pyramid(b)], _vif_pyramid(f)
+    sums = np.zeros((2, 2))  # (VIF(A, F), VIF(B, F)) × (numerator, denominator)
+    for level, g in enumerate(_VIF_WINDOWS):
+        if min(fused[level].shape) < len(g):
+            break
+        for band in row_bands(fused[level].shape, len(g)):  # the band's maps stay in cache (see row_bands)
+            dist = fused[level][band]
+            mu2 = filter_valid(dist, g)
+            s2 = np.maximum(filter_valid(dist * dist, g) - mu2 * mu2, 0)
+            for term, pyramid in enumerate(sources):
+                sums[term] += _vif_band(pyramid[level][band], dist, g, mu2, s2)
+    return float(sum(num / den if den > 0 else 1.0 for num, den in sums))

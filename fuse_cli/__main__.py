@@ -1,3 +1,4 @@
 from fuse_cli.app import run
 
-run()
+if __name__ == "__main__":  # a spawned worker imports this module as __mp_main__: it must not run the CLI
+    run()

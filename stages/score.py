@@ -12,8 +12,8 @@ import glob
 import io
 import json
 import math
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,10 @@ class ScoreStage(Stage):
         if self.workers <= 1 or len(records) <= 1:
             return super().process(records)
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, initializer=_start_worker, initargs=(self,))
+            # spawned, not forked: a fork copies OpenCV's and OpenBLAS's thread pools mid-state, and the
+            # workers then hung waiting on a lock that no thread of theirs would release
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(self,))
         return list(self._pool.map(_score_in_worker, records))
 
     def process_one(self, record: dict) -> dict:

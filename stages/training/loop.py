@@ -284,6 +284,25 @@ def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     return float(loss.detach())
 
 
+def recalibrate_batchnorm(norms: Sequence[torch.nn.BatchNorm2d], run_batch: Callable[[], object], batches: int) -> None:
+    """Recompute ``norms``' running statistics as plain averages over ``batches`` calls of ``run_batch()``, in place.
+
+    Running averages (momentum 0.1) lag behind weights that still move fast, so an eval-mode
+    network does worse than in training; the trainers call this before exporting. ``run_batch``
+    runs one fresh batch forward (its own fixed seed, so the training random streams are
+    untouched), under :func:`torch.no_grad`; the momenta are restored afterwards.
+    """
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    with torch.no_grad():
+        for _ in range(batches):
+            run_batch()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def write_json(data: dict, path: Path) -> None:
     """``data`` as indented JSON at ``path``, atomically."""
     with atomic_file(path) as tmp:

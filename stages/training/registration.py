@@ -31,7 +31,7 @@ Choices the paper leaves open (also written to the model card):
   cheaper step; the head is fully convolutional).
 * ``l_s`` and ``l_c`` compare the aligned IR's features with the VI features.
 * BatchNorm statistics are recomputed as plain averages over 64 fresh training-size
-  batches before every export (:func:`recalibrate_batchnorm`; with 12, the benchmark
+  batches before every export (:func:`recalibrate_phase_batchnorm`; with 12, the benchmark
   EPE of one set of weights moved between 5.0 and 6.7 px with the recalibration seed).
 * The data: RoadScene, LLVIP and ``msrs_extra`` pairs (90 of its 120 are night
   scenes); RoadScene scenes that are also in ``unaligned/roadscene`` (the benchmark)
@@ -59,7 +59,7 @@ from stages.core.images import atomic_file, luminance, read_image
 from stages.methods.specs import learned_method
 from stages.nets.registration import identity_grid, resize, save_state, to_pixels
 from stages.nets.tard import TardNet, fusion_loss
-from stages.training.loop import load_optimizer, optimizer_path, save_optimizer, write_json
+from stages.training.loop import load_optimizer, optimizer_path, recalibrate_batchnorm, save_optimizer, write_json
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAIN_SETS = ("roadscene", "llvip", "msrs_extra")
@@ -256,31 +256,21 @@ def _set_modes(net: TardNet, fusion: bool) -> None:
         module.train()
 
 
-def recalibrate_batchnorm(net: TardNet, data: list[torch.Tensor], size, fusion: bool, seed: int,
+def recalibrate_phase_batchnorm(net: TardNet, data: list[torch.Tensor], size, fusion: bool, seed: int,
                           batches: int = BN_BATCHES, batch_size: int = 8) -> None:
-    """Re-estimate the BatchNorm statistics of the phase's modules, in place.
-
-    Running averages (momentum 0.1) lag behind weights that still move fast, and the
-    eval-mode network then does clearly worse than in training; so before each
-    export the statistics are recomputed as plain averages over ``batches`` fresh
-    batches (fixed seed; the training random streams are not touched).
-    """
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
+    """Re-estimate the BatchNorm statistics of the phase's modules over ``batches`` fresh batches, in place
+    (:func:`stages.training.loop.recalibrate_batchnorm`; fixed seed)."""
     _set_modes(net, fusion)
-    trained = [m for m in norms if m.training]
-    for m in trained:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     device = next(net.parameters()).device
-    with torch.no_grad():
-        for _ in range(batches):
-            idx = [rng.randrange(len(data)) for _ in range(batch_size)]
-            batch = [t.to(device) for t in make_batch(data, idx, size, rng, gen)]
-            fusion_losses(net, *batch, rng) if fusion else registration_losses(net, *batch)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
+
+    def run_batch() -> None:
+        idx = [rng.randrange(len(data)) for _ in range(batch_size)]
+        batch = [t.to(device) for t in make_batch(data, idx, size, rng, gen)]
+        fusion_losses(net, *batch, rng) if fusion else registration_losses(net, *batch)
+
+    recalibrate_batchnorm([m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.training],
+                          run_batch, batches)
 
 
 def train_register(
@@ -373,7 +363,7 @@ def train_register(
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if not fusion:
                 bar.set_postfix(epe=f"{float(losses['epe_px']):.2f}")
-        recalibrate_batchnorm(net, data, size, fusion, seed=seed + 7919 * (epoch + 1), batch_size=batch_size)
+        recalibrate_phase_batchnorm(net, data, size, fusion, seed=seed + 7919 * (epoch + 1), batch_size=batch_size)
         seconds += time.time() - t0
         row = {"epoch": epoch + 1, "phase": phase, "seconds": round(seconds, 1), **{k: round(v / steps, 4) for k, v in sums.items()}}
         history.append(row)

@@ -58,6 +58,7 @@ from stages.training.registration import (
     random_correction,
     registration_losses,
 )
+from stages.training.loop import recalibrate_batchnorm
 
 RECIPE = learned_method("tard").recipe  # epochs, batch size, the head's learning rate (stages.methods.specs)
 LAMBDA_DET = 5.0  # lambda_3 of eq. 12 (section 4.1.1.2)
@@ -101,24 +102,17 @@ def labelled_batch(data: list[torch.Tensor], idx: list[int], rng: random.Random,
 
 def recalibrate_head_batchnorm(net, detector: TardDetector, data: list[torch.Tensor], seed: int, deform: bool,
                                batch_size: int, device: str, batches: int = BN_BATCHES) -> None:
-    """Recompute the head's BatchNorm statistics as plain averages over ``batches`` fresh batches, in place.
-
-    A fixed seed: the training random streams are not touched. Leaves the head in train mode.
-    """
-    norms = [m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
+    """Recompute the head's BatchNorm statistics over ``batches`` fresh batches, in place
+    (:func:`stages.training.loop.recalibrate_batchnorm`; fixed seed). Leaves the head in train mode."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     detector.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            idx = [rng.randrange(len(data)) for _ in range(batch_size)]
-            _, vis, deformed, _, _ = labelled_batch(data, idx, rng, gen, deform)
-            detector(net.features(deformed.to(device), vis.to(device)))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
+
+    def run_batch() -> None:
+        idx = [rng.randrange(len(data)) for _ in range(batch_size)]
+        _, vis, deformed, _, _ = labelled_batch(data, idx, rng, gen, deform)
+        detector(net.features(deformed.to(device), vis.to(device)))
+
+    recalibrate_batchnorm([m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)], run_batch, batches)
 
 
 def train_tard_detection(

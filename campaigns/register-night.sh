@@ -6,8 +6,9 @@
 # Starts from the shipped stages/weights/tard.safetensors; after any stop, the same command resumes
 # exactly from campaigns/register-night/tard.safetensors (weights; Adam state in tard.optim.safetensors,
 # epoch and random streams in register.json; rewritten every epoch; commit them to keep the campaign).
-# Data (../shared/data, training sets only): roadscene (less the scenes of unaligned/roadscene), llvip,
-# msrs_extra less its 8 validation pairs (stages.training.registration.HELD_OUT). No evaluation pair is read.
+# Data (../shared/data, training sets only; campaigns/register_pairs.py): roadscene (less the scenes of
+# unaligned/roadscene), llvip, msrs_extra less its 8 validation pairs (stages.training.registration.HELD_OUT).
+# No evaluation pair is read.
 # Validation: python benchmarks/bench_register.py --deform runs/register-night/val --weights ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,8 @@ if [ -f "$OUT/register.json" ]; then
 else
   start=(--init stages/weights/tard.safetensors)
 fi
-# The shipped run's recipe (crop 320, batch 4), a lower rate for fine-tuning.
-echo "$(date -u +%FT%TZ) python -m stages.training.registration ${start[*]} (epochs $EPOCHS + $FUSION_EPOCHS)"
-exec "$PY" -m stages.training.registration --data "$DATA" --out "$OUT" "${start[@]}" --epochs "$EPOCHS" \
-  --fusion-epochs "$FUSION_EPOCHS" --batch-size 4 --crop 320 --lr 3e-4 --seed 0 --no-progress
+# The shipped run's recipe (crop 320, batch 4), a lower rate for fine-tuning; on CPU as the runs it resumes.
+echo "$(date -u +%FT%TZ) fuse train -m register ${start[*]} (epochs $EPOCHS + $FUSION_EPOCHS)"
+"$PY" campaigns/register_pairs.py --data "$DATA" \
+  | .venv/bin/fuse train -m register -o "$OUT" "${start[@]}" --epochs "$EPOCHS" --fusion-epochs "$FUSION_EPOCHS" \
+      --batch-size 4 --crop 320 --lr 3e-4 --seed 0 --device cpu

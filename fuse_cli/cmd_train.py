@@ -60,14 +60,20 @@ TextEncoder = opt.choice(("minilm", "clip"), "--text-encoder", what="text encode
                          help=_for("--text-encoder") + "minilm (offline, packaged) or clip (open_clip text tower).")
 
 
-def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
-    pairs = []
+def _records(records: list[dict], reporter: Reporter) -> list[dict]:
+    """The usable records as ``{"id", "ir", "vis"}``, in their order; the others reported as errors."""
+    kept = []
     for record in records:
         if "error" in record or not isinstance(record.get("ir"), str) or not isinstance(record.get("vis"), str):
             reporter.error(f"pair {record.get('id', '?')}: {record.get('error', 'record lacks ir/vis paths')}; not used")
             continue
-        pairs.append((record["ir"], record["vis"]))
-    return pairs
+        kept.append({"id": record.get("id"), "ir": record["ir"], "vis": record["vis"]})
+    return kept
+
+
+def _pairs(records: list[dict], reporter: Reporter) -> list[tuple[str, str]]:
+    """The usable records as ``(ir, vis)`` path tuples."""
+    return [(record["ir"], record["vis"]) for record in _records(records, reporter)]
 
 
 def train(
@@ -82,6 +88,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (default: the paper's).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: the paper's).", show_default=False)] = None,
     crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Random crop size (default: the paper's).", show_default=False)] = None,
+    fusion_epochs: Annotated[Optional[int], typer.Option("--fusion-epochs", min=0, help=_for("--fusion-epochs") + "epochs of the tard fusion head after the registration phase, 0 skips (default: the trainer's, 2).", show_default=False)] = None,
     optimizer: Optimizer = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; runs on CPU are deterministic.")] = 0,
     clip_model: Annotated[str, typer.Option("--clip-model", help=_for("--clip-model") + "open_clip model name.")] = "ViT-B-32",
@@ -107,6 +114,7 @@ def train(
     spec = LEARNED[method]
     given = {  # the per-method options given, as the command line spells them (see LearnedMethod.options)
         "--crop": crop is not None, "--resume": resume is not None, "--init": init is not None,
+        "--fusion-epochs": fusion_epochs is not None,
         "--optimizer": optimizer is not None, "--low-light": bool(low_light),
         "--val-ir/--val-vis": (val_ir or val_vis) is not None, "--det-model": det_model is not None,
         "--labels": labels is not None, "--label-classes": label_classes is not None, "--class-map": bool(class_map),
@@ -139,8 +147,8 @@ def train(
     if det_model is not None:
         require_extra("detect", "fuse train --det-model")
     reporter = Reporter("train", quiet)
-    pairs = _pairs(list(gather_records(ir, vis, records, reporter)), reporter)
-    if not pairs:
+    kept = _records(list(gather_records(ir, vis, records, reporter)), reporter)
+    if not kept:
         raise usage_error("no training pairs")
     device = opt.resolve_device(device)
     log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
@@ -152,6 +160,7 @@ def train(
         "--text-encoder": {"text_backend": text_encoder}, "--no-mask-guidance": {"mask_guidance": mask_guidance},
         "--base-weights": {"base_weights": base_weights}, "--clip-model": {"clip_model": clip_model},
         "--pretrained": {"pretrained": pretrained},
+        "--fusion-epochs": {} if fusion_epochs is None else {"fusion_epochs": fusion_epochs},
     }
     for option in spec.options:
         options.update(keywords.get(option, {}))
@@ -163,7 +172,7 @@ def train(
     elif "--labels" in spec.options:  # the network's own detection head (tard) reads the labels
         options.update(labels_dir=labels, classes_file=label_classes, class_map=_class_map(class_map))
         options.update({} if det_weight is None else {"det_weight": det_weight})
-    data = [{"ir": a, "vis": b} for a, b in pairs] if spec.pairs_as_records else pairs
+    data = kept if spec.pairs_as_records else [(record["ir"], record["vis"]) for record in kept]
     try:
         path = spec.train(pairs=data, out=out, **spec.trainer_args, **options)
     except ValueError as exc:

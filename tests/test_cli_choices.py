@@ -106,6 +106,7 @@ def test_light_copies_of_the_choices_match_the_stages():
      "--crop is for dfh-base, mgfusion, refinefuse, tesg, textdfh, register, not -m tard; "
      "--no-mask-guidance is for tesg, not -m tard"),
     (["-m", "tard"], "-m tard trains the network's detection head: give --labels DIR"),
+    (["-m", "refinefuse", "--fusion-epochs", "1"], "--fusion-epochs is for register, not -m refinefuse"),
 ])
 def test_train_takes_only_the_options_of_the_method_spec(args, message):
     from fuse_cli.app import app

@@ -8,7 +8,7 @@ are named ``"module:name"`` and imported only when asked for, so listing the spe
 above this layer, and are only named here (``fuse train`` calls them).
 
 Every trainer is called with keywords, ``trainer(pairs=..., out=..., **trainer_args, **options)``: ``pairs``
-are ``(ir_path, vis_path)`` tuples (records ``{"ir", "vis"}`` with ``pairs_as_records``),
+are ``(ir_path, vis_path)`` tuples (records ``{"id", "ir", "vis"}`` with ``pairs_as_records``),
 ``options`` the keyword arguments of the ``fuse train`` options given; options not given
 take the recipe's values.
 """
@@ -45,7 +45,7 @@ class LearnedMethod:
     options: tuple[str, ...]  # the ``fuse train`` options it accepts besides the common ones
     requires: dict = field(default_factory=dict)  # options it cannot train without → the error's end, after "-m NAME "
     trainer_args: dict = field(default_factory=dict)  # fixed keyword arguments of the trainer
-    pairs_as_records: bool = False  # the trainer takes records {"ir", "vis"} instead of (ir, vis) tuples
+    pairs_as_records: bool = False  # the trainer takes records {"id", "ir", "vis"} instead of (ir, vis) tuples
     salient_targets: bool = False  # the loss takes ``salient=`` (B, 1, H, W) target masks
     train_extra: str | None = None  # the fuse-cli extra training needs (stages.extras)
 
@@ -138,5 +138,5 @@ LEARNED: dict[str, LearnedMethod] = {spec.name: spec for spec in (
     LearnedMethod(
         "register", "stages.nets.registration:RegistrationNet", "none", None,
         {"epochs": 50, "batch_size": 8, "lr": 1e-3, "crop": 256, "optimizer": "adam", "schedule": "cosine"},
-        "stages.training.registration:train_register", CROP_TRAINED, pairs_as_records=True),
+        "stages.training.registration:train_register", (*CROP_TRAINED, "--fusion-epochs"), pairs_as_records=True),
 )}

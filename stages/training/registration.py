@@ -33,17 +33,18 @@ Choices the paper leaves open (also written to the model card):
 * BatchNorm statistics are recomputed as plain averages over 64 fresh training-size
   batches before every export (:func:`recalibrate_phase_batchnorm`; with 12, the benchmark
   EPE of one set of weights moved between 5.0 and 6.7 px with the recalibration seed).
-* The data: RoadScene, LLVIP and ``msrs_extra`` pairs (90 of its 120 are night
-  scenes); RoadScene scenes that are also in ``unaligned/roadscene`` (the benchmark)
-  are found by content and left out, and so are the 8 ``msrs_extra`` pairs held out
-  for validation (:data:`HELD_OUT`, the same as the fusion campaigns'). ``msrs_train128``
-  is not used: its frames are squashed to 128 x 128, a fifth of the working width.
+* The data (``campaigns/register_pairs.py`` selects it): RoadScene, LLVIP and ``msrs_extra``
+  pairs (90 of its 120 are night scenes); RoadScene scenes that are also in
+  ``unaligned/roadscene`` (the benchmark) are found by content and left out, and so are the
+  8 ``msrs_extra`` pairs held out for validation (:data:`HELD_OUT`, the same as the fusion
+  campaigns'). ``msrs_train128`` is not used: its frames are squashed to 128 x 128, a fifth
+  of the working width.
 
-Run it in the background: ``python -m stages.training.registration --epochs 50 --out runs/register``.
+Run it in the background:
+``python campaigns/register_pairs.py | fuse train -m register --epochs 50 -o runs/register``.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import math
@@ -51,7 +52,6 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,9 +61,8 @@ from stages.nets.registration import identity_grid, resize, save_state, to_pixel
 from stages.nets.tard import TardNet, fusion_loss
 from stages.training.loop import load_optimizer, optimizer_path, recalibrate_batchnorm, save_optimizer, write_json
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TRAIN_SETS = ("roadscene", "llvip", "msrs_extra")
-# Validation pairs, never trained on (campaigns/msrs.sh holds out the same for the fusion networks).
+# Validation pairs, never trained on (campaigns/register_pairs.py leaves them out, and campaigns/msrs.sh
+# holds out the same for the fusion networks); the model card names them.
 HELD_OUT = tuple(f"msrs_extra/{i}" for i in ("00111D", "00504D", "00754N", "00874N", "00988N", "01102N", "01222N", "01335N"))
 LAMBDA_REG, LAMBDA_FUSION = 10.0, 5.0
 PRELOAD_WIDTH = 384
@@ -73,33 +72,6 @@ INVERSE_ITERATIONS = 10
 BN_BATCHES = 64
 MIN_LR_FRACTION = 0.02
 RECIPE = learned_method("register").recipe  # phase 1's epochs, batch size, lr, crop (stages.methods.specs)
-
-
-def training_pairs(data: Path = DATA, exclude_set: str = "unaligned/roadscene") -> tuple[list[dict], list[str]]:
-    """Records ``{"id", "ir", "vis"}`` of the training sets, without the benchmark's scenes and :data:`HELD_OUT`.
-
-    A RoadScene pair is left out when its visible image equals (mean absolute
-    difference < 2/255, same size) a visible image of ``exclude_set``.
-    Returns ``(records, excluded_ids)``.
-    """
-    excluded_vis = [luminance(read_image(p)) for p in sorted((data / exclude_set / "vis").glob("*"))]
-    records, excluded = [], []
-    for name in TRAIN_SETS:
-        for ir in sorted((data / name / "ir").glob("*")):
-            vis = next((data / name / "vis").glob(ir.stem + ".*"), None)
-            if vis is None:
-                continue
-            rec = {"id": f"{name}/{ir.stem}", "ir": str(ir), "vis": str(vis)}
-            if rec["id"] in HELD_OUT:
-                excluded.append(rec["id"])
-                continue
-            if name == "roadscene":
-                v = luminance(read_image(vis))
-                if any(e.shape == v.shape and float(np.abs(e - v).mean()) < 2 / 255 for e in excluded_vis):
-                    excluded.append(rec["id"])
-                    continue
-            records.append(rec)
-    return records, excluded
 
 
 def preload(pairs: list[dict]) -> list[torch.Tensor]:
@@ -471,31 +443,3 @@ def _export(net: TardNet, out: Path, size, pairs, history, seconds, **settings) 
         "history": history,
     }
     write_json(card, out / "register.json")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m stages.training.registration``: train on RoadScene, LLVIP and msrs_extra from ``--data``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
-    parser.add_argument("--fusion-epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    parser.add_argument("--lr", type=float, default=RECIPE["lr"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crop", type=int, default=RECIPE["crop"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--resume", type=Path)
-    parser.add_argument("--init", type=Path, help="tard.safetensors to fine-tune")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    pairs, excluded = training_pairs(args.data)
-    print(f"{len(pairs)} training pairs; left out {len(excluded)} benchmark scenes: {' '.join(excluded)}", flush=True)
-    train_register(pairs, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   crop=args.crop, resume=args.resume, progress=not args.no_progress, log=lambda s: print(s, flush=True),
-                   fusion_epochs=args.fusion_epochs, init=args.init)
-
-
-if __name__ == "__main__":
-    main()

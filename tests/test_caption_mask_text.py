@@ -202,7 +202,7 @@ def test_networks_keep_shape_and_range(name):
 
 
 def test_textdfh_starts_as_the_frozen_base_and_only_trains_its_own_part():
-    from stages.nets.textdfh import textdfh_loss
+    from stages.nets.dfh_base import dfh_loss
 
     model = _models()["textdfh"]
     ir, vis, mask, text = _batch()
@@ -212,7 +212,7 @@ def test_textdfh_starts_as_the_frozen_base_and_only_trains_its_own_part():
     model.train()
     for module in (model.harmonize_ir, model.harmonize_vis):
         torch.nn.init.ones_(module.layers[-1].weight)  # past the zero start, every parameter must learn
-    textdfh_loss(model(ir, vis, text=text), ir, vis, mask).backward()
+    dfh_loss(model(ir, vis, text=text), ir, vis).backward()
     for pname, p in model.named_parameters():
         if pname.startswith("base."):
             assert not p.requires_grad and p.grad is None, pname

@@ -68,9 +68,10 @@ def network_and_loss(name: str) -> tuple[nn.Module, Callable[[nn.Module, torch.T
         return TeSG(), lambda m, ir, vis: tesg_loss(m(ir, vis, mask=(ir > 0.5).float(), text=text), ir, vis,
                                                     (ir > 0.5).float())
     if name == "textdfh":
-        from stages.nets.textdfh import TextDFH, textdfh_loss
+        from stages.nets.dfh_base import dfh_loss
+        from stages.nets.textdfh import TextDFH
 
-        return TextDFH(), lambda m, ir, vis: textdfh_loss(m(ir, vis, text=text), ir, vis, (ir > 0.5).float())
+        return TextDFH(), lambda m, ir, vis: dfh_loss(m(ir, vis, text=text), ir, vis)
     if name == "mgfusion":
         pytest.importorskip("open_clip", reason="mgfusion needs the clip extra")
         from stages.nets.clip import ClipImageEncoder, load_clip

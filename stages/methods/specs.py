@@ -130,7 +130,7 @@ LEARNED: dict[str, LearnedMethod] = {spec.name: spec for spec in (
     # Text-DFH, Sect. 4.2: Adam, lr 1e-3, batch 16, 200 epochs (second stage); the crop size
     # is not given (128 here); the dfh-base network is frozen (--base-weights, default the shipped one).
     LearnedMethod(
-        "textdfh", "stages.nets.textdfh:TextDFH", "text", "stages.nets.textdfh:textdfh_loss",
+        "textdfh", "stages.nets.textdfh:TextDFH", "text", "stages.nets.dfh_base:dfh_loss",
         {"epochs": 200, "batch_size": 16, "lr": 1e-3, "crop": 128, "optimizer": "adam", "schedule": "constant"},
         _TEXT, (*CROP_TRAINED, *TEXT, "--base-weights", *DETECTION), trainer_args={"method": "textdfh"}, train_extra="text"),
     # The registration network (Hu et al. 2025, Sect. 4.1), then the tard fusion head

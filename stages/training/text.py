@@ -3,8 +3,7 @@
 The guidance is computed here, offline, per training pair (on the full image,
 once, and cached in memory and — with ``cache`` — on disk):
 
-* the ``salient`` mask (:func:`stages.methods.guidance.salient_mask`), TeSG's ``M`` and
-  Text-DFH's warm-target proxy;
+* the ``salient`` mask (:func:`stages.methods.guidance.salient_mask`), TeSG's ``M``;
 * the ``advisor`` caption (:func:`stages.methods.guidance.advise`) — TeSG's ``T`` and the
   MLLM answer of the Text-DFH paper — encoded by :mod:`stages.nets.text_features`
   (MiniLM by default) into text tokens.
@@ -188,8 +187,12 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         chosen, ir, vis, mask, crops = batch
         ir, vis, mask = ir.to(device), vis.to(device), mask.to(device)
         text = text_tokens[chosen].to(device)
-        fused = model(ir, vis, mask=mask, text=text) if method == "tesg" else model(ir, vis, text=text)
-        loss = loss_fn(fused, ir, vis, mask)
+        if spec.guidance == "mask+text":  # TeSG: the mask guides the network and its loss
+            fused = model(ir, vis, mask=mask, text=text)
+            loss = loss_fn(fused, ir, vis, mask)
+        else:
+            fused = model(ir, vis, text=text)
+            loss = loss_fn(fused, ir, vis)
         if det_loss is None:
             return loss, {}
         detection = det_loss(fused, [ids[i] for i in chosen], [c.affine() for c in crops])

@@ -34,7 +34,7 @@ case $METHOD in
   dfh-base) recipe=(--optimizer adam --lr 1e-4 --batch-size 16 --crop 128) ;;   # paper: Adam 1e-3 from scratch; fine-tuning here
   # TeSG (paper: AdamW 1e-4, crops of 96, 140 epochs): fine-tuning the shipped weights at 2e-4 on crops of 64.
   tesg) recipe=(--lr 2e-4 --batch-size 8 --crop 64 --cache runs/text-guidance-cache) ;;
-  # Text-DFH stage 2 (paper: Adam 1e-3): 1e-3 overshot here (validation below its frozen base), so 1e-4.
+  # Text-DFH stage 2 (paper: Adam 1e-3), fine-tuning the shipped weights at 1e-4 (fusion loss: stages/nets/textdfh.py).
   textdfh) recipe=(--lr 1e-4 --batch-size 16 --crop 128 --cache runs/text-guidance-cache) ;;
   *) echo "campaigns/msrs.sh: no recipe for $METHOD" >&2; exit 2 ;;
 esac

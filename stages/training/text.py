@@ -125,6 +125,8 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     lr, crop = lr or recipe["lr"], crop or recipe["crop"]
     if not pairs:
         raise ValueError("no training pairs given")
+    if resume is not None and init is not None:
+        raise ValueError("give resume or init, not both")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -141,8 +143,6 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
     log(f"{method}: {len(samples)} pairs prepared in {time.perf_counter() - started_all:.0f} s "
         f"(mean mask cover {np.mean([s['mask'].mean() for s in samples]):.3f})")
 
-    if resume is not None and init is not None:
-        raise ValueError("give resume or init, not both")
     if resume is not None or init is not None:
         model = load_network(method, resume or init, device).train()
     else:

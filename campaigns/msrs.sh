@@ -6,7 +6,9 @@
 #   nohup bash campaigns/msrs.sh dfh-base   > runs/dfh-base-msrs.log 2>&1 &
 #   nohup bash campaigns/msrs.sh tesg       > runs/tesg-msrs.log 2>&1 &
 #   RUN=textdfh-lowlr nohup bash campaigns/msrs.sh textdfh > runs/textdfh-lowlr.log 2>&1 &
+#   RUN=tesg-cosine EPOCHS=12 nohup bash campaigns/msrs.sh tesg --schedule cosine > runs/tesg-cosine.log 2>&1 &
 #
+# Options after the method go to fuse train after the recipe's (the last given wins): give the same ones to resume.
 # Starts from the shipped weights; after any stop, the same command resumes exactly from the last
 # epoch written to campaigns/RUN/ (RUN defaults to METHOD-msrs; weights, Adam state and model card,
 # written atomically after every epoch, with the best epoch by validation Qabf in campaigns/RUN/best/;
@@ -17,7 +19,8 @@
 # pair (msrs/, tno/, m3fd/) is read here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-METHOD=${1:?usage: campaigns/msrs.sh refinefuse|dfh-base|tesg|textdfh}
+METHOD=${1:?usage: campaigns/msrs.sh refinefuse|dfh-base|tesg|textdfh [fuse train options]}
+shift
 DATA=${DATA:-../shared/data}
 RUN=${RUN:-$METHOD-msrs}
 OUT=campaigns/$RUN
@@ -57,6 +60,6 @@ if [ -f "$OUT/$METHOD.safetensors" ]; then
 else
   start=(--init "stages/weights/$METHOD.safetensors")
 fi
-echo "$(date -u +%FT%TZ) fuse train -m $METHOD ${start[*]} ${recipe[*]} (epochs $EPOCHS)"
+echo "$(date -u +%FT%TZ) fuse train -m $METHOD ${start[*]} ${recipe[*]} $* (epochs $EPOCHS)"
 exec "$FUSE" train -m "$METHOD" -r "$WORK/train.jsonl" -o "$OUT" "${start[@]}" \
-  --val-ir "$WORK/val/ir" --val-vis "$WORK/val/vis" "${recipe[@]}" --epochs "$EPOCHS" --seed 0
+  --val-ir "$WORK/val/ir" --val-vis "$WORK/val/vis" "${recipe[@]}" --epochs "$EPOCHS" --seed 0 "$@"

@@ -56,6 +56,9 @@ def _for(option: str) -> str:
 Method = opt.choice(TRAINABLE, "--method", "-m", what="trainable network", help="Network to train.")
 Optimizer = opt.choice(("sgd", "adam"), "--optimizer", what="optimizer", optional=True, show_default=False,
                        help=_for("--optimizer") + "sgd or adam (default: the paper's).")
+Schedule = opt.choice(("constant", "cosine"), "--schedule", what="schedule", optional=True, show_default=False,
+                      help=_for("--schedule") + "learning rate per epoch: constant, or cosine decay from --lr towards 1 % of it at the "
+                      "end of --epochs (default: the paper's; a resumed run keeps its own).")
 TextEncoder = opt.choice(("minilm", "clip"), "--text-encoder", what="text encoder",
                          help=_for("--text-encoder") + "minilm (offline, packaged) or clip (open_clip text tower).")
 
@@ -90,6 +93,7 @@ def train(
     crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Random crop size (default: the paper's).", show_default=False)] = None,
     fusion_epochs: Annotated[Optional[int], typer.Option("--fusion-epochs", min=0, help=_for("--fusion-epochs") + "epochs of the tard fusion head after the registration phase, 0 skips (default: the trainer's, 2).", show_default=False)] = None,
     optimizer: Optimizer = None,
+    schedule: Schedule = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; runs on CPU are deterministic.")] = 0,
     clip_model: Annotated[str, typer.Option("--clip-model", help=_for("--clip-model") + "open_clip model name.")] = "ViT-B-32",
     pretrained: opt.ClipPretrained = "openai",
@@ -115,7 +119,7 @@ def train(
     given = {  # the per-method options given, as the command line spells them (see LearnedMethod.options)
         "--crop": crop is not None, "--resume": resume is not None, "--init": init is not None,
         "--fusion-epochs": fusion_epochs is not None,
-        "--optimizer": optimizer is not None, "--low-light": bool(low_light),
+        "--optimizer": optimizer is not None, "--schedule": schedule is not None, "--low-light": bool(low_light),
         "--val-ir/--val-vis": (val_ir or val_vis) is not None, "--det-model": det_model is not None,
         "--labels": labels is not None, "--label-classes": label_classes is not None, "--class-map": bool(class_map),
         "--det-weight": det_weight is not None, "--det-scale": det_scale != 1.0, "--fixed-text": fixed_text is not None,
@@ -156,6 +160,7 @@ def train(
     options.update(seed=seed, device=device, progress=not quiet and sys.stderr.isatty(), log=log)
     keywords = {  # the trainer's keyword for each per-method option, passed when the method accepts the option
         "--resume": {"resume": resume}, "--init": {"init": init}, "--optimizer": {"optimizer": optimizer},
+        "--schedule": {"schedule": schedule},
         "--low-light": {"low_light": low_light}, "--fixed-text": {"fixed_text": fixed_text}, "--cache": {"cache": cache},
         "--text-encoder": {"text_backend": text_encoder}, "--no-mask-guidance": {"mask_guidance": mask_guidance},
         "--base-weights": {"base_weights": base_weights}, "--clip-model": {"clip_model": clip_model},

@@ -92,3 +92,17 @@ def test_prefetch_keeps_order_and_hands_on_errors():
     assert next(items) == 1
     with pytest.raises(ValueError, match="unreadable crop"):
         next(items)
+
+
+def test_cosine_schedule_decays_the_rate_and_a_resumed_run_keeps_it(tmp_path):
+    pairs = _write_set(tmp_path / "set", 4, labels=False)
+    kwargs = dict(batch_size=2, lr=1e-2, seed=3, crop=32, progress=False, log=lambda line: None)
+    constant = load_file(train("dfh-base", pairs, tmp_path / "constant", epochs=2, **kwargs))
+    cosine = load_file(train("dfh-base", pairs, tmp_path / "cosine", epochs=2, schedule="cosine", **kwargs))
+    assert any(not torch.equal(v, constant[k]) for k, v in cosine.items())  # epoch 2 ran at about half the rate
+    first = train("dfh-base", pairs, tmp_path / "resumed", epochs=1, schedule="cosine", **kwargs)
+    resumed = load_file(train("dfh-base", pairs, tmp_path / "resumed", epochs=2, resume=first, **kwargs))
+    assert all(torch.equal(v, resumed[k]) for k, v in cosine.items())
+    assert '"schedule": "cosine"' in (tmp_path / "resumed" / "dfh-base.json").read_text()
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        train("dfh-base", pairs, tmp_path / "bad", epochs=1, schedule="step", **kwargs)

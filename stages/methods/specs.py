@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 #: What ``fuse train`` accepts for every method: the data, ``--out``, ``--epochs``, ``--batch-size``,
 #: ``--lr``, ``--seed``, ``--device``, ``--quiet``. Everything else is per method (:attr:`LearnedMethod.options`).
-CROP_TRAINED = ("--crop", "--resume", "--init")
+CROP_TRAINED = ("--crop", "--resume", "--init", "--schedule")
 DETECTION = ("--det-model", "--labels", "--label-classes", "--class-map", "--det-weight", "--det-scale",
              "--val-ir/--val-vis")
 TEXT = ("--fixed-text", "--cache", "--text-encoder")
@@ -138,5 +138,6 @@ LEARNED: dict[str, LearnedMethod] = {spec.name: spec for spec in (
     LearnedMethod(
         "register", "stages.nets.registration:RegistrationNet", "none", None,
         {"epochs": 50, "batch_size": 8, "lr": 1e-3, "crop": 256, "optimizer": "adam", "schedule": "cosine"},
-        "stages.training.registration:train_register", (*CROP_TRAINED, "--fusion-epochs"), pairs_as_records=True),
+        "stages.training.registration:train_register", ("--crop", "--resume", "--init", "--fusion-epochs"),
+        pairs_as_records=True),
 )}

@@ -240,13 +240,23 @@ def _make_optimizer(name: str, params, lr: float, momentum: float) -> torch.opti
     raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
 
 
-def _epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(schedule: str | None) -> None:
+    """``ValueError`` unless ``schedule`` is ``None`` (the recipe's) or one of :data:`SCHEDULES`."""
+    if schedule is not None and schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose {' or '.join(SCHEDULES)}")
+
+
+def schedule_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The rate of epoch ``epoch`` (0-based) of ``epochs``: ``constant``, or ``cosine`` from ``lr`` towards 1 % of it at ``epochs``."""
     if schedule == "constant":
         return lr
     if schedule == "cosine":
         progress = epoch / max(1, epochs)
         return lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
-    raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
+    raise ValueError(f"unknown schedule {schedule!r}; choose {' or '.join(SCHEDULES)}")
 
 
 def optimizer_path(weights: Path) -> Path:
@@ -410,13 +420,14 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
           resume: str | os.PathLike | None = None, val_pairs: Sequence[Pair] | None = None,
           progress: bool = True, log: Callable[[str], None] = print, optimizer: str | None = None,
           init: str | os.PathLike | None = None, det_loss: DetectionLoss | None = None,
-          det_weight: float = 0.0, low_light: float = 0.0) -> Path:
+          det_weight: float = 0.0, low_light: float = 0.0, schedule: str | None = None) -> Path:
     """Train network ``method`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Args:
         epochs: total epochs; a resumed run continues until this many are done.
-        epochs, batch_size, lr, crop, optimizer: ``None`` takes the paper's (the spec's ``recipe``);
-            ``optimizer`` is ``"sgd"`` or ``"adam"``.
+        epochs, batch_size, lr, crop, optimizer, schedule: ``None`` takes the paper's (the spec's ``recipe``;
+            a resumed run keeps its card's schedule); ``optimizer`` is ``"sgd"`` or ``"adam"``,
+            ``schedule`` ``"constant"`` or ``"cosine"`` (:func:`schedule_lr`).
         resume: a checkpoint written by this function (its ``.json`` card and
             ``.optim.safetensors`` beside it) to continue from.
         init: weights to start from (e.g. the shipped ones, for fine-tuning):
@@ -440,11 +451,11 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
     out.mkdir(parents=True, exist_ok=True)
     optimizer_name = optimizer or recipe["optimizer"]
     momentum = recipe["momentum"]
-    schedule = recipe["schedule"]
     if not pairs:
         raise ValueError("no training pairs given")
     if resume is not None and init is not None:
         raise ValueError("give resume or init, not both")
+    check_schedule(schedule)
 
     torch.manual_seed(seed)
     images = [load_training_pair(ir, vis) for ir, vis in pairs]
@@ -460,6 +471,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         resume = Path(resume)
         model = load_network(method, resume, device).train()
         card = json.loads(resume.with_suffix(".json").read_text())
+        schedule = schedule or card.get("schedule")
         opt = _make_optimizer(optimizer_name, model.parameters(), lr, momentum)
         if optimizer_path(resume).is_file():
             load_optimizer(opt, optimizer_path(resume))
@@ -471,6 +483,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
         if init is not None:
             card["init"] = str(init)
             log(f"starting {method} from {init}")
+    schedule = schedule or recipe["schedule"]
     if det_loss is not None:
         labelled = sum(1 for i in ids if det_loss.labels.get(i) is not None)
         card["detection"] = {**det_loss.source, "weight": det_weight, "pairs_labelled": labelled,
@@ -527,7 +540,7 @@ def train(method: str, pairs: Sequence[Pair], out: str | os.PathLike, *, epochs:
 
     return run_epochs(method, model, opt, card, out, samples=len(images), batch_size=batch_size, epochs=epochs,
                       seed=seed, batches=epoch_batches, step_loss=step_loss,
-                      lr_at=lambda progress: _epoch_lr(lr, schedule, int(progress), epochs),
+                      lr_at=lambda progress: schedule_lr(lr, schedule, int(progress), epochs),
                       save=lambda path: save_weights(model, method, path),
                       validate=(lambda: validate(NetworkFuser(model, device, half=False), val_images)) if val_images else None,
                       progress=progress, log=log)

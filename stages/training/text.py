@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stages.methods.specs import learned_method
-from stages.training.loop import (_dataset_counts, _versions, load_optimizer, load_pair, optimizer_path,
-                                  random_crop_batch, run_epochs, validate)
+from stages.training.loop import (_dataset_counts, _versions, check_schedule, load_optimizer, load_pair, optimizer_path,
+                                  random_crop_batch, run_epochs, schedule_lr, validate)
 
 MAX_SIDE = 800
 
@@ -96,14 +96,15 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
                       text_backend: str = "minilm", mask_guidance: bool = True, fixed_text: str | None = None,
                       cache: str | os.PathLike | None = None, max_seconds: float | None = None,
                       det_loss=None, det_weight: float = 0.0, init=None,
-                      val_pairs: Sequence[tuple] | None = None) -> Path:
+                      val_pairs: Sequence[tuple] | None = None, schedule: str | None = None) -> Path:
     """Train ``tesg`` or ``textdfh`` on ``pairs`` (``(ir_path, vis_path)``); returns ``out/<method>.safetensors``.
 
     Unset hyper-parameters take the spec's ``recipe`` (:data:`stages.methods.specs.LEARNED`). ``base_weights``: the ``dfh-base``
     checkpoint Text-DFH refines. ``mask_guidance=False`` trains TeSG's "w/o MGCA"
     ablation; ``fixed_text`` replaces every caption (Text-DFH's fixed-text
     ablation). ``cache``: a folder for the per-pair masks and captions.
-    ``max_seconds``: stop after the epoch that passes this wall-clock budget.
+    ``schedule``: ``"constant"`` or ``"cosine"`` (:func:`stages.training.loop.schedule_lr`); ``None``
+    takes the recipe's, or a resumed run's. ``max_seconds``: stop after the epoch that passes this wall-clock budget.
     ``det_loss``, ``det_weight``: a frozen detector's loss on the fused patches
     (:func:`stages.detection.loss.detection_loss_fn`, labels by IR file stem), added
     with weight λ as in :func:`stages.training.loop.train` — the Text-DFH paper trains its
@@ -127,6 +128,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         raise ValueError("no training pairs given")
     if resume is not None and init is not None:
         raise ValueError("give resume or init, not both")
+    check_schedule(schedule)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -150,11 +152,13 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
                             mask_guidance=mask_guidance).to(device).train()
     if resume is not None:
         card = json.loads(Path(resume).with_suffix(".json").read_text())
+        schedule = schedule or card.get("schedule")
     else:
         card = {"epochs": 0, "seconds_trained": 0.0, "train_loss": []}
         if init is not None:
             card["init"] = str(init)
             log(f"starting {method} from {init}")
+    schedule = schedule or recipe["schedule"]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=lr) if recipe["optimizer"] == "adamw" else torch.optim.Adam(params, lr=lr))
     if resume is not None and optimizer_path(Path(resume)).is_file():
@@ -165,7 +169,7 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in params),
         "data": {"train": _dataset_counts(pairs), "val": _dataset_counts(val_pairs or [])}, "crop": crop, "batch_size": batch_size, "lr": lr,
-        "optimizer": recipe["optimizer"], "schedule": recipe["schedule"], "epochs_planned": epochs, "seed": seed,
+        "optimizer": recipe["optimizer"], "schedule": schedule, "epochs_planned": epochs, "seed": seed,
         "device": str(device), "guidance": {"mask": "salient (stages.mask)", "text": fixed_text or "advisor captions",
                                              "text_encoder": text_backend},
         "max_side": MAX_SIDE, "augmentation": "random crop, horizontal/vertical flips, 90° rotations",
@@ -204,7 +208,8 @@ def train_text_fusion(method: str, pairs: Sequence[tuple], out, *, epochs: int |
         return validate(TextFuser(model, device, fixed_text=fixed_text), val_images)
 
     return run_epochs(method, model, opt, card, out, samples=len(samples), batch_size=batch_size, epochs=epochs,
-                      seed=seed, batches=epoch_batches, step_loss=step_loss, lr_at=lambda progress: lr,
+                      seed=seed, batches=epoch_batches, step_loss=step_loss,
+                      lr_at=lambda progress: schedule_lr(lr, schedule, int(progress), epochs),
                       save=lambda path: save_weights(model, method, path, None if fixed_text is None else {"fixed_text": fixed_text}),
                       validate=validate_epoch if val_images else None,
                       max_seconds=max_seconds, progress=progress, log=log)

@@ -5,10 +5,13 @@ Every function takes ``(a, b, f)``: IR, VIS and fused as 2-D float arrays on the
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import cv2
 import numpy as np
 
-from ._filters import dot, normalize_255, safe_divide, shared, sobel
+from ._filters import dot, normalize_255, shared, sobel
 
 PSNR_RANGE_DB = (0.0, 100.0)  # degenerate images (zero error, all-black fusion) are clipped here instead of ±inf
 
@@ -166,22 +169,40 @@ def psnr_vifb(a, b, f) -> float:
 
 
 @shared
-def _centered(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """``x`` minus its mean and its sum of squares (CC and SCD share those of A, B and F)."""
-    d = (x - x.mean()).ravel()
-    return d, dot(d, d)
+def _sums(x: np.ndarray) -> tuple[Fraction, Fraction]:
+    """Σx and Σx², exact for grey levels (integer sums below 2**53 are exact in any order)."""
+    v = x.ravel()
+    return Fraction(float(v.sum())), Fraction(dot(v, v))
 
 
-def _correlation(x: np.ndarray, y: np.ndarray) -> float:
-    (dx, xx), (dy, yy) = _centered(x), _centered(y)
-    return safe_divide(dot(dx, dy), np.sqrt(xx * yy), 0.0)
+@shared
+def _cross_sum(x: np.ndarray, y: np.ndarray) -> Fraction:
+    """Σxy, exact for grey levels."""
+    return Fraction(dot(x.ravel(), y.ravel()))
+
+
+def _comoment(x: np.ndarray, y: np.ndarray) -> Fraction:
+    """N·Σxy − Σx·Σy (N² times the covariance), exactly from the sums: CC and SCD share every sum."""
+    cross = _sums(x)[1] if x is y else _cross_sum(x, y)
+    return x.size * cross - _sums(x)[0] * _sums(y)[0]
+
+
+def _correlation(xy: Fraction, xx: Fraction, yy: Fraction) -> float:
+    """The correlation coefficient from the comoments of x and y; 0 when either is constant."""
+    den = float(xx) * float(yy)
+    return float(xy) / math.sqrt(den) if den > 0 else 0.0
 
 
 def cc(a, b, f) -> float:
     """Correlation coefficient ``(r(A,F) + r(B,F)) / 2``; a constant image gives r = 0 (the references give NaN)."""
-    return (_correlation(a, f) + _correlation(b, f)) / 2
+    ff = _comoment(f, f)
+    return (_correlation(_comoment(a, f), _comoment(a, a), ff) + _correlation(_comoment(b, f), _comoment(b, b), ff)) / 2
 
 
 def scd(a, b, f) -> float:
-    """Sum of the correlations of differences: ``r(A, F−B) + r(B, F−A)``; a constant term gives 0 (the references give NaN)."""
-    return _correlation(a, f - b) + _correlation(b, f - a)
+    """Sum of the correlations of differences: ``r(A, F−B) + r(B, F−A)``; a constant term gives 0 (the references give NaN).
+
+    The comoments of F − B and F − A follow from those of A, B and F, exactly (no difference image is formed).
+    """
+    aa, bb, ff, ab, af, bf = (_comoment(x, y) for x, y in ((a, a), (b, b), (f, f), (a, b), (a, f), (b, f)))
+    return _correlation(af - ab, aa, ff - 2 * bf + bb) + _correlation(bf - ab, bb, ff - 2 * af + aa)

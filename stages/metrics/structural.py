@@ -199,10 +199,13 @@ def _vif_band(ref: np.ndarray, dist: np.ndarray, g: np.ndarray, mu2: np.ndarray,
     sv = np.maximum(s2 - gain * s12, eps)
     textured = s1 >= eps
     ok = textured & (s2 >= eps) & (gain > 0)
-    # The references sum log10 terms; their ratio is the same in natural logarithms.
+    # The references sum log10 terms; their ratio is the same in natural logarithms. The terms are ≥ 0 and
+    # finite everywhere: zeroed where they do not count (log1p(0) = 0), they are summed unmasked.
     info = gain * gain * s1 / (sv + sigma_nsq)
-    return np.array([np.log1p(info, out=np.zeros_like(info), where=ok).sum(),
-                     np.log1p(s1 / sigma_nsq, out=np.zeros_like(s1), where=textured).sum()])
+    info *= ok
+    base = s1 / sigma_nsq
+    base *= textured
+    return np.array([np.log1p(info, out=info).sum(), np.log1p(base, out=base).sum()])
 
 
 def vif(a, b, f) -> float:

@@ -155,12 +155,12 @@ def sobel(img: np.ndarray, dx: int, dy: int, border: int) -> np.ndarray:
     ``img`` holds grey levels (integers): the responses are integers below 2**11, exact
     in the ``float32`` returned (several times faster than double).
     """
-    return cv2.Sobel(_float32(img), cv2.CV_32F, dx, dy, ksize=3, borderType=border)
+    return cv2.Sobel(as_float32(img), cv2.CV_32F, dx, dy, ksize=3, borderType=border)
 
 
 @shared
-def _float32(img: np.ndarray) -> np.ndarray:
-    """``img`` as contiguous float32, converted once per image inside :func:`sharing` (every Sobel call needs it)."""
+def as_float32(img: np.ndarray) -> np.ndarray:
+    """``img`` as contiguous float32, converted once per image inside :func:`sharing` (Sobel calls and SSIM need it)."""
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
@@ -232,8 +232,9 @@ def dot(x: np.ndarray, y: np.ndarray) -> float:
 def safe_divide(num, den, default: float):
     """``num / den`` with ``default`` where ``den`` is 0, without floating-point warnings."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    ok = den != 0
-    out = np.full(np.broadcast(num, den).shape, float(default))
-    np.divide(num, den, out=out, where=ok)
+    out = np.empty(np.broadcast(num, den).shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(num, den, out=out)  # unmasked: vectorised
+    np.copyto(out, default, where=den == 0)
     return out if out.ndim else float(out)
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from ._filters import box_sum_valid, filter_valid, gaussian_1d, row_bands, row_blocks
+from ._filters import as_float32, box_sum_valid, filter_valid, gaussian_1d, row_bands, row_blocks
 
 
 def _mean7(img: np.ndarray) -> np.ndarray:
@@ -24,31 +24,6 @@ def _mean7(img: np.ndarray) -> np.ndarray:
     return ndimage.uniform_filter1d(cols, 7, axis=1)
 
 
-def _ssim_skimage(x: np.ndarray, ux: np.ndarray, uxx: np.ndarray, y: np.ndarray) -> float:
-    """scikit-image 0.19 ``structural_similarity(x, y)`` defaults for float32 data, operation for operation.
-
-    ``ux`` and ``uxx`` are the 7×7 means of ``x`` and ``x * x``, shared by the two calls of ``ssim_mmif``.
-    The means are scipy's to the bit (``_mean7``): in flat windows the float32 variances are
-    rounding noise that the near-zero constants amplify, so another filter moves the score.
-    """
-    y = y.astype(np.float32)
-    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2  # data_range = 2: the float dtype range, not the data's
-    cov_norm = 49 / 48
-    uy = _mean7(y)
-    uyy, uxy = _mean7(y * y), _mean7(x * y)
-    h, w = y.shape
-    total = 0.0
-    for block in row_blocks((h - 6, w - 6)):  # the map minus its 3-pixel border, a block of rows at a time
-        at = (slice(block.start + 3, block.stop + 3), slice(3, w - 3))
-        mx, my = ux[at], uy[at]
-        vx = cov_norm * (uxx[at] - mx * mx)
-        vy = cov_norm * (uyy[at] - my * my)
-        vxy = cov_norm * (uxy[at] - mx * my)
-        s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-        total += s.sum(dtype=np.float64)
-    return float(total / ((h - 6) * (w - 6)))
-
-
 def ssim_mmif(a, b, f) -> float:
     """SSIM(F, A) + SSIM(F, B) as CDDFuse computes it with scikit-image 0.19 on float32 0..255 images.
 
@@ -56,12 +31,34 @@ def ssim_mmif(a, b, f) -> float:
     (skimage's default for float dtypes), so C1 = 4e-4 and C2 = 3.6e-3 are near zero
     and flat regions score erratically; float32 arithmetic; mean over the map minus a
     3-pixel border. Identical images give 2. NaN when a side is below 7 pixels.
+
+    scikit-image's ``structural_similarity(F, Y)`` operation for operation, for Y = A and B in one
+    pass (the terms of F computed once). The means are scipy's to the bit (``_mean7``): in flat windows
+    the float32 variances are rounding noise that the near-zero constants amplify, so another filter
+    moves the score.
     """
     if min(f.shape) < 7:
         return float("nan")
-    f = f.astype(np.float32)
-    uf, uff = _mean7(f), _mean7(f * f)
-    return _ssim_skimage(f, uf, uff, a) + _ssim_skimage(f, uf, uff, b)
+    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2  # data_range = 2: the float dtype range, not the data's
+    cov_norm = 49 / 48
+    x = as_float32(f)
+    ux, uxx = _mean7(x), _mean7(x * x)
+    sources = [(_mean7(y), _mean7(y * y), _mean7(x * y)) for y in (as_float32(a), as_float32(b))]
+    h, w = x.shape
+    totals = [0.0, 0.0]
+    for block in row_blocks((h - 6, w - 6)):  # the map minus its 3-pixel border, a block of rows at a time
+        at = (slice(block.start + 3, block.stop + 3), slice(3, w - 3))
+        mx = ux[at]
+        vx = cov_norm * (uxx[at] - mx * mx)
+        mx2, mx_sq = 2 * mx, mx ** 2
+        for k, (uy, uyy, uxy) in enumerate(sources):
+            my = uy[at]
+            vy = cov_norm * (uyy[at] - my * my)
+            vxy = cov_norm * (uxy[at] - mx * my)
+            s = ((mx2 * my + c1) * (2 * vxy + c2)) / ((mx_sq + my ** 2 + c1) * (vx + vy + c2))
+            totals[k] += s.sum(dtype=np.float64)
+    n = (h - 6) * (w - 6)
+    return float(totals[0] / n) + float(totals[1] / n)
 
 
 _WANG = gaussian_1d(11, 1.5)

@@ -66,8 +66,21 @@ def sf_vifb(a, b, f) -> float:
     return float(np.sqrt((np.diff(f, axis=1) ** 2).sum() / n + (np.diff(f, axis=0) ** 2).sum() / n))
 
 
+_CENTRAL = np.array([[-0.5, 0.0, 0.5]])
+
+
 def _gradient_magnitude(f: np.ndarray) -> np.ndarray:
-    gy, gx = np.gradient(f) if min(f.shape) > 1 else (np.zeros_like(f), np.zeros_like(f))
+    """``sqrt((gx² + gy²)/2)`` of MATLAB's ``gradient`` (numpy's): central differences, one-sided at the edges.
+
+    OpenCV correlates with (−½, 0, ½), bit for bit ``(f[i+1] − f[i−1]) / 2`` (halving is exact) and
+    several times faster than numpy's slices across the rows; the edge columns and rows are then set.
+    """
+    if min(f.shape) < 2:
+        return np.zeros_like(f)
+    gx = cv2.filter2D(f, cv2.CV_64F, _CENTRAL, borderType=cv2.BORDER_REPLICATE)
+    gx[:, 0], gx[:, -1] = f[:, 1] - f[:, 0], f[:, -1] - f[:, -2]
+    gy = cv2.filter2D(f, cv2.CV_64F, _CENTRAL.T, borderType=cv2.BORDER_REPLICATE)
+    gy[0], gy[-1] = f[1] - f[0], f[-1] - f[-2]
     return np.sqrt((gx ** 2 + gy ** 2) / 2)
 
 

@@ -112,7 +112,8 @@ def _nabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shreyamsha Kumar's ``sobel_fn``: Sobel/8 correlation over a reflect-101 border; strength and orientation (float32)."""
     gv = sobel(img, 1, 0, cv2.BORDER_REFLECT_101)
     gh = sobel(img, 0, 1, cv2.BORDER_REFLECT_101)
-    angle = np.nan_to_num(_orientation(gv, gh), copy=False)  # atan(±x/0) = ±π/2, and 0 where both are 0
+    angle = _orientation(gv, gh)  # atan(±x/0) = ±π/2
+    np.copyto(angle, np.float32(0), where=np.isnan(angle))  # and 0 where both are 0
     strength = np.sqrt(gh * gh + gv * gv)
     strength *= np.float32(1 / 8)  # exact: the /8 of the reference's kernel
     return strength, angle

@@ -66,7 +66,7 @@ def cv2_gray(img: np.ndarray) -> np.ndarray:
     """The CDDFuse evaluator's gray: ``np.round(cv2.cvtColor(float32 BGR, BGR2GRAY))``, as float64."""
     if img.ndim == 2:
         return img.astype(np.float64)
-    bgr = np.ascontiguousarray(img[..., ::-1], dtype=np.float32)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR).astype(np.float32)  # the same floats as numpy's reversed copy, faster
     return np.round(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)).astype(np.float64)
 
 

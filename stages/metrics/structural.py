@@ -48,7 +48,7 @@ def ssim_mmif(a, b, f) -> float:
     h, w = x.shape
     totals = [0.0, 0.0]
     # The map minus its 3-pixel border, a block of rows at a time; the work runs on whole (contiguous) rows,
-    # several times faster than on the column slice, which is summed at the end.
+    # faster than on the column slice, which is summed at the end.
     for block in row_blocks((h - 6, w)):
         rows = slice(block.start + 3, block.stop + 3)
         mx = ux[rows]

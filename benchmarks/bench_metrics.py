@@ -7,7 +7,7 @@ Fused images are the mean of the two luminances, written as PNG. Three tables:
 1. CPU ms per pair of each metric alone (``compute_metrics(..., [name])``, so each
    row includes the gray conversion), for both conventions, now and at each git
    revision of ``--before`` (default: the commit before the speed work of issue 20,
-   and the one before the third round of it).
+   and the one before the fourth round of it).
 2. The whole set in one call (work shared between metrics), CPU ms per pair.
 3. The score stage end to end (read three PNGs, score, in-process), wall time,
    one process and ``--workers`` processes, next to the "decode only" floor:
@@ -37,7 +37,7 @@ from stages.metrics import CONVENTIONS, METRICS, compute_metrics  # noqa: E402
 from stages.score import ScoreStage  # noqa: E402
 
 MSRS = ROOT.parent / "shared" / "data" / "msrs"
-BEFORE = "ebb7b46,62a6c76"  # the last commits before issue 20's speed work, and before its third round
+BEFORE = "ebb7b46,f6f5a97"  # the last commits before issue 20's speed work, and before its fourth round
 
 
 def _luminance(img: np.ndarray) -> np.ndarray:

@@ -66,7 +66,7 @@ def cv2_gray(img: np.ndarray) -> np.ndarray:
     """The CDDFuse evaluator's gray: ``np.round(cv2.cvtColor(float32 BGR, BGR2GRAY))``, as float64."""
     if img.ndim == 2:
         return img.astype(np.float64)
-    bgr = np.ascontiguousarray(img[..., ::-1], dtype=np.float32)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR).astype(np.float32)  # the same floats as numpy's reversed copy, faster
     return np.round(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)).astype(np.float64)
 
 
@@ -90,22 +90,44 @@ def gaussian_1d(size: int, sigma: float) -> np.ndarray:
     return g
 
 
-def _valid(out: np.ndarray, n: int) -> np.ndarray:
-    h = n // 2
-    return out[h: out.shape[0] - h, h: out.shape[1] - h]
-
-
 def sep_filter(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``filter2(outer(g, g), img, 'same')``, zero padding (``conv2``'s border), in double precision."""
     return cv2.sepFilter2D(np.ascontiguousarray(img, dtype=np.float64), cv2.CV_64F, g, g,
                            borderType=cv2.BORDER_CONSTANT)
 
 
+def filter_rows(img: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The rows of ``filter2(outer(g, g), img, 'valid')`` at the image's full width, for a symmetric separable ``g``.
+
+    The first and last ``len(g) // 2`` columns hold the zero-padded 'same' values: element-wise
+    work runs on these contiguous rows (several times faster than on column slices) and
+    :func:`valid_sum` drops those columns at the end.
+    """
+    h = len(g) // 2
+    return sep_filter(img, g)[h: img.shape[0] - h]
+
+
 def filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``filter2(outer(g, g), img, 'valid')`` for a symmetric separable window ``g``."""
     if min(img.shape) < len(g):
         return np.zeros((max(img.shape[0] - len(g) + 1, 0), max(img.shape[1] - len(g) + 1, 0)))
-    return _valid(sep_filter(img, g), len(g))
+    h = len(g) // 2
+    return filter_rows(img, g)[:, h: img.shape[1] - h]
+
+
+def box_sum_rows(img: np.ndarray, n: int) -> np.ndarray:
+    """Sums over every full ``n``×``n`` window (exact for integer or dyadic data below 2**53), as rows at full width
+    like :func:`filter_rows`."""
+    out = cv2.boxFilter(np.ascontiguousarray(img, dtype=np.float64), cv2.CV_64F, (n, n), normalize=False,
+                        borderType=cv2.BORDER_CONSTANT)
+    return out[n // 2: img.shape[0] - n // 2]
+
+
+def valid_sum(rows: np.ndarray, n: int) -> float:
+    """The sum of a map computed on full-width rows (:func:`filter_rows`) over its 'valid' columns for an
+    ``n``-wide window, added up as the 'valid' map itself would be (contiguous, numpy's pairwise order)."""
+    h = n // 2
+    return float(np.ascontiguousarray(rows[:, h: rows.shape[1] - h]).sum())
 
 
 BLOCK_ELEMENTS = 1 << 15  # elements per row block of the element-wise work: its temporaries stay in the CPU cache
@@ -140,13 +162,6 @@ def row_bands(shape: tuple[int, int], window: int):
         yield slice(start, min(start + step, out_rows) + window - 1)
 
 
-def box_sum_valid(img: np.ndarray, n: int) -> np.ndarray:
-    """Sum over every full ``n``×``n`` window (exact for integer or dyadic data below 2**53)."""
-    out = cv2.boxFilter(np.ascontiguousarray(img, dtype=np.float64), cv2.CV_64F, (n, n), normalize=False,
-                        borderType=cv2.BORDER_CONSTANT)
-    return _valid(out, n)
-
-
 def sobel(img: np.ndarray, dx: int, dy: int, border: int) -> np.ndarray:
     """Correlation with the 3×3 Sobel kernel ``[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]`` (``dx``) or its transpose (``dy``).
 
@@ -155,12 +170,12 @@ def sobel(img: np.ndarray, dx: int, dy: int, border: int) -> np.ndarray:
     ``img`` holds grey levels (integers): the responses are integers below 2**11, exact
     in the ``float32`` returned (several times faster than double).
     """
-    return cv2.Sobel(_float32(img), cv2.CV_32F, dx, dy, ksize=3, borderType=border)
+    return cv2.Sobel(as_float32(img), cv2.CV_32F, dx, dy, ksize=3, borderType=border)
 
 
 @shared
-def _float32(img: np.ndarray) -> np.ndarray:
-    """``img`` as contiguous float32, converted once per image inside :func:`sharing` (every Sobel call needs it)."""
+def as_float32(img: np.ndarray) -> np.ndarray:
+    """``img`` as contiguous float32, converted once per image inside :func:`sharing` (Sobel calls and SSIM need it)."""
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
@@ -232,8 +247,9 @@ def dot(x: np.ndarray, y: np.ndarray) -> float:
 def safe_divide(num, den, default: float):
     """``num / den`` with ``default`` where ``den`` is 0, without floating-point warnings."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    ok = den != 0
-    out = np.full(np.broadcast(num, den).shape, float(default))
-    np.divide(num, den, out=out, where=ok)
+    out = np.empty(np.broadcast(num, den).shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(num, den, out=out)  # unmasked: vectorised
+    np.copyto(out, default, where=den == 0)
     return out if out.ndim else float(out)
 

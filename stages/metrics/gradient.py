@@ -30,11 +30,11 @@ def _qabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _qabf_preservation(g_src, a_src, g_f, a_f) -> np.ndarray:
     """Edge preservation per pixel, float32 (the strengths' tie test in their own precision)."""
     tg, kg, dg, ta, ka, da = 0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8
-    # The reference's tie branch: where strengths are equal the "ratio" is the strength itself, not 1.
-    big, small = np.maximum(g_src, g_f), np.minimum(g_src, g_f)
-    ratio = np.divide(small, big, out=np.zeros(big.shape, np.float32), where=big > 0, casting="unsafe")
-    tie = g_src == g_f
-    ratio[tie] = g_f[tie]
+    # The reference's tie branch: where strengths are equal the "ratio" is the strength itself, not 1
+    # (which also replaces the 0/0 of two zero strengths).
+    with np.errstate(invalid="ignore"):
+        ratio = np.minimum(g_src, g_f) / np.maximum(g_src, g_f)
+    ratio = np.where(g_src == g_f, g_f, ratio).astype(np.float32, copy=False)  # VIFB's double strengths too
     align = np.abs(a_src - a_f, dtype=np.float32)
     align *= np.float32(-1 / (np.pi / 2))
     align += np.float32(1 - da)  # align − Da
@@ -112,7 +112,8 @@ def _nabf_edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shreyamsha Kumar's ``sobel_fn``: Sobel/8 correlation over a reflect-101 border; strength and orientation (float32)."""
     gv = sobel(img, 1, 0, cv2.BORDER_REFLECT_101)
     gh = sobel(img, 0, 1, cv2.BORDER_REFLECT_101)
-    angle = np.nan_to_num(_orientation(gv, gh), copy=False)  # atan(±x/0) = ±π/2, and 0 where both are 0
+    angle = _orientation(gv, gh)  # atan(±x/0) = ±π/2
+    np.copyto(angle, np.float32(0), where=np.isnan(angle))  # and 0 where both are 0
     strength = np.sqrt(gh * gh + gv * gv)
     strength *= np.float32(1 / 8)  # exact: the /8 of the reference's kernel
     return strength, angle

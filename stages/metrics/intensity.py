@@ -5,16 +5,27 @@ Every function takes ``(a, b, f)``: IR, VIS and fused as 2-D float arrays on the
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import cv2
 import numpy as np
 
-from ._filters import dot, normalize_255, safe_divide, shared, sobel
+from ._filters import dot, normalize_255, shared, sobel
 
 PSNR_RANGE_DB = (0.0, 100.0)  # degenerate images (zero error, all-black fusion) are clipped here instead of ±inf
 
 
+@shared
+def _levels(img: np.ndarray) -> np.ndarray:
+    """The grey levels of ``img`` (integers 0..255) as uint8, the type OpenCV's histograms count fastest."""
+    return img.astype(np.uint8)
+
+
+@shared
 def _histogram(img: np.ndarray) -> np.ndarray:
-    return np.bincount(img.astype(np.int64).ravel(), minlength=256) / img.size
+    """The fraction of the pixels at each grey level 0..255 (exact counts)."""
+    return cv2.calcHist([_levels(img)], [0], None, [256], [0, 256]).ravel().astype(np.float64) / img.size
 
 
 def _entropy_bits(p: np.ndarray) -> float:
@@ -55,8 +66,21 @@ def sf_vifb(a, b, f) -> float:
     return float(np.sqrt((np.diff(f, axis=1) ** 2).sum() / n + (np.diff(f, axis=0) ** 2).sum() / n))
 
 
+_CENTRAL = np.array([[-0.5, 0.0, 0.5]])
+
+
 def _gradient_magnitude(f: np.ndarray) -> np.ndarray:
-    gy, gx = np.gradient(f) if min(f.shape) > 1 else (np.zeros_like(f), np.zeros_like(f))
+    """``sqrt((gx² + gy²)/2)`` of MATLAB's ``gradient`` (numpy's): central differences, one-sided at the edges.
+
+    OpenCV correlates with (−½, 0, ½), bit for bit ``(f[i+1] − f[i−1]) / 2`` (halving is exact) and
+    several times faster than numpy's slices across the rows; the edge columns and rows are then set.
+    """
+    if min(f.shape) < 2:
+        return np.zeros_like(f)
+    gx = cv2.filter2D(f, cv2.CV_64F, _CENTRAL, borderType=cv2.BORDER_REPLICATE)
+    gx[:, 0], gx[:, -1] = f[:, 1] - f[:, 0], f[:, -1] - f[:, -2]
+    gy = cv2.filter2D(f, cv2.CV_64F, _CENTRAL.T, borderType=cv2.BORDER_REPLICATE)
+    gy[0], gy[-1] = f[1] - f[0], f[-1] - f[-2]
     return np.sqrt((gx ** 2 + gy ** 2) / 2)
 
 
@@ -85,8 +109,8 @@ def ei(a, b, f) -> float:
 
 def _mutual_information_nats(x: np.ndarray, y: np.ndarray) -> float:
     """MI of two integer-valued 0..255 images from their joint histogram, natural log."""
-    joint = np.bincount((x.astype(np.int64) * 256 + y.astype(np.int64)).ravel(), minlength=65536)
-    p = joint.reshape(256, 256) / x.size
+    joint = cv2.calcHist([_levels(x), _levels(y)], [0, 1], None, [256, 256], [0, 256, 0, 256])
+    p = joint.astype(np.float64) / x.size
     px, py = p.sum(1), p.sum(0)
     nz = p > 0
     return float(max((p[nz] * np.log(p[nz] / np.outer(px, py)[nz])).sum(), 0.0))
@@ -166,22 +190,40 @@ def psnr_vifb(a, b, f) -> float:
 
 
 @shared
-def _centered(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """``x`` minus its mean and its sum of squares (CC and SCD share those of A, B and F)."""
-    d = (x - x.mean()).ravel()
-    return d, dot(d, d)
+def _sums(x: np.ndarray) -> tuple[Fraction, Fraction]:
+    """Σx and Σx², exact for grey levels (integer sums below 2**53 are exact in any order)."""
+    v = x.ravel()
+    return Fraction(float(v.sum())), Fraction(dot(v, v))
 
 
-def _correlation(x: np.ndarray, y: np.ndarray) -> float:
-    (dx, xx), (dy, yy) = _centered(x), _centered(y)
-    return safe_divide(dot(dx, dy), np.sqrt(xx * yy), 0.0)
+@shared
+def _cross_sum(x: np.ndarray, y: np.ndarray) -> Fraction:
+    """Σxy, exact for grey levels."""
+    return Fraction(dot(x.ravel(), y.ravel()))
+
+
+def _comoment(x: np.ndarray, y: np.ndarray) -> Fraction:
+    """N·Σxy − Σx·Σy (N² times the covariance), exactly from the sums: CC and SCD share every sum."""
+    cross = _sums(x)[1] if x is y else _cross_sum(x, y)
+    return x.size * cross - _sums(x)[0] * _sums(y)[0]
+
+
+def _correlation(xy: Fraction, xx: Fraction, yy: Fraction) -> float:
+    """The correlation coefficient from the comoments of x and y; 0 when either is constant."""
+    den = float(xx) * float(yy)
+    return float(xy) / math.sqrt(den) if den > 0 else 0.0
 
 
 def cc(a, b, f) -> float:
     """Correlation coefficient ``(r(A,F) + r(B,F)) / 2``; a constant image gives r = 0 (the references give NaN)."""
-    return (_correlation(a, f) + _correlation(b, f)) / 2
+    ff = _comoment(f, f)
+    return (_correlation(_comoment(a, f), _comoment(a, a), ff) + _correlation(_comoment(b, f), _comoment(b, b), ff)) / 2
 
 
 def scd(a, b, f) -> float:
-    """Sum of the correlations of differences: ``r(A, F−B) + r(B, F−A)``; a constant term gives 0 (the references give NaN)."""
-    return _correlation(a, f - b) + _correlation(b, f - a)
+    """Sum of the correlations of differences: ``r(A, F−B) + r(B, F−A)``; a constant term gives 0 (the references give NaN).
+
+    The comoments of F − B and F − A follow from those of A, B and F, exactly (no difference image is formed).
+    """
+    aa, bb, ff, ab, af, bf = (_comoment(x, y) for x, y in ((a, a), (b, b), (f, f), (a, b), (a, f), (b, f)))
+    return _correlation(af - ab, aa, ff - 2 * bf + bb) + _correlation(bf - ab, bb, ff - 2 * af + aa)

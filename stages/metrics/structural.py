@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from ._filters import box_sum_valid, filter_valid, gaussian_1d, row_bands, row_blocks
+from ._filters import (as_float32, box_sum_rows, filter_rows, filter_valid, gaussian_1d, row_bands, row_blocks,
+                       valid_sum)
 
 
 def _mean7(img: np.ndarray) -> np.ndarray:
@@ -24,31 +25,6 @@ def _mean7(img: np.ndarray) -> np.ndarray:
     return ndimage.uniform_filter1d(cols, 7, axis=1)
 
 
-def _ssim_skimage(x: np.ndarray, ux: np.ndarray, uxx: np.ndarray, y: np.ndarray) -> float:
-    """scikit-image 0.19 ``structural_similarity(x, y)`` defaults for float32 data, operation for operation.
-
-    ``ux`` and ``uxx`` are the 7×7 means of ``x`` and ``x * x``, shared by the two calls of ``ssim_mmif``.
-    The means are scipy's to the bit (``_mean7``): in flat windows the float32 variances are
-    rounding noise that the near-zero constants amplify, so another filter moves the score.
-    """
-    y = y.astype(np.float32)
-    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2  # data_range = 2: the float dtype range, not the data's
-    cov_norm = 49 / 48
-    uy = _mean7(y)
-    uyy, uxy = _mean7(y * y), _mean7(x * y)
-    h, w = y.shape
-    total = 0.0
-    for block in row_blocks((h - 6, w - 6)):  # the map minus its 3-pixel border, a block of rows at a time
-        at = (slice(block.start + 3, block.stop + 3), slice(3, w - 3))
-        mx, my = ux[at], uy[at]
-        vx = cov_norm * (uxx[at] - mx * mx)
-        vy = cov_norm * (uyy[at] - my * my)
-        vxy = cov_norm * (uxy[at] - mx * my)
-        s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-        total += s.sum(dtype=np.float64)
-    return float(total / ((h - 6) * (w - 6)))
-
-
 def ssim_mmif(a, b, f) -> float:
     """SSIM(F, A) + SSIM(F, B) as CDDFuse computes it with scikit-image 0.19 on float32 0..255 images.
 
@@ -56,12 +32,36 @@ def ssim_mmif(a, b, f) -> float:
     (skimage's default for float dtypes), so C1 = 4e-4 and C2 = 3.6e-3 are near zero
     and flat regions score erratically; float32 arithmetic; mean over the map minus a
     3-pixel border. Identical images give 2. NaN when a side is below 7 pixels.
+
+    scikit-image's ``structural_similarity(F, Y)`` operation for operation, for Y = A and B in one
+    pass (the terms of F computed once). The means are scipy's to the bit (``_mean7``): in flat windows
+    the float32 variances are rounding noise that the near-zero constants amplify, so another filter
+    moves the score.
     """
     if min(f.shape) < 7:
         return float("nan")
-    f = f.astype(np.float32)
-    uf, uff = _mean7(f), _mean7(f * f)
-    return _ssim_skimage(f, uf, uff, a) + _ssim_skimage(f, uf, uff, b)
+    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2  # data_range = 2: the float dtype range, not the data's
+    cov_norm = 49 / 48
+    x = as_float32(f)
+    ux, uxx = _mean7(x), _mean7(x * x)
+    sources = [(_mean7(y), _mean7(y * y), _mean7(x * y)) for y in (as_float32(a), as_float32(b))]
+    h, w = x.shape
+    totals = [0.0, 0.0]
+    # The map minus its 3-pixel border, a block of rows at a time; the work runs on whole (contiguous) rows,
+    # faster than on the column slice, which is summed at the end.
+    for block in row_blocks((h - 6, w)):
+        rows = slice(block.start + 3, block.stop + 3)
+        mx = ux[rows]
+        vx = cov_norm * (uxx[rows] - mx * mx)
+        mx2, mx_sq = 2 * mx, mx ** 2
+        for k, (uy, uyy, uxy) in enumerate(sources):
+            my = uy[rows]
+            vy = cov_norm * (uyy[rows] - my * my)
+            vxy = cov_norm * (uxy[rows] - mx * my)
+            s = ((mx2 * my + c1) * (2 * vxy + c2)) / ((mx_sq + my ** 2 + c1) * (vx + vy + c2))
+            totals[k] += np.ascontiguousarray(s[:, 3: w - 3]).sum(dtype=np.float64)
+    n = (h - 6) * (w - 6)
+    return float(totals[0] / n) + float(totals[1] / n)
 
 
 _WANG = gaussian_1d(11, 1.5)
@@ -77,11 +77,12 @@ def _ssim_wang(x: np.ndarray, y: np.ndarray) -> float:
 def _ssim_wang_sum(x: np.ndarray, y: np.ndarray) -> float:
     """The sum of Wang's SSIM map over one band of rows (its 'valid' part)."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    ux, uy = filter_valid(x, _WANG), filter_valid(y, _WANG)
-    vx = filter_valid(x * x, _WANG) - ux * ux
-    vy = filter_valid(y * y, _WANG) - uy * uy
-    vxy = filter_valid(x * y, _WANG) - ux * uy
-    return float((((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))).sum())
+    ux, uy = filter_rows(x, _WANG), filter_rows(y, _WANG)  # full-width rows: see filter_rows
+    vx, vy, vxy = filter_rows(x * x, _WANG), filter_rows(y * y, _WANG), filter_rows(x * y, _WANG)
+    vx -= ux * ux
+    vy -= uy * uy
+    vxy -= ux * uy
+    return valid_sum(((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2)), 11)
 
 
 def ssim_vifb(a, b, f) -> float:
@@ -113,40 +114,101 @@ def _mef_ssim(x0: np.ndarray, x1: np.ndarray, f: np.ndarray) -> float:
     return float(total / ((f.shape[0] - n + 1) * (f.shape[1] - n + 1)))
 
 
+def _box_covariance(x: np.ndarray, y: np.ndarray, bx: np.ndarray, by: np.ndarray, n: int) -> np.ndarray:
+    """``(n²·Σxy − Σx·Σy) / n²`` over every n×n window, from the box sums ``bx``, ``by`` (rows, see ``box_sum_rows``)."""
+    c = box_sum_rows(x * y, n)
+    c *= n * n
+    c -= bx * by
+    c /= n * n
+    return c
+
+
 def _mef_ssim_sum(x0: np.ndarray, x1: np.ndarray, f: np.ndarray) -> float:
-    """The sum of the MEF-SSIM map of one band of rows (its 'valid' part): see :func:`_mef_ssim`."""
+    """The sum of the MEF-SSIM map of one band of rows (its 'valid' part): see :func:`_mef_ssim`.
+
+    The formulas there, operation for operation in their order, in place on full-width rows
+    (``filter_rows``): the same roundings, several times faster than on the 'valid' column slices.
+    """
     n = 11
-    area = n * n
-    b0, b1 = box_sum_valid(x0, n), box_sum_valid(x1, n)
-    c00 = (area * box_sum_valid(x0 * x0, n) - b0 * b0) / area
-    c01 = (area * box_sum_valid(x0 * x1, n) - b0 * b1) / area
-    c11 = (area * box_sum_valid(x1 * x1, n) - b1 * b1) / area
     eps = np.finfo(float).eps
     r_cap = 0.95  # tan(π/2 · r) > 10 from r ≈ 0.9366 on, so p = 10 there, as for Tang's r > 1 → 1 − eps
     const = (0.03 * 255) ** 2
-    spread0, spread1 = np.sqrt(np.maximum(c00, 0)), np.sqrt(np.maximum(c11, 0))  # ‖x_i − μ_i‖
-    r = (np.sqrt(np.maximum(c00 + c11 + 2 * c01, 0)) + eps) / (spread0 + spread1 + eps)
-    p = np.minimum(np.tan(np.pi / 2 * np.minimum(r, r_cap)), 10.0)
-    ed0, ed1 = spread0 + 0.001, spread1 + 0.001
-    u = ((ed1 / n) ** p + eps) * ed0 / (((ed0 / n) ** p + eps) * ed1)  # c_1 / c_0
-    norm2 = c00 + u * (2 * c01 + u * c11)
-    top = np.maximum(ed0, ed1)
-    top = np.divide(top, np.sqrt(norm2), out=np.zeros_like(top), where=norm2 > 0)  # the patch's scale times c_0
+    b0, b1 = box_sum_rows(x0, n), box_sum_rows(x1, n)
+    # Exact numerators (grey levels and their dyadic means): c00 and c11 are ≥ 0, also in the border columns.
+    c00, c11 = _box_covariance(x0, x0, b0, b0, n), _box_covariance(x1, x1, b1, b1, n)
+    c01x2 = _box_covariance(x0, x1, b0, b1, n)
+    c01x2 *= 2
+    ed0, ed1 = np.sqrt(c00), np.sqrt(c11)  # ‖x_i − μ_i‖ (+ 0.001 below)
+    r = c00 + c11
+    r += c01x2
+    np.maximum(r, 0, out=r)
+    np.sqrt(r, out=r)
+    r += eps
+    spread = ed0 + ed1
+    spread += eps
+    r /= spread
+    p = np.minimum(r, r_cap, out=r)
+    p *= np.pi / 2
+    np.tan(p, out=p)
+    np.minimum(p, 10.0, out=p)
+    ed0 += 0.001
+    ed1 += 0.001
+    u = ed1 / n  # c_1 / c_0 = ((ed1/n)^p + eps)·ed0 / (((ed0/n)^p + eps)·ed1)
+    np.power(u, p, out=u)
+    u += eps
+    u *= ed0
+    den = np.divide(ed0, n, out=spread)
+    np.power(den, p, out=den)
+    den += eps
+    den *= ed1
+    u /= den
+    norm2 = np.multiply(u, c11, out=c11)  # c00 + u·(2·c01 + u·c11)
+    norm2 += c01x2
+    norm2 *= u
+    norm2 += c00
+    ok = norm2 > 0
+    np.maximum(norm2, 0, out=norm2)
+    np.sqrt(norm2, out=norm2)
+    top = np.divide(np.maximum(ed0, ed1, out=ed0), norm2, out=np.zeros_like(norm2), where=ok)  # the scale times c_0
     g = _WANG
-    m0, m1, mf = filter_valid(x0, g), filter_valid(x1, g), filter_valid(f, g)
-    v00 = filter_valid(x0 * x0, g) - m0 * m0
-    v01 = filter_valid(x0 * x1, g) - m0 * m1
-    v11 = filter_valid(x1 * x1, g) - m1 * m1
-    sigma1 = top * top * (v00 + u * (2 * v01 + u * v11))
-    sigma2 = filter_valid(f * f, g) - mf * mf
-    sigma12 = top * (filter_valid(x0 * f, g) - m0 * mf + u * (filter_valid(x1 * f, g) - m1 * mf))
-    return float(((2 * sigma12 + const) / (sigma1 + sigma2 + const)).sum())
+    m0, m1, mf = filter_rows(x0, g), filter_rows(x1, g), filter_rows(f, g)
+    sigma1 = filter_rows(x1 * x1, g)  # σ1² = top²·(v00 + u·(2·v01 + u·v11))
+    sigma1 -= m1 * m1
+    sigma1 *= u
+    v01x2 = filter_rows(x0 * x1, g)
+    v01x2 -= m0 * m1
+    v01x2 *= 2
+    sigma1 += v01x2
+    sigma1 *= u
+    v00 = filter_rows(x0 * x0, g)
+    v00 -= m0 * m0
+    sigma1 += v00
+    sigma1 *= np.square(top, out=v00)
+    sigma12 = filter_rows(x1 * f, g)  # σ12 = top·(v0f + u·v1f)
+    sigma12 -= m1 * mf
+    sigma12 *= u
+    v0f = filter_rows(x0 * f, g)
+    v0f -= m0 * mf
+    sigma12 += v0f
+    sigma12 *= top
+    sigma12 *= 2
+    sigma12 += const
+    sigma2 = filter_rows(f * f, g)
+    sigma2 -= mf * mf
+    sigma1 += sigma2
+    sigma1 += const
+    sigma12 /= sigma1
+    return valid_sum(sigma12, n)
 
 
 def _halve(img: np.ndarray) -> np.ndarray:
-    """``imfilter(x, ones(2)/4, 'symmetric')`` then every second pixel: 2×2 means, the last row/column repeated."""
-    padded = np.pad(img, ((0, 1), (0, 1)), mode="symmetric")
-    return (padded[:-1:2, :-1:2] + padded[1::2, :-1:2] + padded[:-1:2, 1::2] + padded[1::2, 1::2]) / 4
+    """``imfilter(x, ones(2)/4, 'symmetric')`` then every second pixel: 2×2 means, the last row/column repeated
+    where the size is odd. OpenCV's area resize sums each 2×2 block and scales it by 1/4: exact, like any
+    order of the sum, on the grey levels and their dyadic means that MS-SSIM halves."""
+    h, w = img.shape
+    if h % 2 or w % 2:
+        img = np.pad(img, ((0, h % 2), (0, w % 2)), mode="edge")
+    return cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
 
 
 _MS_WEIGHTS = np.array([0.0448, 0.2856, 0.3001]) / (0.0448 + 0.2856 + 0.3001)
@@ -192,17 +254,31 @@ def _vif_band(ref: np.ndarray, dist: np.ndarray, g: np.ndarray, mu2: np.ndarray,
     elsewhere σv² = σ2² − g·σ12 is clamped below at ε.
     """
     sigma_nsq, eps = 2.0, 1e-10
-    mu1 = filter_valid(ref, g)
-    s1 = np.maximum(filter_valid(ref * ref, g) - mu1 * mu1, 0)
-    s12 = filter_valid(ref * dist, g) - mu1 * mu2
-    gain = s12 / (s1 + eps)
-    sv = np.maximum(s2 - gain * s12, eps)
+    mu1 = filter_rows(ref, g)  # full-width rows, in place: see filter_rows
+    s1 = filter_rows(ref * ref, g)
+    s1 -= mu1 * mu1
+    np.maximum(s1, 0, out=s1)
+    s12 = filter_rows(ref * dist, g)
+    s12 -= mu1 * mu2
+    gain = s1 + eps
+    np.divide(s12, gain, out=gain)
+    sv = gain * s12
+    np.subtract(s2, sv, out=sv)
+    np.maximum(sv, eps, out=sv)
     textured = s1 >= eps
-    ok = textured & (s2 >= eps) & (gain > 0)
-    # The references sum log10 terms; their ratio is the same in natural logarithms.
-    info = gain * gain * s1 / (sv + sigma_nsq)
-    return np.array([np.log1p(info, out=np.zeros_like(info), where=ok).sum(),
-                     np.log1p(s1 / sigma_nsq, out=np.zeros_like(s1), where=textured).sum()])
+    ok = s2 >= eps
+    ok &= textured
+    ok &= gain > 0
+    # The references sum log10 terms; their ratio is the same in natural logarithms. The terms are ≥ 0 and
+    # finite everywhere: zeroed where they do not count (log1p(0) = 0), they are summed unmasked.
+    info = gain * gain
+    info *= s1
+    sv += sigma_nsq
+    info /= sv
+    info *= ok
+    base = np.divide(s1, sigma_nsq, out=mu1)
+    base *= textured
+    return np.array([valid_sum(np.log1p(info, out=info), len(g)), valid_sum(np.log1p(base, out=base), len(g))])
 
 
 def vif(a, b, f) -> float:
@@ -220,8 +296,9 @@ def vif(a, b, f) -> float:
             break
         for band in row_bands(fused[level].shape, len(g)):  # the band's maps stay in cache (see row_bands)
             dist = fused[level][band]
-            mu2 = filter_valid(dist, g)
-            s2 = np.maximum(filter_valid(dist * dist, g) - mu2 * mu2, 0)
+            mu2, s2 = filter_rows(dist, g), filter_rows(dist * dist, g)
+            s2 -= mu2 * mu2
+            np.maximum(s2, 0, out=s2)
             for term, pyramid in enumerate(sources):
                 sums[term] += _vif_band(pyramid[level][band], dist, g, mu2, s2)
     return float(sum(num / den if den > 0 else 1.0 for num, den in sums))

@@ -140,7 +140,7 @@ def test_channels_last_networks_match_eager(method):
 
 
 def test_keeping_chroma_equals_the_ycbcr_round_trip_on_real_pairs():
-    """fuse_images swaps VIS's luminance for the fused one directly; kornia's YCbCr there and back gives the same image."""
+    """fuse_images swaps VIS's luminance for the fused one directly: kornia's YCbCr there and back gives that image."""
     import torch
     from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
@@ -149,7 +149,7 @@ def test_keeping_chroma_equals_the_ycbcr_round_trip_on_real_pairs():
 
     msrs = shared("msrs")
     for pair in sorted(p.stem for p in (msrs / "vis").glob("*.png"))[:4]:
-        ir, vis = load_pair({"id": pair, "ir": str(msrs / "ir" / f"{pair}.png"), "vis": str(msrs / "vis" / f"{pair}.png")})
+        ir, vis = load_pair({"id": pair, **{m: str(msrs / m / f"{pair}.png") for m in ("ir", "vis")}})
         assert vis.ndim == 3
         for method in ("max", "gff"):
             stage = FuseStage(Path("unused"), method)
@@ -163,14 +163,15 @@ def test_keeping_chroma_equals_the_ycbcr_round_trip_on_real_pairs():
 
 
 def _png_kinds(folder: Path) -> list[Path]:
-    """PNGs of every colour type and bit depth, with transparency, gamma and an EXIF orientation, as Pillow writes them."""
+    """PNGs of every colour type and bit depth, with transparency, gamma or EXIF orientation, as Pillow writes them."""
     from PIL import Image, PngImagePlugin
 
     rgb = np.random.default_rng(0).integers(0, 256, (21, 34, 3), dtype=np.uint8)
     gray = Image.fromarray(rgb[..., 0])
     images = {"gray": gray, "rgb": Image.fromarray(rgb), "rgba": Image.fromarray(np.dstack([rgb, rgb[..., 1]])),
               "gray_alpha": gray.convert("LA"), "palette": Image.fromarray(rgb).quantize(16),
-              "bilevel": Image.fromarray(rgb[..., 0] > 128), "gray16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+              "bilevel": Image.fromarray(rgb[..., 0] > 128),
+              "gray16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
               "gray_as_rgb": Image.fromarray(np.repeat(rgb[..., :1], 3, -1))}
     for name, image in images.items():
         image.save(folder / f"{name}.png")
@@ -189,7 +190,7 @@ def _png_kinds(folder: Path) -> list[Path]:
 
 
 def test_png_reading_gives_pillows_pixels(tmp_path):
-    """Plain 8-bit PNGs, decoded by OpenCV, give exactly what Pillow decodes, through read_image and read_uint8."""
+    """Plain 8-bit PNGs, decoded by OpenCV, give Pillow's pixels exactly: read_uint8 as decoded, read_image / 255."""
     import imageio.v3 as iio
 
     from stages.core.images import _channels, _normalise, read_image, read_uint8, to_uint8
@@ -198,6 +199,6 @@ def test_png_reading_gives_pillows_pixels(tmp_path):
     real = [msrs / m / "00004N.png" for m in ("ir", "vis")] if msrs.is_dir() else []
     for path in _png_kinds(tmp_path) + real:
         pillow = _channels(iio.imread(path), path)
-        as_read = _normalise(pillow, path)
+        as_read = pillow.astype(np.float32) / 255 if pillow.dtype == np.uint8 else _normalise(pillow, path)
         assert np.array_equal(read_image(path), as_read), path.name
         assert np.array_equal(read_uint8(path), pillow if pillow.dtype == np.uint8 else to_uint8(as_read)), path.name

@@ -168,7 +168,7 @@ def _decode_opencv(path: Path) -> np.ndarray | None:
 
 def _normalise(raw: np.ndarray, path: Path) -> np.ndarray:
     if raw.dtype == np.uint8:
-        return raw.astype(np.float32) / 255.0
+        return np.divide(raw, np.float32(255.0), dtype=np.float32)  # one pass, no uint8 -> float32 temporary
     if raw.dtype in (np.uint16, np.int16, np.uint32, np.int32):
         data = raw.astype(np.float32)
         lo, hi = float(data.min()), float(data.max())

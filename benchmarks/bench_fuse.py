@@ -9,7 +9,8 @@ fast PNG compression, and at Pillow's default level 6 for comparison).
 Runs the stage in-process through the batch runner, as `fuse fuse -j N -b 4` does
 (no interpreter start-up; `bench_startup.py` measures that), with a warm-up pair
 first; prints a markdown table of pairs/s and the ratio to the floor measured in
-the same run.
+the same run, and the CPU time per pair (all threads of this process), which
+moves less than the wall time when other processes share the cores.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,8 +34,15 @@ from stages.methods.registry import list_methods
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrs"
 
 
-def time_floor(records: list[dict], out: Path, workers: int, png_compression: int | None = None) -> float:
-    """Seconds to read each pair and write its VIS as PNG, over ``workers`` threads."""
+def timed(run: Callable[[], None]) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all threads) of ``run()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def time_floor(records: list[dict], out: Path, workers: int, png_compression: int | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds to read each pair and write its VIS as PNG, over ``workers`` threads."""
     out.mkdir(parents=True, exist_ok=True)
     options = {} if png_compression is None else {"png_compression": png_compression}
 
@@ -41,24 +50,28 @@ def time_floor(records: list[dict], out: Path, workers: int, png_compression: in
         _, vis = load_pair(record)
         write_image(out / f"{record['id']}.png", vis, **options)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(read_write, records))
-    return time.perf_counter() - start
+    def run() -> None:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(read_write, records))
+
+    return timed(run)
 
 
-def time_method(records: list[dict], method: str, device: str, out: Path, workers: int) -> float | None:
+def time_method(records: list[dict], method: str, device: str, out: Path, workers: int) -> tuple[float, float] | None:
+    """Wall and CPU seconds of the fuse stage on ``records``; ``None`` for a learned method without weights."""
     try:
         stage = FuseStage(out / method, method, device)
     except FileNotFoundError:
         return None  # a learned method without weights on this install
     stage.process(records[:1])  # warm-up
     opts = RunOptions(overwrite=True, batch_size=4, workers=workers, quiet=True)
-    start = time.perf_counter()
-    run_stage(stage, records, opts, Reporter("fuse", quiet=True), emit=lambda record: None)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+
+    def run() -> None:
+        run_stage(stage, records, opts, Reporter("fuse", quiet=True), emit=lambda record: None)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return timed(run)
 
 
 def main() -> None:
@@ -81,12 +94,14 @@ def main() -> None:
                 ("read 2 + write 1, PNG level 6 (Pillow's default)", time_floor(records, Path(tmp) / "floor6",
                                                                                  args.workers, 6))]
         rows += [(m, time_method(records, m, args.device, Path(tmp), args.workers)) for m in args.methods.split(",")]
-    print("| method | s total | ms / pair | pairs/s | × floor |\n|---|---:|---:|---:|---:|")
-    for name, seconds in rows:
-        if seconds is None:
-            print(f"| {name} | no weights | | | |")
+    print("| method | s total | ms / pair | CPU ms / pair | pairs/s | × floor |\n|---|---:|---:|---:|---:|---:|")
+    for name, times in rows:
+        if times is None:
+            print(f"| {name} | no weights | | | | |")
         else:
-            print(f"| {name} | {seconds:.2f} | {1000 * seconds / n:.1f} | {n / seconds:.2f} | {seconds / floor:.2f} |")
+            seconds, cpu = times
+            print(f"| {name} | {seconds:.2f} | {1000 * seconds / n:.1f} | {1000 * cpu / n:.1f} | {n / seconds:.2f} "
+                  f"| {seconds / floor[0]:.2f} |")
     print(f"\nLoad average at the end {os.getloadavg()[0]:.1f} (other processes share these CPUs).")
 
 

@@ -1,7 +1,7 @@
 """The ``fuse`` stage: read each pair, fuse the luminance, write ``OUT/<id>.<ext>``.
 
 Colour rule: when VIS is RGB the fused image is RGB — IR is fused with the Y
-channel of VIS in YCbCr (BT.601, :func:`rgb_to_ycbcr`) and the
+channel of VIS in YCbCr (BT.601, :func:`~stages.core.images.luminance`) and the
 visible chroma (Cb, Cr) is kept; a gray VIS gives a gray output. An RGB IR
 image (false-colour or gray stored as RGB) is reduced to its luminance.
 The output always has the input's height and width.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from stages.core.images import PNG_COMPRESSION, ImageError, luminance, read_image, write_image
@@ -26,18 +27,16 @@ from stages.core.stage import Stage, StageError, record_path
 from stages.methods.registry import WEIGHTS_DIR, get_method
 
 
-def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
-    """YCbCr of RGB in [0, 1], channels last: kornia's ``rgb_to_ycbcr``, operation for operation."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    return np.stack([y, (b - y) * 0.564 + 0.5, (r - y) * 0.713 + 0.5], -1)
+def keep_chroma(vis: np.ndarray, vis_y: np.ndarray, fused_y: np.ndarray) -> np.ndarray:
+    """RGB ``vis`` ``(H, W, 3)`` with its luminance ``vis_y`` ``(H, W)`` replaced by ``fused_y``, clipped to [0, 1].
 
-
-def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_ycbcr` clipped to [0, 1]: kornia's ``ycbcr_to_rgb``, operation for operation."""
-    y, cb, cr = ycbcr[..., 0], ycbcr[..., 1] - 0.5, ycbcr[..., 2] - 0.5
-    rgb = np.stack([y + 1.4025245442 * cr, y - 0.7144034731 * cr - 0.3443401356 * cb, y + 1.7730496454 * cb], -1)
-    return np.clip(rgb, 0, 1)
+    The same image as converting to YCbCr, swapping Y and converting back (kornia's
+    ``rgb_to_ycbcr`` and ``ycbcr_to_rgb`` are exact inverses whose Y column is 1 for
+    R, G and B), up to float rounding, in three passes instead of a dozen.
+    """
+    rgb = cv2.cvtColor(fused_y - vis_y, cv2.COLOR_GRAY2RGB)  # the change of luminance, on every channel
+    rgb += vis
+    return np.clip(rgb, 0, 1, out=rgb)
 
 
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -147,18 +146,16 @@ class FuseStage(Stage):
         the pairs' ``records`` to read those keys from, and ``vis_rgb`` ``(B, 3, H, W)``.
         """
         ir = np.stack(irs)[:, None]  # (B, 1, H, W)
-        vis = np.stack([v if v.ndim == 3 else np.repeat(v[..., None], 3, -1) for v in viss])  # (B, H, W, 3)
-        ycbcr = rgb_to_ycbcr(vis)  # on gray VIS, Y is the gray value
-        vis_y = np.ascontiguousarray(ycbcr[:, None, ..., 0])  # (B, 1, H, W)
+        vis_y = np.stack([luminance(v) for v in viss])[:, None]  # (B, 1, H, W); a gray VIS is its own Y
         if self.on_arrays:
             fused_y = self.fuse_luma(ir, vis_y)
         else:
-            fused_y = self._fuse_tensors(ir, vis_y, vis, records)
+            fused_y = self._fuse_tensors(ir, vis_y, viss, records)
         fused_y = np.clip(fused_y.astype(np.float32, copy=False), 0, 1)
-        return [ycbcr_to_rgb(np.concatenate([fused_y[b, 0, ..., None], ycbcr[b, ..., 1:]], -1)) if v.ndim == 3
-                else fused_y[b, 0] for b, v in enumerate(viss)]
+        return [keep_chroma(v, vis_y[b, 0], fused_y[b, 0]) if v.ndim == 3 else fused_y[b, 0]
+                for b, v in enumerate(viss)]
 
-    def _fuse_tensors(self, ir: np.ndarray, vis_y: np.ndarray, vis: np.ndarray,
+    def _fuse_tensors(self, ir: np.ndarray, vis_y: np.ndarray, viss: list[np.ndarray],
                       records: list[dict] | None) -> np.ndarray:
         """A network's fused luminance ``(B, 1, H, W)``, computed on the stage's device."""
         import torch
@@ -169,5 +166,6 @@ class FuseStage(Stage):
         with torch.inference_mode():
             extra = {}
             if getattr(self.fuse_luma, "uses_records", False):
-                extra = {"records": records, "vis_rgb": on_device(np.ascontiguousarray(vis.transpose(0, 3, 1, 2)))}
+                vis_rgb = np.stack([v.transpose(2, 0, 1) if v.ndim == 3 else np.repeat(v[None], 3, 0) for v in viss])
+                extra = {"records": records, "vis_rgb": on_device(vis_rgb)}
             return self.fuse_luma(on_device(ir), on_device(vis_y), **extra).float().cpu().numpy()

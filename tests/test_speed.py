@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from stages.core.images import write_image
 from stages.metrics import METRICS
 from stages.score import ScoreStage
-from conftest import fuse_cli
+from conftest import SHARED_DATA, fuse_cli, shared
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,68 @@ def test_channels_last_networks_match_eager(method):
     with torch.inference_mode():
         eager = nchw(ir, vis).clamp(0, 1)
     assert torch.allclose(shipped, eager, rtol=0, atol=1e-5)
+
+
+def test_keeping_chroma_equals_the_ycbcr_round_trip_on_real_pairs():
+    """fuse_images swaps VIS's luminance for the fused one directly: kornia's YCbCr there and back gives that image."""
+    import torch
+    from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
+
+    from stages.core.images import to_uint8
+    from stages.fuse import FuseStage, load_pair
+
+    msrs = shared("msrs")
+    for pair in sorted(p.stem for p in (msrs / "vis").glob("*.png"))[:4]:
+        ir, vis = load_pair({"id": pair, **{m: str(msrs / m / f"{pair}.png") for m in ("ir", "vis")}})
+        assert vis.ndim == 3
+        for method in ("max", "gff"):
+            stage = FuseStage(Path("unused"), method)
+            fused = stage.fuse_images([ir], [vis])[0]
+            ycbcr = rgb_to_ycbcr(torch.from_numpy(vis).permute(2, 0, 1))
+            fused_y = stage.fuse_luma(ir[None, None], ycbcr[None, :1].numpy())[0, 0]
+            ycbcr[0] = torch.from_numpy(np.clip(fused_y, 0, 1))
+            expected = ycbcr_to_rgb(ycbcr).clamp(0, 1).permute(1, 2, 0).numpy()
+            diff = np.abs(to_uint8(fused).astype(int) - to_uint8(expected))
+            assert diff.max() <= 1 and diff.mean() < 1e-3, (pair, method, diff.max(), diff.mean())
+
+
+def _png_kinds(folder: Path) -> list[Path]:
+    """PNGs of every colour type and bit depth, with transparency, gamma or EXIF orientation, as Pillow writes them."""
+    from PIL import Image, PngImagePlugin
+
+    rgb = np.random.default_rng(0).integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    gray = Image.fromarray(rgb[..., 0])
+    images = {"gray": gray, "rgb": Image.fromarray(rgb), "rgba": Image.fromarray(np.dstack([rgb, rgb[..., 1]])),
+              "gray_alpha": gray.convert("LA"), "palette": Image.fromarray(rgb).quantize(16),
+              "bilevel": Image.fromarray(rgb[..., 0] > 128),
+              "gray16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+              "gray_as_rgb": Image.fromarray(np.repeat(rgb[..., :1], 3, -1))}
+    for name, image in images.items():
+        image.save(folder / f"{name}.png")
+    gamma = PngImagePlugin.PngInfo()
+    gamma.add(b"gAMA", (45455).to_bytes(4, "big"))
+    images["rgb"].save(folder / "rgb_gamma.png", pnginfo=gamma)
+    images["rgb"].save(folder / "rgb_transparent.png", transparency=(1, 2, 3))
+    gray.save(folder / "gray_transparent.png", transparency=7)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90°": neither reader applies it
+    images["rgb"].save(folder / "rgb_exif_rotated.png", exif=exif)
+    gray.point(lambda v: v // 16 * 16).save(folder / "gray4.png", bits=4)
+    unended = folder / "rgb_without_iend.png"  # OpenCV refuses it; Pillow reads it, as before
+    unended.write_bytes((folder / "rgb.png").read_bytes()[:-12])
+    return sorted(folder.glob("*.png"))
+
+
+def test_png_reading_gives_pillows_pixels(tmp_path):
+    """Plain 8-bit PNGs, decoded by OpenCV, give Pillow's pixels exactly: read_uint8 as decoded, read_image / 255."""
+    import imageio.v3 as iio
+
+    from stages.core.images import _channels, _normalise, read_image, read_uint8, to_uint8
+
+    msrs = SHARED_DATA / "msrs"
+    real = [msrs / m / "00004N.png" for m in ("ir", "vis")] if msrs.is_dir() else []
+    for path in _png_kinds(tmp_path) + real:
+        pillow = _channels(iio.imread(path), path)
+        as_read = pillow.astype(np.float32) / 255 if pillow.dtype == np.uint8 else _normalise(pillow, path)
+        assert np.array_equal(read_image(path), as_read), path.name
+        assert np.array_equal(read_uint8(path), pillow if pillow.dtype == np.uint8 else to_uint8(as_read)), path.name

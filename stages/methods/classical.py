@@ -72,6 +72,8 @@ def _up(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear to double size, blur (kornia's ``pyrup``), then crop or repeat the edge to ``shape``."""
     h, w = img.shape
     up = _blur5(cv2.resize(img, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR))[: shape[0], : shape[1]]
+    if up.shape == shape:
+        return up
     return np.pad(up, ((0, shape[0] - up.shape[0]), (0, shape[1] - up.shape[1])), mode="edge")
 
 
@@ -99,6 +101,11 @@ def pyramid_levels(height: int, width: int, smallest: int = 8, most: int = 6) ->
     return max(1, min(most, int(math.log2(max(min(height, width), 1) / smallest)) + 1))
 
 
+def _larger_magnitude(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel, the value of ``a`` or ``b`` (2-D float32) of larger absolute value, ``a`` on ties."""
+    return cv2.copyTo(a, cv2.compare(np.abs(a), np.abs(b), cv2.CMP_GE), b.copy())  # np.where's result, 3x faster
+
+
 @_per_image
 def fuse_laplacian(ir: np.ndarray, vis: np.ndarray, levels: int | None = None) -> np.ndarray:
     """Laplacian-pyramid fusion (Burt & Adelson 1983; rule of Burt & Kolczynski 1993).
@@ -109,7 +116,7 @@ def fuse_laplacian(ir: np.ndarray, vis: np.ndarray, levels: int | None = None) -
     """
     levels = levels or pyramid_levels(*ir.shape)
     bands_ir, bands_vis = laplacian_pyramid(ir, levels), laplacian_pyramid(vis, levels)
-    fused = [np.where(np.abs(a) >= np.abs(b), a, b) for a, b in zip(bands_ir[:-1], bands_vis[:-1])]
+    fused = [_larger_magnitude(a, b) for a, b in zip(bands_ir[:-1], bands_vis[:-1])]
     fused.append((bands_ir[-1] + bands_vis[-1]) / 2)
     return np.clip(collapse_pyramid(fused), 0, 1)
 

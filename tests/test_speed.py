@@ -202,3 +202,20 @@ def test_png_reading_gives_pillows_pixels(tmp_path):
         as_read = pillow.astype(np.float32) / 255 if pillow.dtype == np.uint8 else _normalise(pillow, path)
         assert np.array_equal(read_image(path), as_read), path.name
         assert np.array_equal(read_uint8(path), pillow if pillow.dtype == np.uint8 else to_uint8(as_read)), path.name
+
+
+def test_a_damaged_png_is_refused_without_libpngs_own_error_line(tmp_path, capfd):
+    """A flipped byte in the pixel data: one ImageError naming the file, and nothing printed by libpng."""
+    import imageio.v3 as iio
+
+    from stages.core.images import ImageError, read_image
+
+    good = tmp_path / "good.png"
+    iio.imwrite(good, np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="damaged.png"):
+        read_image(damaged)
+    assert "libpng" not in capfd.readouterr().err

@@ -135,7 +135,7 @@ def _decode(path: Path) -> np.ndarray:
     if bits == 16 and colour in (PNG_RGB, PNG_RGBA):  # Pillow reads these as 8-bit, dropping the low byte
         img = _decode_opencv(path)
         if img is None:
-            raise ValueError("OpenCV could not decode it")
+            raise ValueError("its PNG chunks are damaged (a CRC mismatch or a truncated file)")
         return img
     if bits == 8 and colour in (PNG_GRAY, PNG_RGB, PNG_RGBA):
         img = _decode_opencv(path)
@@ -157,13 +157,34 @@ def _png_header(path: Path) -> tuple[int | None, int | None]:
 
 
 def _decode_opencv(path: Path) -> np.ndarray | None:
-    """Decode with OpenCV, channels in RGB(A) order; ``None`` when OpenCV cannot (a damaged file)."""
+    """Decode a PNG with OpenCV, channels in RGB(A) order; ``None`` when its chunks are damaged.
+
+    libpng prints its own error line for a damaged file, so the chunks are checked first
+    (:func:`_png_chunks_intact`) and OpenCV only sees intact ones; the caller reports the others.
+    """
     import cv2
 
-    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    data = np.fromfile(path, np.uint8)
+    if not _png_chunks_intact(data.tobytes()):
+        return None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.ndim == 2:
         return img
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+
+
+def _png_chunks_intact(data: bytes) -> bool:
+    """Every chunk after the signature is complete with a matching CRC, and the last is ``IEND``."""
+    view, pos = memoryview(data), len(SIGNATURES[0])
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", view[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(data) or zlib.crc32(view[pos + 4:end - 4]) != struct.unpack(">I", view[end - 4:end])[0]:
+            return False
+        if kind == b"IEND":
+            return True
+        pos = end
+    return False
 
 
 def _normalise(raw: np.ndarray, path: Path) -> np.ndarray:

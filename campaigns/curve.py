@@ -74,6 +74,8 @@ def main() -> None:
     print(f"\nfit over the last {len(rows) - len(rows) // 2} epochs: Qabf = {a:.4f} + {b:.4f} ln(steps)")
     if steps is None:
         print("the curve is flat or falling there: no projection")
+    elif steps > 1000 * last["steps"]:
+        print(f"the fit is nearly flat there: validation {target:.3f} lies beyond 1000x the {last['steps']} steps so far")
     elif steps <= last["steps"]:
         print(f"validation {target:.3f} reached by the fit at {steps:.0f} steps")
     else:

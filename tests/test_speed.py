@@ -184,7 +184,7 @@ def _png_kinds(folder: Path) -> list[Path]:
     exif[0x0112] = 6  # "rotate 90°": neither reader applies it
     images["rgb"].save(folder / "rgb_exif_rotated.png", exif=exif)
     gray.point(lambda v: v // 16 * 16).save(folder / "gray4.png", bits=4)
-    unended = folder / "rgb_without_iend.png"  # OpenCV refuses it; Pillow reads it, as before
+    unended = folder / "rgb_without_iend.png"  # the chunk check refuses it; Pillow reads it, as before
     unended.write_bytes((folder / "rgb.png").read_bytes()[:-12])
     return sorted(folder.glob("*.png"))
 

@@ -165,7 +165,7 @@ def _decode_opencv(path: Path) -> np.ndarray | None:
     import cv2
 
     data = np.fromfile(path, np.uint8)
-    if not _png_chunks_intact(data.tobytes()):
+    if not _png_chunks_intact(data):
         return None
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.ndim == 2:
@@ -173,8 +173,9 @@ def _decode_opencv(path: Path) -> np.ndarray | None:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
 
 
-def _png_chunks_intact(data: bytes) -> bool:
-    """Every chunk after the signature is complete with a matching CRC, and the last is ``IEND``."""
+def _png_chunks_intact(data: np.ndarray) -> bool:
+    """Every chunk of a PNG file's bytes (uint8, read whole) after the signature is complete with a matching
+    CRC, and the last is ``IEND``; read through a memoryview, without copying the file."""
     view, pos = memoryview(data), len(SIGNATURES[0])
     while pos + 12 <= len(data):
         length, kind = struct.unpack(">I4s", view[pos:pos + 8])

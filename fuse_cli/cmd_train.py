@@ -98,7 +98,7 @@ def train(
     clip_model: Annotated[str, typer.Option("--clip-model", help=_for("--clip-model") + "open_clip model name.")] = "ViT-B-32",
     pretrained: opt.ClipPretrained = "openai",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint to continue from.", show_default=False)] = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help=_for("--init") + "weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume; for register a tard.safetensors).", show_default=False)] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help=_for("--init") + "weights to start from (fine-tuning; a fresh optimiser and epoch count, unlike --resume; for register a tard.safetensors or a register.safetensors).", show_default=False)] = None,
     base_weights: Annotated[Optional[Path], typer.Option("--base-weights", help=_for("--base-weights") + "the frozen dfh-base weights it refines (default: the shipped ones).", show_default=False)] = None,
     mask_guidance: Annotated[bool, typer.Option("--mask-guidance/--no-mask-guidance", help=_for("--no-mask-guidance") + "foreground/background mask guidance (MGCA); --no-mask-guidance trains the paper's ablation.")] = True,
     fixed_text: Annotated[Optional[str], typer.Option("--fixed-text", help=_for("--fixed-text") + "one text for every pair instead of the advisor's captions (the fixed-text ablation).", show_default=False)] = None,

@@ -239,6 +239,25 @@ def test_init_from_weights_without_the_fine_level_starts_as_those_weights(tmp_pa
         load_init(TardNet(size=(64, 128)), tmp_path / "other.safetensors")
 
 
+def test_init_from_a_registration_network_file_takes_its_registration_and_a_fresh_head(tmp_path):
+    """``--init register.safetensors``: the registration starts as that file (the shipped one is chosen
+    on validation apart from tard's), the fusion head from its initialisation."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    source = TardNet(size=(64, 128))
+    for head in source.registration.msrb.predict:
+        torch.nn.init.normal_(head.weight, std=0.05)
+    save_file(source.registration.state_dict(), str(tmp_path / "register.safetensors"))
+    torch.manual_seed(5)
+    net, said = TardNet(size=(64, 128)), []
+    fresh_head = {k: v.clone() for k, v in net.head.state_dict().items()}
+    load_init(net, tmp_path / "register.safetensors", said.append)
+    assert said == [f"{tmp_path / 'register.safetensors'}: new modules start from their initialisation: head"]
+    assert all(torch.equal(v, source.registration.state_dict()[k]) for k, v in net.registration.state_dict().items())
+    assert all(torch.equal(v, fresh_head[k]) for k, v in net.head.state_dict().items())
+
+
 def test_ensemble_estimate_of_a_mirrored_pair_is_the_mirrored_estimate():
     torch.manual_seed(3)
     net = RegistrationNet(size=(64, 96))

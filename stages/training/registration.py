@@ -379,7 +379,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 
 def load_init(net: TardNet, init: str | Path, log=print) -> None:
-    """Start ``net`` from the weights of a ``tard.safetensors``.
+    """Start ``net`` from the weights of a ``tard.safetensors``, or of a ``register.safetensors``
+    (the registration network alone: the fusion head keeps its initialisation).
 
     Modules the file lacks (a level added to the network since) keep their
     initialisation, which for a field head is "no correction", so the network starts
@@ -389,6 +390,8 @@ def load_init(net: TardNet, init: str | Path, log=print) -> None:
     from stages.nets.registration import load_state
 
     state = load_state(init)[0]
+    if not any(key.startswith(("registration.", "head.")) for key in state):
+        state = {f"registration.{key}": value for key, value in state.items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"{init}: weights this network does not have: {', '.join(unexpected)}")

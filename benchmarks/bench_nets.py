@@ -11,7 +11,8 @@ map (NCHW or channels-last), measured in the same run with the same threads.
 Variants, each checked against the shipped path (max |difference| of the fused
 image): weights and inputs in contiguous (NCHW) memory instead of the fusers'
 channels-last (:class:`~stages.methods.learned.NetworkFuser`; networks without such a
-fuser run as they are), and one torch thread instead of all. Wall times are medians of
+fuser run as they are), one torch thread instead of all, and the network as trained,
+its BatchNorm layers not folded into the convolutions (:mod:`stages.nets.inference`). Wall times are medians of
 ``--runs``.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from stages.core.images import luminance, read_image  # noqa: E402
+from stages.methods.learned import load_network  # noqa: E402
 from stages.methods.registry import get_method, list_methods  # noqa: E402
 
 MSRS = ROOT.parent / "shared" / "data" / "msrs"
@@ -42,6 +44,15 @@ def modules_of(fuse) -> list[torch.nn.Module]:
         return [fuse.model]
     cells = getattr(fuse, "__closure__", None) or ()
     return [c.cell_contents for c in cells if isinstance(c.cell_contents, torch.nn.Module)]
+
+
+def unfolded_network(name: str, fuse) -> torch.nn.Module | None:
+    """The fuser's network as trained, BatchNorm not folded (``stages.nets.inference``), or None where the
+    fuser holds no ``model`` of :func:`load_network`'s or its network has no BatchNorm."""
+    if not isinstance(getattr(fuse, "model", None), torch.nn.Module) or name == "mgfusion":
+        return None
+    network = load_network(name)
+    return network if any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules()) else None
 
 
 def median_s(call, runs: int) -> float:
@@ -124,11 +135,18 @@ def main() -> None:
         split[name] = where_time_goes(lambda: fuse(ir, vis), counter)
         nets = modules_of(fuse)
         shipped_format = getattr(fuse, "memory_format", torch.contiguous_format)
-        variants = [("as shipped", shipped_format, threads),
-                    ("contiguous (NCHW) weights and inputs", torch.contiguous_format, threads),
-                    ("as shipped, 1 thread", shipped_format, 1)]
-        for label, fmt, n_threads in variants:
+        shipped_model = getattr(fuse, "model", None)
+        variants = [("as shipped", shipped_format, threads, shipped_model),
+                    ("contiguous (NCHW) weights and inputs", torch.contiguous_format, threads, shipped_model),
+                    ("as shipped, 1 thread", shipped_format, 1, shipped_model)]
+        unfolded = unfolded_network(name, fuse)
+        if unfolded is not None:
+            variants.append(("BatchNorm not folded", shipped_format, threads, unfolded))
+        for label, fmt, n_threads, model in variants:
             torch.set_num_threads(n_threads)
+            if model is not None:
+                fuse.model = model
+                nets = [model]
             for net in nets:
                 net.to(memory_format=fmt)
             if hasattr(fuse, "memory_format"):

@@ -379,7 +379,9 @@ class RegisterStage(Stage):
         if method in ("net", "net-ecc"):
             from stages.nets.registration import WEIGHTS, load_registration_net
 
-            self.net = load_registration_net(weights, self.device)
+            from stages.nets.inference import fold_batchnorm
+
+            self.net = fold_batchnorm(load_registration_net(weights, self.device))
             weights_used = weights or WEIGHTS
         self.settings = {"method": method, "ecc_model": ecc_model if method != "net" else None,
                          "weights": weights_digest(weights_used), "single_pass": single_pass,

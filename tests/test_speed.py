@@ -119,24 +119,50 @@ def test_opencv_classical_methods_match_kornia_definitions():
     assert torch.allclose(fuse_gff(ir, vis), expected.clamp(0, 1), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["refinefuse", "dfh-base"])
-def test_channels_last_networks_match_eager(method):
-    """The fusers run the networks channels-last; the fused images stay within 1e-5 of the NCHW network's."""
+@pytest.mark.parametrize("method", ["refinefuse", "dfh-base", "textdfh"])
+def test_shipped_fusers_match_the_plain_network(method):
+    """The fusers run the networks with BatchNorm folded into the convolutions (and channels-last); the fused
+    images stay within 1e-5 of the plain network's (NCHW, BatchNorm kept, as trained)."""
     import torch
 
+    from stages.methods.learned import load_network
     from stages.methods.registry import get_method
 
     fuse = get_method(method).factory(device="cpu")
-    assert fuse.memory_format == torch.channels_last
-    assert fuse.model.state_dict()[next(k for k, v in fuse.model.state_dict().items() if v.ndim == 4)].is_contiguous(
-        memory_format=torch.channels_last)
+    if method != "textdfh":  # its attention reshapes pixels: TextFuser keeps NCHW
+        assert fuse.memory_format == torch.channels_last
+        assert fuse.model.state_dict()[next(k for k, v in fuse.model.state_dict().items() if v.ndim == 4)].is_contiguous(
+            memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fuse.model.modules())
+    plain = load_network(method)
     torch.manual_seed(0)
     ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
-    shipped = fuse(ir, vis)
-    nchw = fuse.model.to(memory_format=torch.contiguous_format)
+    text = {"text": torch.randn(1, 6, 384)} if method == "textdfh" else {}
+    shipped = fuse(ir, vis, **text)
     with torch.inference_mode():
-        eager = nchw(ir, vis).clamp(0, 1)
+        eager = plain(ir, vis, **text).clamp(0, 1)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == (method != "refinefuse")
     assert torch.allclose(shipped, eager, rtol=0, atol=1e-5)
+
+
+def test_registration_with_folded_batchnorm_matches_the_plain_network():
+    """fuse register -m net and tard fold BatchNorm too: the fields and the fused image stay within 1e-5 px / grey."""
+    import torch
+
+    from stages.methods.registry import get_method
+    from stages.nets.inference import fold_batchnorm
+    from stages.nets.registration import load_registration_net
+    from stages.nets.tard import load_tard
+
+    torch.manual_seed(1)
+    ir, vis = torch.rand(1, 1, 96, 160), torch.rand(1, 1, 96, 160)
+    plain = load_registration_net()
+    folded = fold_batchnorm(load_registration_net())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        assert torch.allclose(folded.estimate_field(ir, vis), plain.estimate_field(ir, vis), rtol=0, atol=1e-5)
+        expected = load_tard().fuse(ir, vis).clamp(0, 1)
+    assert torch.allclose(get_method("tard").factory(device="cpu")(ir, vis), expected, rtol=0, atol=1e-5)
 
 
 def test_keeping_chroma_equals_the_ycbcr_round_trip_on_real_pairs():

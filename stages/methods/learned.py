@@ -35,6 +35,7 @@ from torch import nn
 from stages.methods.registry import WEIGHTS_DIR, register_factory
 from stages.methods.specs import learned_method
 from stages.nets.checkpoint import CHECKPOINT_FORMAT, check_method, config_of, load_checked
+from stages.nets.inference import fold_batchnorm
 from stages.nets.registration import warp
 from stages.nets.tard import load_tard
 
@@ -214,7 +215,7 @@ class NetworkFuser:
 def load_fuser(method: str, device: str | torch.device = "cpu", weights: str | os.PathLike | None = None, *,
                tile: int | None = 1024, tile_overlap: int = 64, half: bool = True) -> NetworkFuser:
     """Load network ``method`` (see :func:`resolve_weights`) as a :class:`NetworkFuser`."""
-    model = load_network(method, weights, device)
+    model = fold_batchnorm(load_network(method, weights, device))
     return NetworkFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)
 
 
@@ -248,7 +249,7 @@ def tard_factory(device: str | torch.device = "cpu", weights: str | Path | None 
         raise ValueError(f"tard: unknown options {sorted(options)}; it takes 'register', 'tile', 'tile_overlap'")
     if tile is not None and (tile < 1 or tile < 2 * tile_overlap or tile_overlap < 0):
         raise ValueError(f"tard: tile ({tile}) must be positive and at least twice tile_overlap ({tile_overlap}) ≥ 0")
-    net = load_tard(weights, device)
+    net = fold_batchnorm(load_tard(weights, device))
 
     def fuse(ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         ir, vis = ir.to(device), vis.to(device)

@@ -16,6 +16,7 @@ from stages.methods.learned import NetworkFuser, resolve_weights
 from stages.methods.registry import register_factory
 from stages.nets.checkpoint import config_of, invalid, load_checked
 from stages.nets.clip import ClipImageEncoder, embedding_metadata, load_embeddings, parse_pretrained, pretrained_label
+from stages.nets.inference import fold_batchnorm
 from stages.nets.mgfusion import METHOD, MGFusion, checkpoint_clip
 
 NO_WEIGHTS_MESSAGE = (
@@ -138,5 +139,5 @@ def mgfusion_factory(device: str | torch.device = "cpu", weights: str | os.PathL
     ``clip_model`` / ``pretrained`` default to the checkpoint's (see :func:`load_mgfusion`).
     Without trained weights, :class:`FileNotFoundError` says what to run.
     """
-    model = load_mgfusion(weights, device, clip_model=clip_model, pretrained=pretrained)
+    model = fold_batchnorm(load_mgfusion(weights, device, clip_model=clip_model, pretrained=pretrained))
     return MGFusionFuser(model, device, tile=tile, tile_overlap=tile_overlap, half=half)

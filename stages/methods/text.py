@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from stages.methods.guidance import advise, read_mask, salient_mask
 from stages.methods.learned import NetworkFuser, load_network
 from stages.methods.registry import register_factory
+from stages.nets.inference import fold_batchnorm
 from stages.nets.text_features import as_text_tokens
 
 
@@ -115,7 +116,7 @@ def tesg_factory(device: str | torch.device = "cpu", weights: str | os.PathLike 
     ``--fixed-text`` use their text. Weights: ``weights`` or the shipped
     ``stages/weights/tesg.safetensors``. ``tile``, ``tile_overlap``: as :class:`TextFuser`.
     """
-    model = load_network("tesg", weights, device)
+    model = fold_batchnorm(load_network("tesg", weights, device))
     return TextFuser(model, device, fixed_text=fixed_text, tile=tile, tile_overlap=tile_overlap)
 
 
@@ -130,5 +131,5 @@ def textdfh_factory(device: str | torch.device = "cpu", weights: str | os.PathLi
     ``fixed_text`` replaces every caption (the ablation "fixed text"); by default,
     weights trained with ``--fixed-text`` use their text. ``tile``, ``tile_overlap``: as :class:`TextFuser`.
     """
-    model = load_network("textdfh", weights, device)
+    model = fold_batchnorm(load_network("textdfh", weights, device))
     return TextFuser(model, device, fixed_text=fixed_text, tile=tile, tile_overlap=tile_overlap)

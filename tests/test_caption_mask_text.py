@@ -242,8 +242,9 @@ def test_save_load_gives_identical_outputs_through_the_factory(name, tmp_path):
     path = save_weights(model, name, tmp_path / f"{name}.safetensors")
     fuse = (tesg_factory if name == "tesg" else textdfh_factory)(device="cpu", weights=path)
     ir, vis, mask, text = _batch(b=1, h=21, w=30)
-    with torch.no_grad():  # the factory folds BatchNorm for inference
-        expected = _run(name, fold_batchnorm(copy.deepcopy(model)), ir, vis, mask, text)
+    inference = fold_batchnorm(copy.deepcopy(model)).to(memory_format=torch.channels_last)  # as the factory runs it
+    with torch.no_grad():
+        expected = _run(name, inference, *(x.contiguous(memory_format=torch.channels_last) for x in (ir, vis, mask)), text)
     assert torch.equal(fuse(ir, vis, mask=mask, text=text), expected)
     with pytest.raises(ValueError, match=r"not valid \S+ weights \(the file holds '\S+' weights\)"):
         (textdfh_factory if name == "tesg" else tesg_factory)(device="cpu", weights=path)

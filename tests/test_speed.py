@@ -119,7 +119,7 @@ def test_opencv_classical_methods_match_kornia_definitions():
     assert torch.allclose(fuse_gff(ir, vis), expected.clamp(0, 1), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["refinefuse", "dfh-base", "textdfh"])
+@pytest.mark.parametrize("method", ["refinefuse", "dfh-base", "textdfh", "tesg"])
 def test_shipped_fusers_match_the_plain_network(method):
     """The fusers run the networks with BatchNorm folded into the convolutions (and channels-last); the fused
     images stay within 1e-5 of the plain network's (NCHW, BatchNorm kept, as trained)."""
@@ -129,19 +129,20 @@ def test_shipped_fusers_match_the_plain_network(method):
     from stages.methods.registry import get_method
 
     fuse = get_method(method).factory(device="cpu")
-    if method != "textdfh":  # its attention reshapes pixels: TextFuser keeps NCHW
-        assert fuse.memory_format == torch.channels_last
-        assert fuse.model.state_dict()[next(k for k, v in fuse.model.state_dict().items() if v.ndim == 4)].is_contiguous(
-            memory_format=torch.channels_last)
+    assert fuse.memory_format == torch.channels_last
+    assert fuse.model.state_dict()[next(k for k, v in fuse.model.state_dict().items() if v.ndim == 4)].is_contiguous(
+        memory_format=torch.channels_last)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fuse.model.modules())
     plain = load_network(method)
     torch.manual_seed(0)
     ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
-    text = {"text": torch.randn(1, 6, 384)} if method == "textdfh" else {}
+    text = {"text": torch.randn(1, 6, 384)} if method in ("textdfh", "tesg") else {}
+    if method == "tesg":
+        text["mask"] = (torch.rand(1, 1, 64, 96) > 0.7).float()
     shipped = fuse(ir, vis, **text)
     with torch.inference_mode():
         eager = plain(ir, vis, **text).clamp(0, 1)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == (method != "refinefuse")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == (method in ("dfh-base", "textdfh"))
     assert torch.allclose(shipped, eager, rtol=0, atol=1e-5)
 
 

@@ -61,6 +61,10 @@ fine-tuned from those weights at lr 3e-4, 24 registration + 3 fusion epochs; ``-
 ../shared/data/msrs``, the 26 evaluation pairs, 34.96 px unregistered): the weights before
 17.28 px; epoch 10 10.65 px (validation 9.57 px, so promoted), epoch 27 11.87 px
 (validation 9.92); RoadScene 3.69 and 3.99 px. ECC at night: 85.9 px, net-ecc 47.4.
+Tried after it, on the validation pairs only (9.566 px with the shipped weights): a new cycle from
+the shipped registration at lr 1e-4, seed 1 (``RUN=register-cycle2 EPOCHS=6 FUSION_EPOCHS=3 LR=1e-4
+SEED=1 INIT=stages/weights/register.safetensors``, 15 min) 9.675 px, not promoted; five ensemble
+sizes (4/6 … 8/6) 11.39 px; applying the network again to its output 10.22 (two passes), 11.62 (three).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Shipped networks on the CPU: GFLOPs per 640x480 pair, achieved GFLOP/s, and the ratio to a measured 3x3-conv ceiling.
 
-    python benchmarks/bench_nets.py [--methods refinefuse,dfh-base,...] [--runs N] [--limit N]
+    python benchmarks/bench_nets.py [--methods refinefuse,dfh-base,...] [--runs N] [--limit N] [--compile]
 
 Each learned method fuses one MSRS pair (640x480 luminance) through its registry
 callable, as `fuse fuse` runs it. FLOPs are counted by ``torch.utils.flop_counter``
@@ -12,7 +12,9 @@ Variants, each checked against the shipped path (max |difference| of the fused
 image): weights and inputs in contiguous (NCHW) memory instead of the fusers'
 channels-last (:class:`~stages.methods.learned.NetworkFuser`; networks without such a
 fuser run as they are), one torch thread instead of all, and the network as trained,
-its BatchNorm layers not folded into the convolutions (:mod:`stages.nets.inference`). Wall times are medians of
+its BatchNorm layers not folded into the convolutions (:mod:`stages.nets.inference`),
+and with ``--compile`` the network compiled by ``torch.compile`` (inductor; the first call
+compiles, or loads the compiled code from inductor's cache of an earlier run). Wall times are medians of
 ``--runs``.
 """
 from __future__ import annotations
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(m.name for m in list_methods("learned")))
     parser.add_argument("--runs", type=int, default=3, help="timed runs per variant (median)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many runs (run.py's smoke option)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add a torch.compile variant (its first call, which compiles, is reported apart)")
     args = parser.parse_args()
     runs = min(args.runs, args.limit or args.runs)
     if not MSRS.is_dir():
@@ -142,6 +146,8 @@ def main() -> None:
         unfolded = unfolded_network(name, fuse)
         if unfolded is not None:
             variants.append(("BatchNorm not folded", shipped_format, threads, unfolded))
+        if args.compile and shipped_model is not None:
+            variants.append(("torch.compile", shipped_format, threads, torch.compile(shipped_model, dynamic=False)))
         for label, fmt, n_threads, model in variants:
             torch.set_num_threads(n_threads)
             if model is not None:
@@ -155,7 +161,10 @@ def main() -> None:
             def call():
                 return fuse(ir, vis)
 
+            start = time.perf_counter()
             diff = (call() - reference).abs().max().item()
+            if label == "torch.compile":
+                label += f" (first call {time.perf_counter() - start:.1f} s)"
             seconds = median_s(call, runs)
             best = ceiling if n_threads == threads else ceiling_1
             print(f"| {name} | {gflops:.1f} | {label} | {1e3 * seconds:.0f} | {gflops / seconds:.1f} | "

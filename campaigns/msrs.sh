@@ -9,7 +9,8 @@
 #   RUN=tesg-cosine EPOCHS=12 nohup bash campaigns/msrs.sh tesg --schedule cosine > runs/tesg-cosine.log 2>&1 &
 #
 # Options after the method go to fuse train after the recipe's (the last given wins): give the same ones to resume.
-# Starts from the shipped weights; after any stop, the same command resumes exactly from the last
+# Starts from the shipped weights (INIT=PATH: from those; INIT=none: a fresh network, e.g. a textdfh stage 2 on
+# the shipped dfh-base: RUN=textdfh-newbase INIT=none bash campaigns/msrs.sh textdfh); after any stop, the same command resumes exactly from the last
 # epoch written to campaigns/RUN/ (RUN defaults to METHOD-msrs; weights, Adam state and model card,
 # written atomically after every epoch, with the best epoch by validation Qabf in campaigns/RUN/best/;
 # commit them to keep a campaign across sessions).
@@ -57,8 +58,10 @@ echo "training pairs: $(wc -l < "$WORK/train.jsonl")"
 
 if [ -f "$OUT/$METHOD.safetensors" ]; then
   start=(--resume "$OUT/$METHOD.safetensors")
+elif [ "${INIT:-}" = none ]; then
+  start=()  # a fresh network (textdfh: a new stage 2 on the shipped dfh-base)
 else
-  start=(--init "stages/weights/$METHOD.safetensors")
+  start=(--init "${INIT:-stages/weights/$METHOD.safetensors}")
 fi
 echo "$(date -u +%FT%TZ) fuse train -m $METHOD ${start[*]} ${recipe[*]} $* (epochs $EPOCHS)"
 exec "$FUSE" train -m "$METHOD" -r "$WORK/train.jsonl" -o "$OUT" "${start[@]}" \

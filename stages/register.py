@@ -377,9 +377,8 @@ class RegisterStage(Stage):
         self.net = None
         weights_used = None
         if method in ("net", "net-ecc"):
-            from stages.nets.registration import WEIGHTS, load_registration_net
-
             from stages.nets.inference import fold_batchnorm
+            from stages.nets.registration import WEIGHTS, load_registration_net
 
             self.net = fold_batchnorm(load_registration_net(weights, self.device))
             weights_used = weights or WEIGHTS

@@ -72,8 +72,8 @@ class TextFuser(NetworkFuser):
     input's device. ``records`` (from the fuse stage) supply ``caption`` and ``mask`` per pair when
     every record has them (``fuse caption`` / ``fuse mask`` ran before); missing guidance is
     computed on the whole image (:func:`prepare_guidance`). Padding, tiling and the channels-last
-    layout are :class:`NetworkFuser`'s (textdfh fused a 640×480 pair in 2.34 s channels-last against
-    2.73 s contiguous in one loaded ``bench_nets.py`` run; tesg 9.2 against 9.7 s): the mask
+    layout are :class:`NetworkFuser`'s (on a quiet machine textdfh fuses a 640×480 pair in 1.29 s
+    channels-last against 1.90 s contiguous, tesg 5.17 against 5.29 s; ``bench_nets.py``): the mask
     ``(B, 1, H, W)`` is tiled with the image, the text tokens ``(B, L, D)`` are shared by every tile.
     Untiled (``tile=None``) and float32 by default, as it fused before it could tile.
     """
